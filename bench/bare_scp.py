@@ -1,0 +1,89 @@
+"""A bare pynetdicom C-STORE SCP for measuring the transport alone.
+
+Each received instance is written to ``DIR/<n>.dcm`` and fsynced before
+Success is answered (no encryption, no index). Usage::
+
+    python -m bench.bare_scp --port 11112 --dir /tmp/x [--no-tune] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import threading
+from pathlib import Path
+
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+def handle_store(event: evt.Event, out: Path) -> int:
+    """Write the received dataset (with a file meta header) and fsync it."""
+    with _lock:
+        n = next(_counter)
+    path = out / f"{os.getpid()}-{n}.dcm"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(event.encoded_dataset(include_meta=True))
+            f.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return 0x0000
+
+
+def make_ae(out: Path) -> tuple[AE, list]:
+    """Return an AE accepting every storage SOP class, and its handlers."""
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = StoragePresentationContexts
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = 64
+    return ae, [(evt.EVT_C_STORE, handle_store, [out])]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--no-tune", action="store_true", help="stock pynetdicom")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--max-pdu", type=int, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    if args.no_tune:
+        ae, handlers = make_ae(args.dir)
+        if args.max_pdu is not None:
+            ae.maximum_pdu_size = args.max_pdu
+        ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
+        return
+
+    from pacs import transport
+
+    def serve() -> None:
+        transport.tune()
+        ae, handlers = make_ae(args.dir)
+        if args.max_pdu is not None:
+            ae.maximum_pdu_size = args.max_pdu
+        transport.serve_forever(
+            ae, "127.0.0.1", args.port, reuse_port=args.workers > 1, evt_handlers=handlers
+        )
+
+    if args.workers > 1:
+        from pacs import workers
+
+        workers.prefork(serve, args.workers)
+    else:
+        serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""C-STORE benchmark: dcmtk ``storescu`` against our server, a bare SCP and Orthanc.
+
+Usage (data from ``python -m bench.gen DATA``)::
+
+    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc]
+        [--scenarios small-1,ct-1,ct-4,big-1] [--small-count 500] [--ct-count 200]
+
+Every (server, scenario) pair gets a fresh server process with its own
+temporary storage directory. The client is dcmtk ``storescu`` with
+``TCP_NODELAY=1``; ``ct-4`` runs 4 storescu processes on 4 quarters of the
+files. Peak RSS is the summed RSS of the server process tree, sampled every
+50 ms; "RSS growth" is the peak minus the RSS just before the client started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+AET = "PACS"
+DEFAULT_PACS_CMD = "pacs serve"
+
+
+@dataclass
+class Result:
+    """One measured row of the table."""
+
+    server: str
+    scenario: str
+    instances: int
+    seconds: float
+    megabytes: float
+    peak_rss_mb: float
+    rss_growth_mb: float
+    ok: bool
+
+    @property
+    def rate(self) -> float:
+        """Instances per second."""
+        return self.instances / self.seconds if self.seconds else 0.0
+
+    @property
+    def mbps(self) -> float:
+        """Megabytes per second."""
+        return self.megabytes / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    """Return a currently free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Block until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Sum VmRSS of ``pid`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+class RssSampler:
+    """Sample the RSS of a process tree in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Server:
+    """How to start one kind of server."""
+
+    name: str
+    start: Callable[[Path, int], subprocess.Popen]
+
+
+def _popen(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def pacs_server(name: str, cmd: str, extra_env: dict[str, str]) -> Server:
+    """Our server: ``cmd`` with PACS_* environment variables."""
+
+    def start(tmp: Path, port: int) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(
+            PACS_DATA_DIR=str(tmp / "data"),
+            PACS_DICOM_PORT=str(port),
+            PACS_HTTP_PORT=str(free_port()),
+            PACS_AE_TITLE=AET,
+            TCP_NODELAY="1",
+            **extra_env,
+        )
+        return _popen(shlex.split(cmd), env, tmp / "server.log")
+
+    return Server(name, start)
+
+
+def bare_server(name: str, *flags: str) -> Server:
+    """The bench's own bare SCP (write + fsync only)."""
+
+    def start(tmp: Path, port: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "bench.bare_scp", "--port", str(port)]
+        cmd += ["--dir", str(tmp / "data"), *flags]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        return _popen(cmd, env, tmp / "server.log")
+
+    return Server(name, start)
+
+
+def orthanc_server(binary: str = "Orthanc") -> Server:
+    """Debian's Orthanc with a generated configuration."""
+
+    def start(tmp: Path, port: int) -> subprocess.Popen:
+        storage = tmp / "orthanc-db"
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "DicomAet": AET,
+            "DicomPort": port,
+            "HttpPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "Plugins": [],
+        }
+        cfg = tmp / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        env = dict(os.environ, TCP_NODELAY="1")
+        return _popen([binary, str(cfg)], env, tmp / "server.log")
+
+    return Server("orthanc", start)
+
+
+def run_storescu(files: list[Path], port: int, parallel: int, timeout: float) -> bool:
+    """Send ``files`` over ``parallel`` associations; return True if all succeeded."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    chunks = [files[i::parallel] for i in range(parallel)]
+    procs = []
+    for chunk in chunks:
+        if not chunk:
+            continue
+        cmd = ["storescu", "-aec", AET, "-aet", "BENCH", "--timeout", "30", "-nh"]
+        cmd += ["127.0.0.1", str(port), *map(str, chunk)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    ok = True
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            ok = False
+        if p.returncode != 0 or b"E: " in out:
+            ok = False
+            sys.stderr.write(out.decode(errors="replace")[-2000:])
+    return ok
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float) -> Result:
+    """Start ``server`` fresh, send ``files``, stop it, return the figures."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
+    port = free_port()
+    proc = server.start(tmp, port)
+    try:
+        wait_listening(port, proc)
+        time.sleep(0.3)
+        base = tree_rss_bytes(proc.pid)
+        megabytes = sum(f.stat().st_size for f in files) / 1e6
+        with RssSampler(proc.pid) as rss:
+            t0 = time.perf_counter()
+            ok = run_storescu(files, port, parallel, timeout)
+            seconds = time.perf_counter() - t0
+        return Result(
+            server.name, scenario, len(files), seconds, megabytes,
+            rss.peak / 1e6, (rss.peak - base) / 1e6, ok,
+        )
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scenario_files(data: Path, name: str, small: int, ct: int) -> tuple[list[Path], int]:
+    """Return the files and the number of associations for a scenario."""
+    kind, par = name.split("-")
+    if kind == "small":
+        files = sorted((data / "small").glob("*.dcm"))[:small]
+    elif kind == "ct":
+        files = sorted((data / "ct").glob("*.dcm"))[:ct]
+    elif kind == "big":
+        files = sorted((data / "big").glob("*.dcm"))
+    else:
+        raise ValueError(f"unknown scenario {name}")
+    if not files:
+        raise FileNotFoundError(f"no files for scenario {name} under {data}")
+    return files, int(par)
+
+
+def print_table(results: list[Result]) -> None:
+    """Print a Markdown table with the ratio to Orthanc's rate per scenario."""
+    ref = {r.scenario: r.rate for r in results if r.server == "orthanc" and r.ok}
+    print("| server | scenario | n | inst/s | MB/s | x Orthanc | peak RSS MB | RSS growth MB | ok |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{r.rate / ref[r.scenario]:.2f}" if r.scenario in ref else "-"
+        print(
+            f"| {r.server} | {r.scenario} | {r.instances} | {r.rate:.0f} | {r.mbps:.0f} "
+            f"| {ratio} | {r.peak_rss_mb:.0f} | {r.rss_growth_mb:.0f} | {'yes' if r.ok else 'NO'} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--servers", default="orthanc,bare-stock,bare")
+    ap.add_argument("--scenarios", default="small-1,ct-1,ct-4")
+    ap.add_argument("--small-count", type=int, default=500)
+    ap.add_argument("--ct-count", type=int, default=200)
+    ap.add_argument("--pacs-cmd", default=DEFAULT_PACS_CMD, help="command line of our server")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per pair (best is kept)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
+    args = ap.parse_args(argv)
+
+    known = {
+        "orthanc": orthanc_server(),
+        "bare-stock": bare_server("bare-stock", "--no-tune"),
+        "bare": bare_server("bare"),
+        "bare-2w": bare_server("bare-2w", "--workers", "2"),
+        "pacs": pacs_server("pacs", args.pacs_cmd, {}),
+        "pacs-noenc": pacs_server("pacs-noenc", args.pacs_cmd, {"PACS_BENCH_NO_ENCRYPTION": "1"}),
+    }
+    results = []
+    for scen in args.scenarios.split(","):
+        files, par = scenario_files(args.data, scen, args.small_count, args.ct_count)
+        for name in args.servers.split(","):
+            runs = [measure(known[name], scen, files, par, args.timeout) for _ in range(args.repeat)]
+            best = max(runs, key=lambda r: (r.ok, r.rate))
+            best.peak_rss_mb = max(r.peak_rss_mb for r in runs)
+            best.rss_growth_mb = max(r.rss_growth_mb for r in runs)
+            results.append(best)
+            print(f"# {name} {scen}: {best.rate:.0f}/s ok={best.ok}", file=sys.stderr, flush=True)
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
