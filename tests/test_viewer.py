@@ -1,0 +1,188 @@
+"""The OHIF viewer served at /viewer (dicomweb.viewer) against a stand-in QIDO endpoint."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from flask import Flask, Response, request
+
+from dicomweb.viewer import viewer_blueprint
+from tests.browser import RequestLog, browser_unavailable, chromium, live_server
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = Path("/tmp/pacs-test-viewer-studylist.png")
+
+
+def _npm_reachable() -> bool:
+    try:
+        done = subprocess.run(["npm", "ping"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def dist_dir() -> Path:
+    """The OHIF dist installed by scripts/install-ohif (idempotent, cached)."""
+    try:
+        done = subprocess.run(
+            [str(REPO / "scripts/install-ohif")], capture_output=True, text=True, timeout=600
+        )
+    except FileNotFoundError:
+        pytest.skip("bash not available to run scripts/install-ohif")
+    if done.returncode != 0:
+        if not _npm_reachable():
+            pytest.skip("npm registry unreachable: cannot install @ohif/app")
+        pytest.fail(f"scripts/install-ohif failed:\n{done.stderr}")
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert (path / "index.html").is_file()
+    return path
+
+
+def make_app(dist: Path, **kwargs: object) -> tuple[Flask, list[str]]:
+    """The viewer blueprint plus a stand-in DICOMweb answering QIDO /studies with []."""
+    app = Flask(__name__)
+    app.register_blueprint(viewer_blueprint(dist, "/dicom-web", **kwargs))  # type: ignore[arg-type]
+    qido: list[str] = []
+
+    @app.get("/dicom-web/studies")
+    def studies() -> Response:
+        qido.append(request.query_string.decode())
+        return Response("[]", mimetype="application/dicom+json")
+
+    return app, qido
+
+
+@pytest.fixture(scope="module")
+def client(dist_dir: Path):  # noqa: ANN201 - flask test client
+    return make_app(dist_dir)[0].test_client()
+
+
+def test_missing_dist_answers_503(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path / "absent")
+    for url in ("/viewer/", "/viewer/app-config.js", "/viewer/viewer?StudyInstanceUIDs=1.2"):
+        resp = app.test_client().get(url)
+        assert resp.status_code == 503
+        assert resp.mimetype == "text/plain"
+        assert "scripts/install-ohif" in resp.get_data(as_text=True)
+
+
+def test_index_rewritten_for_prefix(client) -> None:  # noqa: ANN001
+    resp = client.get("/viewer/")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert 'window.PUBLIC_URL="/viewer/"' in html
+    assert not re.search(r'(?:href|src)="/(?!viewer/)', html), "root-relative URL left"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert resp.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert resp.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+
+
+def test_client_routes_serve_index(client) -> None:  # noqa: ANN001
+    assert client.get("/viewer").status_code == 308
+    index = client.get("/viewer/").data
+    for url in ("/viewer/viewer?StudyInstanceUIDs=1.2.3", "/viewer/segmentation", "/viewer/a/b"):
+        assert client.get(url).data == index
+    assert client.get("/viewer/no-such-chunk.js").status_code == 404
+    assert client.get("/viewer/sw.js").status_code == 404
+
+
+def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:  # noqa: ANN001
+    bundle = next(dist_dir.glob("app.bundle.*.js")).name
+    resp = client.get(f"/viewer/{bundle}")
+    assert resp.mimetype == "text/javascript"
+    assert "immutable" in resp.headers["Cache-Control"]
+    body = resp.data
+    assert b'__webpack_require__.p = "/viewer/";' in body
+    assert b'__webpack_require__.p = "/";' not in body
+    again = client.get(f"/viewer/{bundle}", headers={"If-None-Match": resp.headers["ETag"]})
+    assert again.status_code == 304
+    # Worker bundles have their own runtime: every publicPath must be rewritten.
+    for path in dist_dir.glob("*.js"):
+        if b'__webpack_require__.p = "/";' in path.read_bytes():
+            assert b'__webpack_require__.p = "/viewer/";' in client.get(f"/viewer/{path.name}").data
+    wasm = next(dist_dir.glob("*.wasm")).name
+    resp = client.get(f"/viewer/{wasm}")
+    assert resp.mimetype == "application/wasm" and "immutable" in resp.headers["Cache-Control"]
+    css = client.get("/viewer/app.bundle.css")
+    assert css.mimetype == "text/css" and b"url(/viewer/" in css.data
+    assert css.headers["Cache-Control"] == "no-cache"
+    assert client.get("/viewer/manifest.json").mimetype == "application/json"
+
+
+def _config(resp) -> dict:  # noqa: ANN001
+    import json
+
+    text = resp.get_data(as_text=True)
+    assert text.startswith("window.config = ")
+    return json.loads(text[len("window.config = ") :].rstrip().rstrip(";"))
+
+
+def test_app_config_points_at_request_root(dist_dir: Path) -> None:
+    app, _ = make_app(dist_dir)
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "pacs.example"}
+    resp = app.test_client().get(
+        "/viewer/app-config.js", base_url="http://host:8042", headers=headers
+    )
+    assert resp.mimetype == "text/javascript" and resp.headers["Cache-Control"] == "no-store"
+    config = _config(resp)
+    assert config["routerBasename"] == "/viewer/"
+    (source,) = config["dataSources"]
+    assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
+    conf = source["configuration"]
+    for key in ("qidoRoot", "wadoRoot", "wadoUriRoot"):
+        assert conf[key] == "http://host:8042/dicom-web"  # forwarded headers not trusted
+    assert conf["qidoSupportsIncludeField"] and conf["supportsFuzzyMatching"]
+    assert conf["imageRendering"] == conf["thumbnailRendering"] == "wadors"
+    assert conf["bulkDataURI"] == {"enabled": True}
+    assert "http" not in resp.get_data(as_text=True).replace("http://host:8042", "")
+
+
+def test_app_config_trusts_forwarded_when_told(dist_dir: Path) -> None:
+    app, _ = make_app(dist_dir, trust_forwarded=True)
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "pacs.example, proxy.internal",
+        "X-Forwarded-Prefix": "/pacs/",
+    }
+    client = app.test_client()
+    config = _config(client.get("/viewer/app-config.js", base_url="http://h:1", headers=headers))
+    assert config["dataSources"][0]["configuration"]["qidoRoot"] == (
+        "https://pacs.example/pacs/dicom-web"
+    )
+    assert config["routerBasename"] == "/pacs/viewer/"
+    html = client.get("/viewer/", headers=headers).get_data(as_text=True)
+    assert 'window.PUBLIC_URL="/pacs/viewer/"' in html
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_ohif_study_list_renders(dist_dir: Path) -> None:
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(reason)
+    app, qido = make_app(dist_dir)
+    with live_server(app) as base_url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        log = RequestLog(page, base_url)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base_url}/viewer/", wait_until="domcontentloaded")
+        page.get_by_text("No studies available").first.wait_for(state="visible", timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SCREENSHOT))
+        isolated = page.evaluate("window.crossOriginIsolated")
+        has_sab = page.evaluate("typeof SharedArrayBuffer === 'function'")
+    assert qido, "OHIF never queried /dicom-web/studies"
+    assert any(u.startswith(f"{base_url}/dicom-web/studies") for u in log.urls)
+    assert "limit=" in qido[0]
+    assert log.external == [], f"requests left the machine: {log.external}"
+    assert not [f for f in log.failed if "/viewer/" in f], log.failed
+    assert isolated and has_sab, "page is not cross-origin isolated (COOP/COEP)"
+    assert not errors, errors
+    if os.environ.get("PACS_TEST_VERBOSE"):
+        print("\n".join(log.urls))
