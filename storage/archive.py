@@ -1,0 +1,525 @@
+"""The archive: the one facade the front doors call (store, find, open, delete, shred).
+
+A C-STORE, a STOW-RS part and ``pacs import`` all end in :meth:`Archive.store`:
+
+1. read the header (up to the pixel data) from the received bytes, as received;
+2. find or create the patient and their data key (its own short transaction);
+3. stream the bytes through AES-256-GCM into a new blob under a random name, then fsync;
+4. index patient/study/series/instance in one transaction; if that fails, delete the blob.
+
+So an indexed instance always has its blob; a crash between 3 and 4 leaves an orphan blob, which
+:meth:`sweep_orphans` removes at start.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .attributes import ATTRIBUTES, PHI_BY_LEVEL
+from .audit import AuditLog
+from .blobstore import FileBlobStore
+from .config import Settings
+from .crypto import DecryptingReader, EncryptingWriter
+from .errors import BadInput, Conflict, Duplicate, NotFound
+from .index.db import make_engine, sessions, upgrade
+from .index.models import Instance, Patient, PatientKey, Series, Study
+from .keys import load_master_keys
+from .query import Query, QueryEngine, phi_where
+from .vault import Vault
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What happened to one stored object."""
+
+    status: Literal["stored", "duplicate", "replaced"]
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_ref: int
+    transfer_syntax: str
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """Where an instance is and what a front door needs to serve it (no PHI)."""
+
+    id: int
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    series_uid: str
+    study_uid: str
+    patient_ref: int
+    key_id: str
+    blob_key: str
+    blob_size: int
+    size: int
+    number_of_frames: int | None
+    rows: int | None
+    columns: int | None
+    instance_number: int | None
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a caller may see: everything (None) or one patient, optionally only some studies."""
+
+    patient_ref: int
+    study_uids: frozenset[str] | None = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _plain(elem: Any) -> Any:
+    """A data element's value as stored in the index: str (multi-values joined by '\\'), int or float."""
+    if elem is None or elem.VR == "SQ" or elem.value is None:
+        return None
+    v = elem.value
+    if isinstance(v, (bytes, bytearray)):
+        return None
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    if isinstance(v, (int, float)) and elem.VR in ("US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"):
+        return v
+    return str(v)
+
+
+def _values(ds: Dataset, keywords: list[str]) -> dict[str, Any]:
+    out = {}
+    for kw in keywords:
+        elem = ds.data_element(kw) if kw in ds else None
+        val = _plain(elem)
+        if val not in (None, ""):
+            out[kw] = val
+    return out
+
+
+class Archive:
+    """One per process (per gunicorn worker, per SCP process); thread-safe."""
+
+    def __init__(self, settings: Settings, *, create_key: bool = False):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ring = load_master_keys(settings.master_key_file, settings.master_key, create=create_key)
+        self.engine = make_engine(settings.database_url)
+        self.write_engine = make_engine(settings.database_url)
+        if self.engine.dialect.name == "sqlite":
+            _serialise_sqlite_writes(self.write_engine)
+        upgrade(self.engine)
+        self.sessions = sessions(self.engine)
+        self.write_sessions = sessions(self.write_engine)
+        self.vault = Vault(ring, self.write_sessions)
+        self.vault.check_master_key()
+        self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
+        self.queries = QueryEngine(self.sessions, self.vault,
+                                   pn_ignore_case=not settings.case_sensitive_person_names)
+        self.audit = AuditLog(self.write_sessions)
+        self._tmp = settings.data_dir / "tmp"
+        self._tmp.mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.write_engine.dispose()
+
+    # -- ingest ---------------------------------------------------------------------------------------
+
+    def store(self, source: bytes | BinaryIO | os.PathLike | str, *, actor: str = "",
+              origin: str = "", content_type: str = "") -> StoreResult:
+        """Store one DICOM Part 10 object exactly as received. Raises BadInput, Duplicate, Conflict."""
+        fp, close = _open_source(source)
+        try:
+            return self._store(fp, actor=actor, origin=origin, content_type=content_type)
+        finally:
+            if close:
+                fp.close()
+
+    def _store(self, fp: BinaryIO, *, actor: str, origin: str, content_type: str) -> StoreResult:
+        ds = _read_header(fp)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        sop_uid = str(ds.SOPInstanceUID)
+        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        policy = self.settings.duplicate_policy
+        replaced: Instance | None = None
+        with self.sessions() as s:
+            old = s.scalars(select(Instance).where(Instance.sop_uid == sop_uid)).first()
+            if old is not None:
+                if policy == "reject":
+                    raise Duplicate(f"SOP Instance {sop_uid} is stored already")
+                if policy == "keep":
+                    info = self._info(s, old)
+                    return StoreResult("duplicate", info.sop_class_uid, sop_uid, info.study_uid,
+                                       info.series_uid, info.patient_ref, info.transfer_syntax)
+                replaced = old
+        patient_ref, key_id = self._patient_for(ds, study_uid)
+        dek = self.vault.dek(key_id) if self.settings.encrypt else None
+        blob_key = self.blobs.new_key()
+        fh = self.blobs.create(blob_key)
+        try:
+            writer = EncryptingWriter(fh, dek, blob_key)
+            fp.seek(0)
+            shutil.copyfileobj(fp, writer, CHUNK)
+            writer.close()
+            self.blobs.commit(fh, durable=self.settings.fsync)
+            blob_size = self.blobs.size(blob_key)
+            if replaced is not None:
+                self._delete_instances([replaced.id], audit=False)
+            self._index(ds, patient_ref, key_id, blob_key, blob_size, writer.plain_size, content_type)
+        except IntegrityError:
+            self.blobs.delete(blob_key)
+            raise Duplicate(f"SOP Instance {sop_uid} was stored concurrently") from None
+        except BaseException:
+            fh.close()
+            self.blobs.delete(blob_key)
+            raise
+        self.audit.record("store", actor=actor, source=origin, patient_ref=patient_ref,
+                          study_uid=study_uid, detail=sop_uid)
+        return StoreResult("replaced" if replaced is not None else "stored", str(ds.SOPClassUID),
+                           sop_uid, study_uid, series_uid, patient_ref, ts)
+
+    def _patient_for(self, ds: Dataset, study_uid: str) -> tuple[int, str]:
+        """The patient row and key for this object, created if new (own transaction)."""
+        issuer = str(ds.get("IssuerOfPatientID", "") or "")
+        pid = str(ds.get("PatientID", "") or "")
+        pid_hash = self.vault.blind("pid", f"{issuer}|{pid}")
+        with self.write_sessions.begin() as s:
+            study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            patient = s.scalars(select(Patient).where(Patient.pid_hash == pid_hash)).first()
+            if study is not None and (patient is None or study.patient_id != patient.id):
+                raise Conflict("StudyInstanceUID is already stored under a different patient")
+            if patient is not None:
+                return patient.id, patient.key_id
+            key_id, _ = self.vault.new_patient_key(s)
+            s.flush()
+            patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
+                              phi=b"", created_at=_utcnow(), last_visit="")
+            s.add(patient)
+            s.flush()
+            patient.phi = self.vault.seal(key_id, phi_where("PATIENT", patient),
+                                          _values(ds, PHI_BY_LEVEL["PATIENT"]))
+            s.flush()
+            return patient.id, key_id
+
+    def _index(self, ds: Dataset, patient_ref: int, key_id: str, blob_key: str, blob_size: int,
+               size: int, content_type: str) -> None:
+        now = _utcnow()
+        seal = self.vault.seal
+        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        modality = str(ds.get("Modality", "") or "")
+        sop_class = str(ds.SOPClassUID)
+        with self.write_sessions.begin() as s:
+            study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            if study is None:
+                values = _values(ds, PHI_BY_LEVEL["STUDY"])
+                study = Study(patient_id=patient_ref, study_uid=study_uid,
+                              study_date=str(ds.get("StudyDate", "") or ""),
+                              study_time=str(ds.get("StudyTime", "") or ""),
+                              accession_hash=(self.vault.blind("AccessionNumber", values["AccessionNumber"])
+                                              if values.get("AccessionNumber") else None),
+                              phi=seal(key_id, f"STUDY|{study_uid}", values), updated_at=now)
+                s.add(study)
+                s.flush()
+                s.execute(update(Patient).where(Patient.id == patient_ref)
+                          .values(num_studies=Patient.num_studies + 1))
+            elif study.patient_id != patient_ref:
+                raise Conflict("StudyInstanceUID is already stored under a different patient")
+            series = s.scalars(select(Series).where(Series.series_uid == series_uid)).first()
+            if series is None:
+                series = Series(study_id=study.id, series_uid=series_uid, modality=modality,
+                                series_number=_int(ds.get("SeriesNumber")),
+                                series_date=str(ds.get("SeriesDate", "") or ""),
+                                series_time=str(ds.get("SeriesTime", "") or ""),
+                                body_part=str(ds.get("BodyPartExamined", "") or "")[:16],
+                                phi=seal(key_id, f"SERIES|{series_uid}", _values(ds, PHI_BY_LEVEL["SERIES"])),
+                                updated_at=now)
+                s.add(series)
+                s.flush()
+                s.execute(update(Study).where(Study.id == study.id).values(num_series=Study.num_series + 1))
+                s.execute(update(Patient).where(Patient.id == patient_ref)
+                          .values(num_series=Patient.num_series + 1))
+            elif series.study_id != study.id:
+                raise Conflict("SeriesInstanceUID is already stored in a different study")
+            modalities = [m for m in study.modalities.split("\\") if m]
+            classes = [c for c in study.sop_classes.split("\\") if c]
+            changes: dict[str, Any] = {"num_instances": Study.num_instances + 1, "updated_at": now}
+            if modality and modality not in modalities:
+                changes["modalities"] = "\\".join(sorted([*modalities, modality]))
+            if sop_class not in classes:
+                changes["sop_classes"] = "\\".join([*classes, sop_class])
+            s.execute(update(Study).where(Study.id == study.id).values(**changes))
+            s.execute(update(Series).where(Series.id == series.id)
+                      .values(num_instances=Series.num_instances + 1, metadata_cache=None, updated_at=now))
+            visit = max(str(ds.get("StudyDate", "") or "")[:8], date.today().strftime("%Y%m%d")
+                        if not ds.get("StudyDate") else "")
+            s.execute(update(Patient).where(Patient.id == patient_ref)
+                      .values(num_instances=Patient.num_instances + 1,
+                              last_visit=func.max(Patient.last_visit, visit)
+                              if self.engine.dialect.name == "sqlite"
+                              else func.greatest(Patient.last_visit, visit)))
+            sop_uid = str(ds.SOPInstanceUID)
+            s.add(Instance(series_id=series.id, sop_uid=sop_uid, sop_class_uid=sop_class,
+                           transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                           instance_number=_int(ds.get("InstanceNumber")),
+                           number_of_frames=_int(ds.get("NumberOfFrames")),
+                           rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
+                           content_type=content_type, blob_key=blob_key, blob_size=blob_size,
+                           size=size, phi=seal(key_id, f"IMAGE|{sop_uid}", _values(ds, PHI_BY_LEVEL["IMAGE"])),
+                           received_at=now))
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    def find(self, query: Query) -> Iterator[dict[str, Any]]:
+        """Matches of a C-FIND or QIDO-RS query, as ``{keyword: value}``."""
+        return self.queries.run(query)
+
+    def instances(self, study_uid: str | None = None, series_uid: str | None = None,
+                  sop_uid: str | None = None, scope: Scope | None = None) -> list[InstanceInfo]:
+        """The instances under a study/series/instance (in series, instance-number order).
+
+        Raises NotFound when nothing matches (also when the UIDs exist outside ``scope``)."""
+        stmt = (select(Instance, Series, Study, Patient)
+                .join(Series, Instance.series_id == Series.id)
+                .join(Study, Series.study_id == Study.id)
+                .join(Patient, Study.patient_id == Patient.id))
+        if study_uid:
+            stmt = stmt.where(Study.study_uid == study_uid)
+        if series_uid:
+            stmt = stmt.where(Series.series_uid == series_uid)
+        if sop_uid:
+            stmt = stmt.where(Instance.sop_uid == sop_uid)
+        if scope is not None:
+            stmt = stmt.where(Patient.id == scope.patient_ref)
+            if scope.study_uids is not None:
+                stmt = stmt.where(Study.study_uid.in_(sorted(scope.study_uids)))
+        stmt = stmt.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+        with self.sessions() as s:
+            out = [_info(*row) for row in s.execute(stmt)]
+        if not out:
+            raise NotFound("no such study, series or instance")
+        return out
+
+    def _info(self, s: Session, inst: Instance) -> InstanceInfo:
+        series = s.get(Series, inst.series_id)
+        study = s.get(Study, series.study_id)
+        patient = s.get(Patient, study.patient_id)
+        return _info(inst, series, study, patient)
+
+    def open(self, info: InstanceInfo) -> DecryptingReader:
+        """A seekable plaintext stream of the stored Part 10 bytes."""
+        dek = self.vault.dek(info.key_id)
+        return DecryptingReader(self.blobs.open(info.blob_key), dek, info.blob_key, info.blob_size)
+
+    def read_bytes(self, info: InstanceInfo) -> bytes:
+        with self.open(info) as r:
+            return r.read()
+
+    def header(self, info: InstanceInfo) -> Dataset:
+        """The stored dataset up to (not including) its pixel data."""
+        with self.open(info) as r:
+            return pydicom.dcmread(io.BufferedReader(r, CHUNK), stop_before_pixels=True)
+
+    def dataset(self, info: InstanceInfo) -> Dataset:
+        """The whole stored dataset (for rendering and transcoding of single objects)."""
+        with self.open(info) as r:
+            return pydicom.dcmread(io.BufferedReader(r, CHUNK))
+
+    def patient_values(self, patient_ref: int) -> dict[str, Any]:
+        with self.sessions() as s:
+            p = s.get(Patient, patient_ref)
+            if p is None:
+                raise NotFound("no such patient")
+            return self.vault.unseal(p.key_id, phi_where("PATIENT", p), p.phi)
+
+    def find_patient(self, patient_id: str, issuer: str = "") -> int:
+        """The patient row for an ID (exact); NotFound if unknown."""
+        with self.sessions() as s:
+            p = s.scalars(select(Patient).where(
+                Patient.pid_hash == self.vault.blind("pid", f"{issuer}|{patient_id}"))).first()
+            if p is None:
+                raise NotFound("no such patient")
+            return p.id
+
+    # -- frames ---------------------------------------------------------------------------------------
+
+    def frame_index(self, info: InstanceInfo) -> dict[str, Any]:
+        """Where each frame is in the stored object; computed once, then kept in the index."""
+        from . import frames
+
+        with self.sessions() as s:
+            cached = s.scalar(select(Instance.frame_index).where(Instance.id == info.id))
+        if cached:
+            return json.loads(cached)
+        with self.open(info) as r:
+            index = frames.index_frames(io.BufferedReader(r, CHUNK))
+        data = index if isinstance(index, dict) else index.to_dict()  # type: ignore[union-attr]
+        with self.write_sessions.begin() as s:
+            s.execute(update(Instance).where(Instance.id == info.id)
+                      .values(frame_index=json.dumps(data).encode()))
+        return data
+
+    # -- deletion and shredding --------------------------------------------------------------------
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+               actor: str = "", origin: str = "") -> int:
+        """Delete a study, series or instance; returns how many instances went."""
+        infos = self.instances(study_uid, series_uid, sop_uid)
+        n = self._delete_instances([i.id for i in infos])
+        self.audit.record("delete", actor=actor, source=origin, patient_ref=infos[0].patient_ref,
+                          study_uid=study_uid, detail=f"{n} instance(s)")
+        return n
+
+    def _delete_instances(self, ids: list[int], audit: bool = True) -> int:
+        """Remove index rows (and empty parents, fixing counts), then their blobs."""
+        blob_keys: list[str] = []
+        with self.write_sessions.begin() as s:
+            rows = s.execute(select(Instance.id, Instance.blob_key, Instance.series_id)
+                             .where(Instance.id.in_(ids))).all()
+            for _id, key, series_id in rows:
+                blob_keys.append(key)
+                series = s.get(Series, series_id)
+                study = s.get(Study, series.study_id)
+                patient = s.get(Patient, study.patient_id)
+                s.execute(delete(Instance).where(Instance.id == _id))
+                series.num_instances -= 1
+                series.metadata_cache = None
+                study.num_instances -= 1
+                patient.num_instances -= 1
+                if series.num_instances <= 0:
+                    s.delete(series)
+                    study.num_series -= 1
+                    patient.num_series -= 1
+                    s.flush()
+                    mods = s.scalars(select(Series.modality).where(Series.study_id == study.id)).all()
+                    study.modalities = "\\".join(sorted({m for m in mods if m}))
+                if study.num_instances <= 0:
+                    s.delete(study)
+                    patient.num_studies -= 1
+                s.flush()
+        for key in blob_keys:
+            self.blobs.delete(key)
+        return len(blob_keys)
+
+    def shred_patient(self, patient_ref: int, *, actor: str = "", origin: str = "",
+                      reason: str = "request") -> int:
+        """Crypto-shred: destroy the patient's wrapped key first, then index rows and blobs."""
+        with self.write_sessions.begin() as s:
+            patient = s.get(Patient, patient_ref)
+            if patient is None:
+                raise NotFound("no such patient")
+            key_id = patient.key_id
+            blob_keys = s.scalars(select(Instance.blob_key).join(Series).join(Study)
+                                  .where(Study.patient_id == patient_ref)).all()
+            s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
+        self.vault.forget(key_id)
+        with self.write_sessions.begin() as s:
+            study_ids = select(Study.id).where(Study.patient_id == patient_ref).scalar_subquery()
+            series_ids = select(Series.id).where(Series.study_id.in_(study_ids)).scalar_subquery()
+            s.execute(delete(Instance).where(Instance.series_id.in_(series_ids)))
+            s.execute(delete(Series).where(Series.study_id.in_(study_ids)))
+            s.execute(delete(Study).where(Study.patient_id == patient_ref))
+            s.execute(delete(Patient).where(Patient.id == patient_ref))
+        for key in blob_keys:
+            self.blobs.delete(key)
+        self.audit.record("shred", actor=actor, source=origin, patient_ref=patient_ref,
+                          detail=f"{reason}; {len(blob_keys)} object(s)")
+        return len(blob_keys)
+
+    def sweep_orphans(self, grace_seconds: float = 3600) -> int:
+        """Delete blobs no index row names (a crash between blob write and index commit)."""
+        cutoff = time.time() - grace_seconds
+        with self.sessions() as s:
+            known = set(s.scalars(select(Instance.blob_key)).all())
+        n = 0
+        for key in list(self.blobs.keys(older_than=cutoff)):
+            if key not in known:
+                self.blobs.delete(key)
+                n += 1
+        if n:
+            log.warning("removed %d orphan blob(s) left by an interrupted store", n)
+        return n
+
+
+def _info(inst: Instance, series: Series, study: Study, patient: Patient) -> InstanceInfo:
+    return InstanceInfo(inst.id, inst.sop_uid, inst.sop_class_uid, inst.transfer_syntax,
+                        series.series_uid, study.study_uid, patient.id, patient.key_id,
+                        inst.blob_key, inst.blob_size, inst.size, inst.number_of_frames,
+                        inst.rows, inst.columns, inst.instance_number, inst.content_type)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO, bool]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source), True
+    if isinstance(source, (str, os.PathLike)):
+        return open(Path(source), "rb", buffering=CHUNK), True
+    return source, False
+
+
+def _read_header(fp: BinaryIO) -> Dataset:
+    """Parse up to the pixel data and check what indexing needs; BadInput otherwise."""
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error) as exc:
+        raise BadInput(f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        raise BadInput("no File Meta Information with a Transfer Syntax UID")
+    for kw in _REQUIRED:
+        try:
+            value = ds.get(kw)
+        except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
+            raise BadInput(f"{kw} cannot be read") from None
+        if not value:
+            raise BadInput(f"{kw} is missing")
+        if len(str(value)) > 64:
+            raise BadInput(f"{kw} is longer than 64 characters")
+    try:  # touch every indexed value now: a corrupt element must fail here, not mid-transaction
+        _values(ds, [k for k in ATTRIBUTES if k in ds])
+    except Exception:  # noqa: BLE001
+        raise BadInput("a header element cannot be decoded") from None
+    return ds
+
+
+def _serialise_sqlite_writes(engine: Any) -> None:
+    """SQLite: every write transaction takes the write lock at BEGIN (no deadlocking upgrades)."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,178 @@
+"""Non-DICOM artifacts (PDF, photos, video, audio, notes) as standard DICOM objects.
+
+Pure functions over bytes: no files, no network, no database.
+
+=================  ==========================================  ======================
+media type         SOP Class (PS3.4 B.5)                       comes back
+=================  ==========================================  ======================
+application/pdf    Encapsulated PDF (A.45.1)                   byte-identical
+image/jpeg         VL Photographic Image (A.32.4), JPEG as is  byte-identical
+image/png|gif|...  VL Photographic Image, native pixels        PNG, same pixels
+video/mp4 (H.264)  Video Photographic Image (A.32.7)           byte-identical
+audio/wav (PCM)    General Audio Waveform (A.34.4)             byte-identical
+text/plain         Basic Text SR (A.35.1)                      byte-identical
+text/rtf           Basic Text SR, RTF kept privately           byte-identical
+=================  ==========================================  ======================
+
+The original media type, file name, size and SHA-256 are kept in a private
+block described in :mod:`storage.artifacts.common`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import pydicom
+from pydicom.uid import UID
+
+from .audio import GENERAL_AUDIO_WAVEFORM_STORAGE, encapsulate_wav, extract_wav
+from .common import (
+    EL_FILENAME,
+    EL_MEDIA_TYPE,
+    EL_SIZE,
+    check_size,
+    private_value,
+    safe_filename,
+    verify_sha256,
+)
+from .detect import SUPPORTED_MEDIA_TYPES, detect_media_type, normalize_media_type
+from .errors import ArtifactError, ArtifactTooLarge, InvalidArtifact, UnsupportedArtifact
+from .image import (
+    VL_PHOTOGRAPHIC_IMAGE_STORAGE,
+    encapsulate_jpeg,
+    encapsulate_pillow_image,
+    extract_image,
+)
+from .model import InstanceRef, Original, PatientInfo, StudyInfo
+from .pdf import ENCAPSULATED_PDF_STORAGE, encapsulate_pdf, extract_pdf
+from .text_sr import BASIC_TEXT_SR_STORAGE, encapsulate_note, extract_note, note_text
+from .video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, encapsulate_mp4, extract_mp4
+
+__all__ = [
+    "ArtifactError",
+    "ArtifactTooLarge",
+    "InstanceRef",
+    "InvalidArtifact",
+    "Original",
+    "PatientInfo",
+    "StudyInfo",
+    "SUPPORTED_MEDIA_TYPES",
+    "UnsupportedArtifact",
+    "detect_media_type",
+    "encapsulate",
+    "extract_original",
+    "note_text",
+]
+
+_DEFAULT_NAMES = {
+    "application/pdf": "document.pdf",
+    "image/jpeg": "photo.jpg",
+    "video/mp4": "video.mp4",
+    "audio/wav": "audio.wav",
+    "text/plain": "note.txt",
+    "text/rtf": "note.rtf",
+}
+_LOSSLESS_IMAGES = {"image/png", "image/gif", "image/bmp", "image/tiff"}
+
+
+def encapsulate(
+    data: bytes,
+    *,
+    patient: PatientInfo,
+    study: StudyInfo,
+    filename: str | None = None,
+    media_type: str | None = None,
+    title: str | None = None,
+    series_description: str = "",
+    references: Sequence[InstanceRef] = (),
+    max_size: int | None = None,
+    content_datetime: datetime | None = None,
+) -> pydicom.Dataset:
+    """Wrap an artifact in a new DICOM object (new SOP Instance and Series UIDs).
+
+    ``media_type`` is a declared label, checked against the content like the
+    file name's extension. ``title`` defaults to the file name. References
+    are recorded in text notes (SR content and evidence) and PDFs (Source
+    Instance Sequence); for other kinds they raise ArtifactError.
+    The result carries file_meta: ``ds.save_as(f, enforce_file_format=True)``.
+    """
+    check_size(data, max_size)
+    kind = detect_media_type(data, filename, media_type)
+    name = safe_filename(filename, _DEFAULT_NAMES.get(kind, "image." + kind.split("/")[1]))
+    when = content_datetime or datetime.now().astimezone()
+    doc_title = name if title is None else title
+    common = {
+        "patient": patient,
+        "study": study,
+        "filename": name,
+        "title": doc_title,
+        "series_description": series_description,
+        "content_datetime": when,
+    }
+    if references and kind not in ("application/pdf", "text/plain", "text/rtf"):
+        raise ArtifactError(f"references can be recorded for PDFs and notes, not for {kind}")
+    if kind == "application/pdf":
+        ds = encapsulate_pdf(data, **common)
+        if references:
+            ds.SourceInstanceSequence = [_ref_item(r) for r in references]
+        return ds
+    if kind == "image/jpeg":
+        return encapsulate_jpeg(data, **common)
+    if kind in _LOSSLESS_IMAGES:
+        return encapsulate_pillow_image(data, media_type=kind, **common)
+    if kind == "video/mp4":
+        return encapsulate_mp4(data, **common)
+    if kind == "audio/wav":
+        return encapsulate_wav(data, **common)
+    return encapsulate_note(data, media_type=kind, references=references, **common)
+
+
+def _ref_item(ref: InstanceRef) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ref.sop_class_uid
+    item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    return item
+
+
+def extract_original(ds: pydicom.Dataset) -> Original:
+    """Recover the artifact from an object made by :func:`encapsulate` (or a like one).
+
+    Byte-identical for PDF, JPEG, MP4, WAV and notes (checked against the
+    recorded SHA-256); lossless images come back as PNG with the same pixels.
+    Works on objects from other tools (e.g. dcmtk's pdf2dcm) without the
+    private block, using the standard attributes only.
+    """
+    sop_class = UID(ds.SOPClassUID)
+    declared = private_value(ds, EL_MEDIA_TYPE)
+    media_type = normalize_media_type(str(declared)) if declared else None
+    raw_name = private_value(ds, EL_FILENAME)
+    size_value = private_value(ds, EL_SIZE)
+    size = int(size_value) if isinstance(size_value, int) else None
+    name = safe_filename(
+        str(raw_name) if raw_name else None, _DEFAULT_NAMES.get(media_type or "", "artifact")
+    )
+    if sop_class == ENCAPSULATED_PDF_STORAGE:
+        original = extract_pdf(
+            ds, safe_filename(str(raw_name) if raw_name else None, "document.pdf")
+        )
+    elif sop_class == VL_PHOTOGRAPHIC_IMAGE_STORAGE:
+        original = extract_image(ds, name, size)
+        if original.media_type == "image/png" and media_type != "image/png":
+            return original  # re-encoded: pixels equal, bytes not
+    elif sop_class == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE:
+        original = extract_mp4(
+            ds, safe_filename(str(raw_name) if raw_name else None, "video.mp4"), size
+        )
+    elif sop_class == GENERAL_AUDIO_WAVEFORM_STORAGE:
+        original = extract_wav(ds, safe_filename(str(raw_name) if raw_name else None, "audio.wav"))
+    elif sop_class == BASIC_TEXT_SR_STORAGE:
+        original = extract_note(
+            ds, safe_filename(str(raw_name) if raw_name else None, "note.txt"), media_type
+        )
+    else:
+        raise UnsupportedArtifact(
+            f"no artifact can be extracted from {sop_class.name or sop_class}"
+        )
+    verify_sha256(ds, original.data)
+    return original

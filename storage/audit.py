@@ -1,0 +1,45 @@
+"""The audit trail: append-only rows of who did what to which patient's data, when, from where.
+
+In the spirit of DICOM PS3.15 A.5 (ATNA): events name the patient by index reference and studies by
+UID, never by name or ID. Recording never fails the operation it records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .index.models import AuditEvent
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    def __init__(self, sessions: sessionmaker[Session]):
+        self._sessions = sessions
+
+    def record(self, action: str, *, actor: str = "", source: str = "", outcome: str = "success",
+               patient_ref: int | None = None, study_uid: str = "", detail: str = "") -> None:
+        try:
+            with self._sessions.begin() as s:
+                s.add(AuditEvent(at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128],
+                                 action=action[:32], outcome=outcome[:16], patient_ref=patient_ref,
+                                 study_uid=study_uid[:64], source=source[:128], detail=detail))
+        except Exception:  # noqa: BLE001 - an audit failure must not fail the store; it is logged
+            log.exception("could not write an audit event (%s)", action)
+
+    def events(self, *, patient_ref: int | None = None, since: datetime | None = None,
+               action: str | None = None, limit: int = 1000) -> Iterator[AuditEvent]:
+        stmt = select(AuditEvent).order_by(AuditEvent.id)
+        if patient_ref is not None:
+            stmt = stmt.where(AuditEvent.patient_ref == patient_ref)
+        if since is not None:
+            stmt = stmt.where(AuditEvent.at >= since)
+        if action is not None:
+            stmt = stmt.where(AuditEvent.action == action)
+        with self._sessions() as s:
+            yield from s.scalars(stmt.limit(limit)).all()

@@ -1,0 +1,93 @@
+"""Blob stores: opaque bytes under random keys. They know nothing of DICOM or of encryption.
+
+The filesystem store fans keys out over two directory levels. Keys are random hex chosen here, never
+derived from a UID that came off the network (style.md, point 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import NotFound, StorageFull
+
+
+class BlobStore(Protocol):
+    def new_key(self) -> str: ...
+    def create(self, key: str) -> BinaryIO: ...
+    def commit(self, fh: BinaryIO, durable: bool = True) -> None: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def size(self, key: str) -> int: ...
+    def delete(self, key: str) -> None: ...
+    def keys(self, older_than: float | None = None) -> Iterator[str]: ...
+
+
+class FileBlobStore:
+    """Blobs as files ``root/ab/cd/abcd...``; written in place, fsynced before the index commits."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_key(self) -> str:
+        return secrets.token_hex(16)
+
+    def path(self, key: str) -> Path:
+        if len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+            raise NotFound("no such blob")
+        return self.root / key[:2] / key[2:4] / key
+
+    def create(self, key: str) -> BinaryIO:
+        p = self.path(key)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            return open(p, "xb", buffering=1 << 20)
+        except OSError as exc:
+            if exc.errno == 28:  # ENOSPC
+                raise StorageFull("no space left in the blob store") from None
+            raise
+
+    def commit(self, fh: BinaryIO, durable: bool = True) -> None:
+        """Flush and (if durable) fsync; then close."""
+        try:
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno == 28:
+                raise StorageFull("no space left in the blob store") from None
+            raise
+        finally:
+            fh.close()
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb", buffering=0)
+        except FileNotFoundError:
+            raise NotFound("stored object is missing from the blob store") from None
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
+
+    def keys(self, older_than: float | None = None) -> Iterator[str]:
+        """Every key, optionally only those last modified before ``older_than`` (epoch seconds)."""
+        for top in self.root.iterdir():
+            if not top.is_dir():
+                continue
+            for mid in top.iterdir():
+                for f in mid.iterdir():
+                    if older_than is None or f.stat().st_mtime < older_than:
+                        yield f.name
+
+    def __repr__(self) -> str:
+        return f"FileBlobStore({self.root})"
+
+

@@ -1,0 +1,33 @@
+"""Domain errors raised by the archive core.
+
+Each front door maps them once: ``dicomweb/`` to an HTTP status, ``pacs/`` to a DIMSE status.
+Messages never contain PHI: they name attributes and UIDs, never patient values.
+"""
+
+
+class ArchiveError(Exception):
+    """Base class for every error the archive raises on purpose."""
+
+
+class NotFound(ArchiveError):
+    """The study, series, instance, frame or patient does not exist (or is out of scope)."""
+
+
+class BadInput(ArchiveError):
+    """The object or query is malformed: a missing UID, an unreadable dataset, a bad matching key."""
+
+
+class Duplicate(ArchiveError):
+    """An instance with this SOP Instance UID is stored already and the policy refuses the new one."""
+
+
+class StorageFull(ArchiveError):
+    """The blob store or the database has no room left."""
+
+
+class KeyUnavailable(ArchiveError):
+    """The master key is missing or wrong, or a patient key cannot be unwrapped."""
+
+
+class Conflict(ArchiveError):
+    """The request contradicts what is stored (e.g. a STOW part outside the study named in the URL)."""

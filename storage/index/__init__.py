@@ -1,0 +1,1 @@
+"""The index: SQLAlchemy models and the database engine (schema managed by alembic)."""

@@ -1,0 +1,142 @@
+"""Index tables. Identifying values live only in the encrypted ``phi`` columns.
+
+Clear columns hold what is not identifying and what SQL must filter or sort on: UIDs, dates and times
+of studies and series, modality, counts, sizes. ``*_hash`` columns are keyed HMACs ("blind indexes")
+for exact matching of identifiers (PatientID, AccessionNumber) without storing them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SystemKey(Base):
+    """Keys of the installation itself (blind-index key, key check), wrapped by the master key."""
+
+    __tablename__ = "system_keys"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kek_version: Mapped[int] = mapped_column(Integer)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PatientKey(Base):
+    """A patient's data key, wrapped. Deleting this row is crypto-shredding."""
+
+    __tablename__ = "patient_keys"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kek_version: Mapped[int] = mapped_column(Integer, index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid_hash: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)  # HMAC(issuer|PatientID)
+    id_hash: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)  # HMAC(PatientID) alone
+    key_id: Mapped[str] = mapped_column(String(32), ForeignKey("patient_keys.key_id"))
+    phi: Mapped[bytes] = mapped_column(LargeBinary)
+    last_visit: Mapped[str] = mapped_column(String(8), default="")  # YYYYMMDD, latest study or receipt
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    num_studies: Mapped[int] = mapped_column(Integer, default=0)
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_hash: Mapped[bytes | None] = mapped_column(LargeBinary(16), index=True)
+    modalities: Mapped[str] = mapped_column(String(128), default="")  # backslash separated
+    sop_classes: Mapped[str] = mapped_column(Text, default="")
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    phi: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_date: Mapped[str] = mapped_column(String(8), default="")
+    series_time: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    phi: Mapped[bytes] = mapped_column(LargeBinary)
+    metadata_cache: Mapped[bytes | None] = mapped_column(LargeBinary)  # encrypted DICOM JSON
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(64), default="")  # original media type of artifacts
+    blob_key: Mapped[str] = mapped_column(String(32), unique=True)
+    blob_size: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)  # plaintext Part 10 size
+    phi: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted small header attributes
+    frame_index: Mapped[bytes | None] = mapped_column(LargeBinary)  # JSON, computed on first frame read
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ApiToken(Base):
+    """Provider API tokens (DICOMweb bearer), stored as SHA-256 of the token."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    """Append-only audit trail (PS3.15 A.5 in spirit). Patient referenced by row id, never by value."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    patient_ref: Mapped[int | None] = mapped_column(Integer, index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    source: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+Index("ix_instances_series_number", Instance.series_id, Instance.instance_number)
+Index("ix_studies_patient_date", Study.patient_id, Study.study_date)

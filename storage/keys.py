@@ -1,0 +1,147 @@
+"""Master key (key-encryption key) and per-patient data keys.
+
+* The master key ring holds one or more 256-bit versions; the highest is current. It comes from a key
+  file (created on first start, mode 0600, with a warning to back it up) or from ``PACS_MASTER_KEY``.
+* A patient data key (DEK) is 32 random bytes, stored only wrapped: AES-256-GCM under a master key
+  version, with associated data binding the key id and the version (security.md, "Keys").
+* Sub-keys are derived from a DEK with HKDF-SHA256 and a purpose label, so one DEK never encrypts
+  two kinds of data with the same key.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import KeyUnavailable
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+_WRAP_LABEL = b"pacs/wrap/v1|"
+
+
+def hkdf(key: bytes, info: bytes, salt: bytes | None = None, length: int = KEY_BYTES) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key encrypted under master key version ``kek_version``: nonce (12) + ciphertext + tag."""
+
+    kek_version: int
+    blob: bytes
+
+
+class MasterKeyRing:
+    """The versions of the master key this process holds. Never logged, never written but to its file."""
+
+    def __init__(self, versions: dict[int, bytes]):
+        if not versions:
+            raise KeyUnavailable("no master key version loaded")
+        for v, k in versions.items():
+            if len(k) != KEY_BYTES:
+                raise KeyUnavailable(f"master key version {v} is not {KEY_BYTES} bytes")
+        self._versions = dict(versions)
+
+    @property
+    def current_version(self) -> int:
+        return max(self._versions)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._versions)
+
+    def has(self, version: int) -> bool:
+        return version in self._versions
+
+    def wrap(self, key_id: str, key: bytes, version: int | None = None) -> WrappedKey:
+        v = self.current_version if version is None else version
+        nonce = os.urandom(12)
+        aad = _WRAP_LABEL + key_id.encode() + b"|" + str(v).encode()
+        return WrappedKey(v, nonce + AESGCM(self._versions[v]).encrypt(nonce, key, aad))
+
+    def unwrap(self, key_id: str, wrapped: WrappedKey) -> bytes:
+        kek = self._versions.get(wrapped.kek_version)
+        if kek is None:
+            raise KeyUnavailable(f"master key version {wrapped.kek_version} is not loaded")
+        aad = _WRAP_LABEL + key_id.encode() + b"|" + str(wrapped.kek_version).encode()
+        try:
+            return AESGCM(kek).decrypt(wrapped.blob[:12], wrapped.blob[12:], aad)
+        except InvalidTag:
+            raise KeyUnavailable(
+                f"master key version {wrapped.kek_version} does not open key {key_id}: wrong master key"
+            ) from None
+
+    def with_new_version(self) -> MasterKeyRing:
+        """A ring with one more, freshly random, current version (for rotation)."""
+        versions = dict(self._versions)
+        versions[self.current_version + 1] = secrets.token_bytes(KEY_BYTES)
+        return MasterKeyRing(versions)
+
+    def without(self, version: int) -> MasterKeyRing:
+        versions = {v: k for v, k in self._versions.items() if v != version}
+        return MasterKeyRing(versions)
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def dumps(self) -> str:
+        lines = ["# pacs master key ring: one 'version:base64' line per version. BACK THIS FILE UP.",
+                 "# Without it every stored object is unreadable. Keep it off the data disk if you can."]
+        lines += [f"{v}:{base64.b64encode(k).decode()}" for v, k in sorted(self._versions.items())]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def loads(cls, text: str) -> MasterKeyRing:
+        versions: dict[int, bytes] = {}
+        for raw in text.replace(",", "\n").splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            ver, sep, b64 = line.partition(":")
+            try:
+                if not sep:  # a bare key is version 1
+                    ver, b64 = "1", line
+                versions[int(ver)] = base64.b64decode(b64, validate=True)
+            except (ValueError, base64.binascii.Error):
+                raise KeyUnavailable("master key is not in 'version:base64' form") from None
+        return cls(versions)
+
+    def save(self, path: Path) -> None:
+        """Write atomically with mode 0600."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.dumps())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def load_master_keys(key_file: Path | None, env_value: str = "", create: bool = False) -> MasterKeyRing:
+    """The ring from the environment value, else from the key file (created if allowed and absent)."""
+    if env_value:
+        return MasterKeyRing.loads(env_value)
+    if key_file is None:
+        raise KeyUnavailable("no master key: set PACS_MASTER_KEY or master_key_file")
+    if key_file.exists():
+        return MasterKeyRing.loads(key_file.read_text())
+    if not create:
+        raise KeyUnavailable(f"master key file {key_file} does not exist")
+    ring = MasterKeyRing({1: secrets.token_bytes(KEY_BYTES)})
+    ring.save(key_file)
+    log.warning(
+        "\n%s\nA NEW MASTER KEY was created at %s\nBack it up now and keep the copy apart from the data:\n"
+        "without it, every stored object is unreadable for ever.\n%s", "!" * 72, key_file, "!" * 72)
+    return ring
