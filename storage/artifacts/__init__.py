@@ -165,10 +165,12 @@ def extract_original(ds: pydicom.Dataset) -> Original:
             ds, safe_filename(str(raw_name) if raw_name else None, "video.mp4"), size
         )
     elif sop_class == GENERAL_AUDIO_WAVEFORM_STORAGE:
-        original = extract_wav(ds, safe_filename(str(raw_name) if raw_name else None, "audio.wav"))
+        original = extract_wav(
+            ds, safe_filename(str(raw_name) if raw_name else None, "audio.wav"), size
+        )
     elif sop_class == BASIC_TEXT_SR_STORAGE:
         original = extract_note(
-            ds, safe_filename(str(raw_name) if raw_name else None, "note.txt"), media_type
+            ds, safe_filename(str(raw_name) if raw_name else None, "note.txt"), media_type, size
         )
     else:
         raise UnsupportedArtifact(

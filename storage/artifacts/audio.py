@@ -99,10 +99,7 @@ def encapsulate_wav(
     # Waveform Identification (C.10.8)
     ds.AcquisitionDateTime = content_datetime.strftime("%Y%m%d%H%M%S")
     ds.AcquisitionContextSequence = []  # Acquisition Context (C.7.6.14), type 2
-    if title:
-        ds.ImageComments = title  # not in the IOD: Waveform has no free-text title
     group = Dataset()
-    group.MultiplexGroupTimeOffset = "0"
     group.WaveformOriginality = "ORIGINAL"
     group.NumberOfWaveformChannels = channels
     group.NumberOfWaveformSamples = frames
@@ -117,6 +114,7 @@ def encapsulate_wav(
         src.CodingSchemeDesignator = "DCM"
         src.CodeMeaning = codes.DCM.Voice.meaning
         ch.ChannelSourceSequence = [src]
+        ch.ChannelSampleSkew = "0"  # channels are sampled together (C.10.9.1.4.3)
         ch.WaveformBitsStored = 8 * width
         group.ChannelDefinitionSequence.append(ch)
     group.WaveformBitsAllocated = 8 * width
@@ -129,7 +127,7 @@ def encapsulate_wav(
     return finish(ds, ExplicitVRLittleEndian)
 
 
-def extract_wav(ds: Dataset, filename: str) -> Original:
+def extract_wav(ds: Dataset, filename: str, size: int | None) -> Original:
     """The WAV back: original framing around the samples, or a fresh header."""
     group = ds.WaveformSequence[0]
     bits = int(group.WaveformBitsAllocated)
@@ -140,7 +138,9 @@ def extract_wav(ds: Dataset, filename: str) -> Original:
     samples = bytes(group.WaveformData)[:n]
     prefix, suffix = private_value(ds, EL_PREFIX), private_value(ds, EL_SUFFIX)
     if isinstance(prefix, bytes) and isinstance(suffix, bytes):
-        return Original(prefix + samples + suffix, MEDIA_TYPE, filename)
+        # The suffix may carry an even-length pad (PS3.5 7.1.1): cut at the original size.
+        whole = prefix + samples + suffix
+        return Original(whole[:size] if size else whole, MEDIA_TYPE, filename)
     if (bits, group.WaveformSampleInterpretation) not in ((8, "UB"), (16, "SS")):
         raise UnsupportedArtifact("only linear PCM (UB 8-bit, SS 16-bit) can become a WAV")
     out = io.BytesIO()

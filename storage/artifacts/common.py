@@ -148,7 +148,7 @@ def base_dataset(
     # General Series (C.7.3.1): one new series per artifact.
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = None
+    ds.SeriesNumber = 1  # type 1 in some IODs; one artifact per series
     ds.SeriesDate = date
     ds.SeriesTime = time
     if series_description:

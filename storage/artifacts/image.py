@@ -40,7 +40,7 @@ def _image_base(
     )
     ds.PatientOrientation = None  # General Image (C.7.6.1), type 2C
     ds.AcquisitionContextSequence = []  # Acquisition Context (C.7.6.14), type 2
-    ds.AnatomicRegionSequence = []  # VL Image (C.8.12.1), type 2 here: unknown
+    ds.Laterality = None  # General Series (C.7.3.1), type 2C: unknown
     ds.BurnedInAnnotation = "NO"
     return ds
 

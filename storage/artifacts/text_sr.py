@@ -194,9 +194,10 @@ def note_text(ds: Dataset) -> str:
     raise InvalidArtifact("the SR has no TEXT content item")
 
 
-def extract_note(ds: Dataset, filename: str, media_type: str | None) -> Original:
+def extract_note(ds: Dataset, filename: str, media_type: str | None, size: int | None) -> Original:
     """The original note bytes if kept, else the TEXT item as UTF-8 text/plain."""
     kept = private_value(ds, EL_ORIGINAL_BYTES)
     if isinstance(kept, bytes):
-        return Original(kept, media_type or "text/plain", filename)
+        # OB values are padded to even length (PS3.5 7.1.1): cut at the original size.
+        return Original(kept[:size] if size else kept, media_type or "text/plain", filename)
     return Original(note_text(ds).encode("utf-8"), "text/plain", filename)

@@ -155,7 +155,14 @@ def encapsulate_mp4(
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PatientOrientation = None
     ds.AcquisitionContextSequence = []
-    ds.AnatomicRegionSequence = []
+    ds.Laterality = None
+    # VL Image (C.8.12.1): type 1C for video; the region is not known, so the
+    # least specific one is given (SCT 38266002 "Entire body").
+    region = Dataset()
+    region.CodeValue = "38266002"
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = "Entire body"
+    ds.AnatomicRegionSequence = [region]
     ds.BurnedInAnnotation = "NO"
     if title:
         ds.ImageComments = title
