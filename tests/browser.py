@@ -116,6 +116,18 @@ class StudyView(NamedTuple):
     screenshot: bytes  # PNG of the whole page
     nonblack: float  # fraction of non-black pixels in the first viewport canvas
     external_requests: list[str]  # URLs requested from other hosts (should be empty)
+    requests: list[str]  # every URL the page requested
+
+
+def dismiss_ohif_popups(page: Page) -> None:
+    """Close OHIF's first-visit tour and "investigational use" banner if they are showing."""
+    for label in ("Skip all", "Confirm and hide"):
+        button = page.get_by_text(label, exact=True)
+        try:
+            if button.count():
+                button.first.click(timeout=2000)
+        except Exception:  # noqa: BLE001 - a popup that went away on its own is fine
+            pass
 
 
 VIEWPORT_CANVAS = "canvas.cornerstone-canvas"
@@ -135,7 +147,9 @@ def open_ohif_study(
     Waits for (1) OHIF's cornerstone viewport canvas (``canvas.cornerstone-canvas``) to be
     visible, then (2) polls a screenshot of that canvas, analysed with Pillow, until more
     than ``min_nonblack`` of its pixels are not black (an image was decoded and drawn,
-    not just the black background). Raises ``TimeoutError`` (message carries the last
+    not just the black background), then (3) closes the first-visit popups and takes a
+    full-page screenshot. The canvas is read back as a screenshot, not with getImageData,
+    so it works whatever rendering path cornerstone picked (WebGL or CPU). Raises ``TimeoutError`` (message carries the last
     fraction and any failed requests) if that does not happen within ``timeout_s``.
     """
     if browser is None:
@@ -161,8 +175,9 @@ def open_ohif_study(
         while time.monotonic() < deadline:
             fraction = nonblack_fraction(canvas.screenshot())
             if fraction > min_nonblack:
-                page.wait_for_timeout(500)  # let overlays and the rest of the layout settle
-                return StudyView(page.screenshot(full_page=True), fraction, log.external)
+                dismiss_ohif_popups(page)
+                page.wait_for_timeout(500)  # let the layout settle
+                return StudyView(page.screenshot(full_page=True), fraction, log.external, log.urls)
             page.wait_for_timeout(500)
         raise TimeoutError(
             f"OHIF showed no image for {study_uid} within {timeout_s:.0f}s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,13 @@ import pytest
 from flask import Flask, Response, request
 
 from dicomweb.viewer import viewer_blueprint
-from tests.browser import RequestLog, browser_unavailable, chromium, live_server
+from tests.browser import (
+    RequestLog,
+    browser_unavailable,
+    chromium,
+    live_server,
+    open_ohif_study,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = Path("/tmp/pacs-test-viewer-studylist.png")
@@ -52,7 +59,10 @@ def make_app(dist: Path, **kwargs: object) -> tuple[Flask, list[str]]:
     @app.get("/dicom-web/studies")
     def studies() -> Response:
         qido.append(request.query_string.decode())
-        return Response("[]", mimetype="application/dicom+json")
+        uid = request.args.get("StudyInstanceUID") or request.args.get("0020000D")
+        pid = request.args.get("PatientID") or request.args.get("00100020")
+        body = json.dumps([_study_json()]) if uid == STUDY or pid == PATIENT_ID else "[]"
+        return Response(body, mimetype="application/dicom+json")
 
     return app, qido
 
@@ -115,8 +125,6 @@ def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:  # n
 
 
 def _config(resp) -> dict:  # noqa: ANN001
-    import json
-
     text = resp.get_data(as_text=True)
     assert text.startswith("window.config = ")
     return json.loads(text[len("window.config = ") :].rstrip().rstrip(";"))
@@ -186,3 +194,138 @@ def test_ohif_study_list_renders(dist_dir: Path) -> None:
     assert not errors, errors
     if os.environ.get("PACS_TEST_VERBOSE"):
         print("\n".join(log.urls))
+
+
+# --- One synthetic study, just enough DICOMweb for OHIF to show it --------------------------
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+SERIES = STUDY + ".1"
+SOP = SERIES + ".1"
+PATIENT_ID = "VIEWER-1"
+ROWS = COLS = 128
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _el(vr: str, *values: object) -> dict:
+    return {"vr": vr, "Value": list(values)}
+
+
+def _frame(transfer_syntax: str) -> bytes:
+    """A ring pattern: 16-bit little endian (0..1000), or 8-bit JPEG baseline."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:ROWS, 0:COLS]
+    rings = (np.sin(np.hypot(x - COLS / 2, y - ROWS / 2) / 4) + 1) / 2
+    if transfer_syntax == JPEG_BASELINE:
+        out = io.BytesIO()
+        Image.fromarray((rings * 255).astype("u1"), "L").save(out, "JPEG", quality=90)
+        return out.getvalue()
+    return (rings * 1000).astype("<u2").tobytes()
+
+
+def _study_json() -> dict:
+    return {
+        "0020000D": _el("UI", STUDY),
+        "00100010": _el("PN", {"Alphabetic": "Test^Viewer"}),
+        "00100020": _el("LO", PATIENT_ID),
+        "00080020": _el("DA", "20260101"),
+        "00080030": _el("TM", "120000"),
+        "00080050": _el("SH", "ACC1"),
+        "00081030": _el("LO", "Synthetic rings"),
+        "00080061": _el("CS", "OT"),
+        "00201206": _el("IS", 1),
+        "00201208": _el("IS", 1),
+    }
+
+
+def _series_json() -> dict:
+    return {
+        "0020000D": _el("UI", STUDY),
+        "0020000E": _el("UI", SERIES),
+        "00080060": _el("CS", "OT"),
+        "00200011": _el("IS", 1),
+        "0008103E": _el("LO", "Rings"),
+        "00201209": _el("IS", 1),
+    }
+
+
+def _instance_json(transfer_syntax: str) -> dict:
+    bits = 8 if transfer_syntax == JPEG_BASELINE else 16
+    window = (128, 256) if bits == 8 else (500, 1000)
+    return {
+        **_series_json(),
+        "00020010": _el("UI", transfer_syntax),
+        "00080016": _el("UI", "1.2.840.10008.5.1.4.1.1.7"),
+        "00080018": _el("UI", SOP),
+        "00100010": _el("PN", {"Alphabetic": "Test^Viewer"}),
+        "00100020": _el("LO", PATIENT_ID),
+        "00200013": _el("IS", 1),
+        "00200032": _el("DS", 0, 0, 0),
+        "00200037": _el("DS", 1, 0, 0, 0, 1, 0),
+        "00280002": _el("US", 1),
+        "00280004": _el("CS", "MONOCHROME2"),
+        "00280010": _el("US", ROWS),
+        "00280011": _el("US", COLS),
+        "00280030": _el("DS", 1, 1),
+        "00280100": _el("US", bits),
+        "00280101": _el("US", bits),
+        "00280102": _el("US", bits - 1),
+        "00280103": _el("US", 0),
+        "00281050": _el("DS", window[0]),
+        "00281051": _el("DS", window[1]),
+        "00281052": _el("DS", 0),
+        "00281053": _el("DS", 1),
+    }
+
+
+def add_fake_study(app: Flask, transfer_syntax: str = EXPLICIT_LE) -> None:
+    """Serve STUDY on /dicom-web: series QIDO, series metadata, frame 1 (multipart)."""
+    dicom_json = "application/dicom+json"
+
+    @app.get("/dicom-web/studies/<study>/series")
+    def series(study: str) -> Response:
+        body = [_series_json()] if study == STUDY else []
+        return Response(json.dumps(body), mimetype=dicom_json)
+
+    @app.get("/dicom-web/studies/<study>/series/<ser>/metadata")
+    def metadata(study: str, ser: str) -> Response:
+        if (study, ser) != (STUDY, SERIES):
+            return Response("[]", 404, mimetype=dicom_json)
+        return Response(json.dumps([_instance_json(transfer_syntax)]), mimetype=dicom_json)
+
+    @app.get("/dicom-web/studies/<study>/series/<ser>/instances/<sop>/frames/<frames>")
+    def frames(study: str, ser: str, sop: str, frames: str) -> Response:
+        boundary = "pacs-test-boundary"
+        head = (
+            f"--{boundary}\r\nContent-Type: application/octet-stream; "
+            f"transfer-syntax={transfer_syntax}\r\n\r\n"
+        ).encode()
+        body = head + _frame(transfer_syntax) + f"\r\n--{boundary}--\r\n".encode()
+        ctype = f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+        return Response(body, content_type=ctype)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("transfer_syntax", [EXPLICIT_LE, JPEG_BASELINE])
+def test_ohif_shows_a_study(dist_dir: Path, transfer_syntax: str) -> None:
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(reason)
+    app, _ = make_app(dist_dir)
+    add_fake_study(app, transfer_syntax)
+    with live_server(app) as base_url:
+        view = open_ohif_study(base_url, STUDY, timeout_s=60)
+    Path(f"/tmp/pacs-test-viewer-study-{transfer_syntax}.png").write_bytes(view.screenshot)
+    assert view.nonblack > 0.2  # the rings fill the viewport
+    assert view.external_requests == []
+    assert any("/frames/1" in u for u in view.requests)
+    if transfer_syntax == JPEG_BASELINE:
+        # The decoder's wasm comes from under /viewer/ (rewritten worker publicPath).
+        assert any(
+            u.startswith(f"{base_url}/viewer/") and u.endswith(".wasm") for u in view.requests
+        )
