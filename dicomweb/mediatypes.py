@@ -26,14 +26,17 @@ __all__ = [
     "UnsupportedMediaType",
     "WEB_FORBIDDEN_TS",
     "bulk_media_type",
+    "bulkdata_offers",
     "default_transfer_syntax",
     "frame_offers",
     "instance_offers",
+    "is_native",
     "metadata_offers",
     "negotiate",
     "parse_accept",
     "parse_content_type",
     "rendered_offers",
+    "zip_offers",
 ]
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
