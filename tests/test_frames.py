@@ -3,7 +3,6 @@
 import io
 import json
 import time
-import warnings
 
 import numpy as np
 import pydicom
@@ -27,7 +26,7 @@ from storage.frames import (
     read_frame,
 )
 
-warnings.simplefilter("ignore", UserWarning)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 NATIVE = [
     "CT_small.dcm",

@@ -2,7 +2,6 @@
 
 import io
 import time
-import warnings
 
 import numpy as np
 import pydicom
@@ -12,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from dicomweb.render import FrameOutOfRange, RenderError, render, thumbnail
 
-warnings.simplefilter("ignore", UserWarning)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _ds(name: str) -> pydicom.Dataset:
