@@ -31,11 +31,15 @@ def make_pdf(text: str = "Discharge letter", pages: int = 1) -> bytes:
 
 def _gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
     img = Image.new("RGB", (width, height))
-    img.putdata([((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)])
+    img.putdata(
+        [((x * 7) % 256, (y * 5) % 256, (x * y) % 256) for y in range(height) for x in range(width)]
+    )
     return img.convert(mode)
 
 
-def make_jpeg(width: int = 64, height: int = 48, *, progressive: bool = False, mode: str = "RGB") -> bytes:
+def make_jpeg(
+    width: int = 64, height: int = 48, *, progressive: bool = False, mode: str = "RGB"
+) -> bytes:
     """A JPEG (baseline unless ``progressive``) made by Pillow."""
     out = io.BytesIO()
     _gradient(width, height, mode).save(out, format="JPEG", quality=90, progressive=progressive)
@@ -56,7 +60,9 @@ def make_image(fmt: str, width: int = 20, height: int = 10, mode: str = "RGB") -
     return out.getvalue()
 
 
-def make_mp4(seconds: float = 1.0, size: str = "320x240", rate: int = 25, level: str = "4.1") -> bytes:
+def make_mp4(
+    seconds: float = 1.0, size: str = "320x240", rate: int = 25, level: str = "4.1"
+) -> bytes:
     """A short H.264 High Profile MP4 made by the ``ffmpeg`` CLI."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -64,10 +70,30 @@ def make_mp4(seconds: float = 1.0, size: str = "320x240", rate: int = 25, level:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
         subprocess.run(
-            [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-             "-i", f"testsrc=size={size}:rate={rate}", "-t", str(seconds),
-             "-c:v", "libx264", "-profile:v", "high", "-level", level, "-pix_fmt", "yuv420p",
-             "-movflags", "+faststart", str(path)],
+            [
+                ffmpeg,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc=size={size}:rate={rate}",
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "high",
+                "-level",
+                level,
+                "-pix_fmt",
+                "yuv420p",
+                "-movflags",
+                "+faststart",
+                str(path),
+            ],
             check=True,
         )
         return path.read_bytes()
@@ -81,7 +107,9 @@ def make_wav(seconds: float = 0.25, rate: int = 8000, channels: int = 1, width: 
         v = math.sin(2 * math.pi * 440 * i / rate)
         for ch in range(channels):
             s = v if ch == 0 else -v
-            frames += struct.pack("<h", int(s * 20000)) if width == 2 else bytes([int(128 + s * 100)])
+            frames += (
+                struct.pack("<h", int(s * 20000)) if width == 2 else bytes([int(128 + s * 100)])
+            )
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(channels)
@@ -93,7 +121,13 @@ def make_wav(seconds: float = 0.25, rate: int = 8000, channels: int = 1, width: 
 
 def add_wav_list_chunk(wav: bytes, text: bytes = b"dictation") -> bytes:
     """The WAV with a LIST/INFO chunk after the data (as many recorders write)."""
-    info = b"INFO" + b"ICMT" + struct.pack("<I", len(text)) + text + (b"\x00" if len(text) % 2 else b"")
+    info = (
+        b"INFO"
+        + b"ICMT"
+        + struct.pack("<I", len(text))
+        + text
+        + (b"\x00" if len(text) % 2 else b"")
+    )
     chunk = b"LIST" + struct.pack("<I", len(info)) + info
     body = wav[12:] + chunk
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
@@ -103,5 +137,5 @@ RTF_NOTE = (
     rb"{\rtf1\ansi\ansicpg1252\deff0{\fonttbl{\f0 Arial;}}"
     rb"\f0\fs24 Follow-up in \b two weeks\b0.\par Caf\'e9 allergy: none.\par}"
 )
-TEXT_NOTE = "Patient reports less pain.\nNext visit: 3 weeks.\n".encode()
+TEXT_NOTE = b"Patient reports less pain.\nNext visit: 3 weeks.\n"
 TEXT_NOTE_UNICODE = "Schmerzen geringer; Müller-Lüdenscheidt, 5 mg/kg — ok.\n".encode()

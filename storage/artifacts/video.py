@@ -67,6 +67,10 @@ class VideoInfo:
 
 def probe_mp4(data: bytes) -> VideoInfo:
     """Open the MP4 in memory and describe its (first) H.264 video stream."""
+    if mp4_length(data) != len(data):
+        raise InvalidArtifact(
+            "the MP4 is truncated or has trailing bytes (its boxes do not cover the file)"
+        )
     try:
         with av.open(io.BytesIO(data), format="mp4") as container:
             if not container.streams.video:
@@ -87,6 +91,8 @@ def probe_mp4(data: bytes) -> VideoInfo:
             pix_fmt = ctx.pix_fmt
     except av.error.FFmpegError as exc:
         raise InvalidArtifact(f"the MP4 cannot be read (truncated or corrupt): {exc}") from exc
+    if pix_fmt is None or info.profile == "None":
+        raise InvalidArtifact("the MP4 video stream has no decoder parameters (corrupt?)")
     if pix_fmt not in _PIX_FMTS or info.profile not in _PROFILES:
         raise UnsupportedArtifact(
             f"H.264 {info.profile} / {pix_fmt} is not supported; "
@@ -155,7 +161,7 @@ def encapsulate_mp4(
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PatientOrientation = None
     ds.AcquisitionContextSequence = []
-    ds.Laterality = None
+    # Laterality (General Series, 2C) stays absent: the region is unpaired.
     # VL Image (C.8.12.1): type 1C for video; the region is not known, so the
     # least specific one is given (SCT 38266002 "Entire body").
     region = Dataset()
