@@ -21,6 +21,7 @@ import mimetypes
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,7 @@ def viewer_blueprint(
     url_prefix: str = "/viewer",
     *,
     trust_forwarded: bool = False,
+    config_overrides: Mapping[str, Any] | None = None,
     name: str = "viewer",
 ) -> Blueprint:
     """Blueprint serving OHIF from ``dist_dir`` at ``url_prefix``.
@@ -207,6 +209,8 @@ def viewer_blueprint(
     ``dicomweb_root`` is a path on this host (made absolute from each request) or an
     absolute URL. ``trust_forwarded`` lets X-Forwarded-Proto/Host/Prefix shape the URLs
     handed to the browser; enable it only behind a proxy that sets them.
+    ``config_overrides`` are merged (top level) into the generated OHIF ``window.config``,
+    e.g. ``{"investigationalUseDialog": {"option": "never"}}``.
     """
     dist = Path(dist_dir) if dist_dir is not None else default_dist_dir()
     prefix = "/" + url_prefix.strip("/")
@@ -261,7 +265,7 @@ def viewer_blueprint(
         root = dicomweb_root.rstrip("/")
         if not re.match(r"^https?://", root):
             root = origin + fwd_prefix + "/" + root.lstrip("/")
-        config = ohif_config(root, public_url())
+        config = {**ohif_config(root, public_url()), **(config_overrides or {})}
         body = f"window.config = {json.dumps(config, indent=2)};\n"
         resp = Response(body, mimetype="text/javascript")
         resp.headers["Cache-Control"] = "no-store"

@@ -109,6 +109,7 @@ def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:  # n
     body = resp.data
     assert b'__webpack_require__.p = "/viewer/";' in body
     assert b'__webpack_require__.p = "/";' not in body
+    assert b"'/dicom-microscopy-viewer/" not in body
     again = client.get(f"/viewer/{bundle}", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status_code == 304
     # Worker bundles have their own runtime: every publicPath must be rewritten.
@@ -148,6 +149,21 @@ def test_app_config_points_at_request_root(dist_dir: Path) -> None:
     assert conf["imageRendering"] == conf["thumbnailRendering"] == "wadors"
     assert conf["bulkDataURI"] == {"enabled": True}
     assert "http" not in resp.get_data(as_text=True).replace("http://host:8042", "")
+
+
+def test_app_config_overrides(dist_dir: Path) -> None:
+    app, _ = make_app(dist_dir, config_overrides={"investigationalUseDialog": {"option": "never"}})
+    config = _config(app.test_client().get("/viewer/app-config.js"))
+    assert config["investigationalUseDialog"] == {"option": "never"}
+    assert config["dataSources"][0]["configuration"]["qidoRoot"] == "http://localhost/dicom-web"
+
+
+def test_no_path_traversal(dist_dir: Path) -> None:
+    app, _ = make_app(dist_dir)
+    client = app.test_client()
+    for path in ("/viewer/%2e%2e/%2e%2e/etc/passwd", "/viewer/..%2f..%2fetc%2fpasswd"):
+        assert b"root:" not in client.get(path).data
+    assert client.get("/viewer/assets/%2e%2e/%2e%2e/x.js").status_code == 404
 
 
 def test_app_config_trusts_forwarded_when_told(dist_dir: Path) -> None:
