@@ -303,7 +303,7 @@ def test_mp4_truncated_is_invalid() -> None:
     ("channels", "width", "extra_chunk"), [(1, 2, False), (2, 2, True), (1, 1, True)]
 )
 def test_wav_roundtrip(tmp_path: Path, channels: int, width: int, extra_chunk: bool) -> None:
-    wav = samples.make_wav(seconds=0.1251, rate=8000, channels=channels, width=width)
+    wav = samples.make_wav(seconds=0.1252, rate=8000, channels=channels, width=width)
     if extra_chunk:
         wav = samples.add_wav_list_chunk(wav)
     ds = encapsulate(
@@ -313,7 +313,7 @@ def test_wav_roundtrip(tmp_path: Path, channels: int, width: int, extra_chunk: b
     check_common(back, "1.2.840.10008.5.1.4.1.1.9.4.2")
     group = back.WaveformSequence[0]
     assert group.NumberOfWaveformChannels == channels
-    assert group.NumberOfWaveformSamples == 1000
+    assert group.NumberOfWaveformSamples == 1001  # odd: exercises the pad
     assert float(group.SamplingFrequency) == 8000
     assert group.WaveformSampleInterpretation == ("SS" if width == 2 else "UB")
     assert group.ChannelDefinitionSequence[0].ChannelSourceSequence[0].CodeValue == "109110"
@@ -521,3 +521,30 @@ def test_storage_artifacts_imports_no_front_door() -> None:
     assert (
         "import flask" not in text and "pynetdicom" not in text and "sqlalchemy" not in text.lower()
     )
+
+
+@needs["dcmdump"]
+@needs["ffmpeg"]
+def test_dcmtk_reads_every_kind(tmp_path: Path) -> None:
+    """dcmtk parses each object; dcmj2pnm decodes the JPEG one (a second, independent reader)."""
+    kinds = {
+        "pdf": samples.make_pdf(),
+        "jpg": samples.make_jpeg(),
+        "png": samples.make_png(),
+        "mp4": samples.make_mp4(seconds=0.2),
+        "wav": samples.make_wav(),
+        "rtf": samples.RTF_NOTE,
+    }
+    for name, data in kinds.items():
+        path, _ = roundtrip(
+            encapsulate(data, patient=PATIENT, study=STUDY), tmp_path, f"{name}.dcm"
+        )
+        out = subprocess.run(
+            ["dcmdump", "-q", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and "E:" not in out.stderr, (name, out.stderr)
+    png = tmp_path / "jpg.png"
+    subprocess.run(
+        ["dcmj2pnm", "--write-png", str(tmp_path / "jpg.dcm"), str(png)], check=True, timeout=60
+    )
+    assert Image.open(png).size == (64, 48)
