@@ -1,0 +1,153 @@
+"""Shared fixtures: archives on SQLite and PostgreSQL, and a real ``pacs serve`` on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from storage.archive import Archive
+from storage.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PACS = str(Path(sys.executable).parent / "pacs")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: run scripts/test, which installs it")
+    return path
+
+
+# -- archives --------------------------------------------------------------------------------------
+
+def _postgres_url() -> Iterator[str]:
+    base = os.environ.get("PACS_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PostgreSQL not started (scripts/test starts it and sets PACS_TEST_POSTGRES_URL)")
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """Each archive test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        yield from _postgres_url()
+
+
+@pytest.fixture
+def settings(tmp_path, db_url) -> Settings:
+    return load_settings(env={}, data_dir=tmp_path / "data", database_url=db_url)
+
+
+@pytest.fixture
+def archive(settings) -> Iterator[Archive]:
+    a = Archive(settings, create_key=True)
+    yield a
+    a.close()
+
+
+# -- a running server ------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    """A ``pacs serve`` subprocess on free ports with its own data directory."""
+
+    data_dir: Path
+    dicom_port: int
+    http_port: int
+    env: dict[str, str]
+    ae_title: str = "PACS"
+    proc: subprocess.Popen | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.http_url}/dicom-web"
+
+    def pacs(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a ``pacs`` admin command against this server's data."""
+        return subprocess.run([PACS, *args], env=self.env, input=input, capture_output=True,
+                              text=True, check=check, timeout=120)
+
+    def archive(self) -> Archive:
+        return Archive(load_settings(env=self.env))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_server(base: Path, **env_overrides: str) -> Server:
+    """Start ``pacs serve``; waits until both the DICOM port and /healthz answer."""
+    data = base / "data"
+    dicom_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_") or k.startswith("PACS_TEST")}
+    env.update(PACS_DATA_DIR=str(data), PACS_DICOM_PORT=str(dicom_port), PACS_HTTP_PORT=str(http_port),
+               PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1", PACS_DIMSE_WORKERS="1",
+               PACS_HTTP_WORKERS="2")
+    env.update(env_overrides)
+    srv = Server(data, dicom_port, http_port, env)
+    log = open(base / "server.log", "ab")
+    srv.proc = subprocess.Popen([PACS, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=base)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if srv.proc.poll() is not None:
+            raise RuntimeError(f"pacs serve exited: {(base / 'server.log').read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
+                pass
+            urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=1).read()
+            return srv
+        except OSError:
+            time.sleep(0.2)
+    srv.stop()
+    raise RuntimeError(f"pacs serve did not start: {(base / 'server.log').read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """One server per test module. A C-MOVE destination 'MOVESCP' points at ``server.extra['move_port']``."""
+    move_port = free_port()
+    srv = start_server(tmp_path_factory.mktemp("server"),
+                       PACS_DESTINATIONS=f"MOVESCP=127.0.0.1:{move_port}")
+    srv.extra["move_port"] = move_port
+    yield srv
+    srv.stop()
