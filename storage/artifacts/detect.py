@@ -82,7 +82,7 @@ def _sniff_binary(data: bytes) -> str | None:
         return "image/png"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
-    if head.startswith(b"BM") and len(data) >= 26:
+    if head.startswith(b"BM") and len(data) >= 26 and head[14] in (12, 40, 52, 56, 64, 108, 124):
         return "image/bmp"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "image/tiff"
