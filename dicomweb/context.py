@@ -1,0 +1,81 @@
+"""What a DICOMweb view needs from the request: the archive, the caller's scope, absolute URLs.
+
+Every service blueprint is made by :func:`service_blueprint` with an *authenticate* callable run
+before each request. It returns the caller's :class:`~storage.archive.Scope` (``None`` = a provider
+who may see everything) or aborts (401/403/404). The same read services are mounted twice: at the
+provider root (``/dicom-web``) and, by the patient pages, at ``/letters/<selector>/dicom-web`` with a
+patient's scope. Views call :func:`scope` and pass it to every archive call; they never decide access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Blueprint, current_app, g, request
+
+from storage.archive import Archive, Scope
+from storage.config import Settings
+
+Authenticate = Callable[[], Scope | None]
+
+
+def archive() -> Archive:
+    return current_app.extensions["archive"]
+
+
+def settings() -> Settings:
+    return current_app.config["PACS_SETTINGS"]
+
+
+def scope() -> Scope | None:
+    """The caller's scope, set by the blueprint's authenticate hook (None: everything)."""
+    return g.get("pacs_scope")
+
+
+def actor() -> str:
+    """Who is asking, for the audit trail (token name, 'patient:<letter id>', or 'loopback')."""
+    return g.get("pacs_actor", "anonymous")
+
+
+def client_address() -> str:
+    return request.remote_addr or ""
+
+
+def service_root() -> str:
+    """Absolute URL of the DICOMweb root this request came through, without trailing slash.
+
+    Built from the request (X-Forwarded-* honoured when ``trust_proxy_headers``, via ProxyFix in
+    the app factory), so BulkDataURIs and RetrieveURLs stay right behind a proxy.
+    """
+    root = g.get("pacs_service_root")
+    if root is None:
+        prefix = request.blueprint and current_app.blueprints[request.blueprint].url_prefix or ""
+        rule_prefix = prefix.format(**(request.view_args or {})) if "<" not in prefix else _fill(prefix)
+        root = request.host_url.rstrip("/") + request.script_root + rule_prefix.rstrip("/")
+        g.pacs_service_root = root
+    return root
+
+
+def _fill(prefix: str) -> str:
+    """Substitute URL variables (e.g. <selector>) in a blueprint prefix from the request."""
+    out = prefix
+    for key, value in (request.view_args or {}).items():
+        out = out.replace(f"<{key}>", str(value)).replace(f"<string:{key}>", str(value))
+    return out
+
+
+def service_blueprint(name: str, import_name: str, authenticate: Authenticate,
+                      url_prefix: str) -> Blueprint:
+    """A blueprint whose every request is authenticated first and carries the caller's scope."""
+    bp = Blueprint(name, import_name, url_prefix=url_prefix)
+
+    @bp.url_value_preprocessor
+    def _keep_prefix_values(endpoint, values):  # noqa: ANN001
+        if values and "selector" in values:
+            g.pacs_selector = values.pop("selector")
+
+    @bp.before_request
+    def _authenticate() -> None:
+        g.pacs_scope = authenticate()
+
+    return bp
