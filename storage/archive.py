@@ -40,6 +40,7 @@ from .blobstore import FileBlobStore
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
 from .errors import BadInput, Conflict, Duplicate, NotFound
+from .frames import FrameIndex, index_frames, read_frame
 from .index.db import make_engine, sessions, upgrade
 from .index.models import Instance, Patient, PatientKey, Series, Study
 from .keys import load_master_keys
@@ -369,21 +370,24 @@ class Archive:
 
     # -- frames ---------------------------------------------------------------------------------------
 
-    def frame_index(self, info: InstanceInfo) -> dict[str, Any]:
-        """Where each frame is in the stored object; computed once, then kept in the index."""
-        from . import frames
-
+    def frame_index(self, info: InstanceInfo) -> FrameIndex:
+        """Where each frame is in the stored object; computed on first use, then kept in the index."""
         with self.sessions() as s:
             cached = s.scalar(select(Instance.frame_index).where(Instance.id == info.id))
         if cached:
-            return json.loads(cached)
+            return FrameIndex.from_dict(json.loads(cached))
         with self.open(info) as r:
-            index = frames.index_frames(io.BufferedReader(r, CHUNK))
-        data = index if isinstance(index, dict) else index.to_dict()  # type: ignore[union-attr]
+            index = index_frames(io.BufferedReader(r, CHUNK))
         with self.write_sessions.begin() as s:
             s.execute(update(Instance).where(Instance.id == info.id)
-                      .values(frame_index=json.dumps(data).encode()))
-        return data
+                      .values(frame_index=json.dumps(index.to_dict()).encode()))
+        return index
+
+    def read_frame(self, info: InstanceInfo, number: int) -> bytes:
+        """Frame ``number`` (1-based) as stored: reads and decrypts only the segments it spans."""
+        index = self.frame_index(info)
+        with self.open(info) as r:
+            return read_frame(r, index, number)
 
     # -- deletion and shredding --------------------------------------------------------------------
 
