@@ -104,6 +104,7 @@ class DecryptingReader(io.RawIOBase):
     def __init__(self, source: BinaryIO, dek: bytes | None, object_id: str, blob_size: int | None = None):
         super().__init__()
         self._src = source
+        self.name = f"blob {object_id}"  # pydicom records a file-like's name as its filename
         if blob_size is None:
             blob_size = source.seek(0, io.SEEK_END)
         source.seek(0)
