@@ -266,6 +266,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     from storage.export import ExportItem, write_export
 
     fmt, total_mb, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    level = None if sys.argv[4] == "stored" else int(sys.argv[4])
     BLOCK = os.urandom(1 << 20)  # incompressible pixel data, shared by all items
     study, series = generate_uid(), [generate_uid() for _ in range(10)]
 
@@ -307,7 +308,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     t0 = time.perf_counter()
     with open(out_path, "wb") as out:
         write_export(out, items(), passcode=None if fmt == "zip" else "a b c d e f g", fmt=fmt,
-                     patient_label="Synthetic", age_work_factor=14)
+                     patient_label="Synthetic", age_work_factor=14, compresslevel=level)
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"growth_kb": after - before, "seconds": seconds,
@@ -326,7 +327,7 @@ def test_memory_bounded_and_throughput(tmp_path: Path, fmt: str) -> None:
     """
     out = tmp_path / f"big.{fmt}"
     r = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, fmt, "300", str(out)],
+        [sys.executable, "-c", _MEMORY_SCRIPT, fmt, "300", str(out), os.environ.get("EXPORT_BENCH_LEVEL", "1")],
         capture_output=True, text=True, timeout=280, cwd=Path(__file__).resolve().parents[1],
     )
     assert r.returncode == 0, r.stderr
@@ -347,3 +348,21 @@ def test_memory_bounded_and_throughput(tmp_path: Path, fmt: str) -> None:
         assert rc == 0, transcript
         with zipfile.ZipFile(tmp_path / "big.zip") as zf:
             assert len([n for n in zf.namelist() if n.startswith("DICOM/")]) == 300
+
+
+def test_only_native_dicom_and_text_are_deflated() -> None:
+    native = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    jpeg = Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes()
+    items = [ExportItem(header=pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True), open=_opener(d))
+             for d in (native, jpeg)]
+    items.append(ExportItem(original=OriginalFile("note.txt", "text/plain", _opener(b"hello " * 100))))
+    items.append(ExportItem(original=OriginalFile("scan.pdf", "application/pdf", _opener(PDF))))
+    buf = io.BytesIO()
+    write_export(buf, items, passcode=None, fmt="zip", patient_label="x")
+    with zipfile.ZipFile(buf) as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+        assert zf.read("DICOM/PAT00002/STU00001/SER00001/IMG00001") == jpeg
+    assert kinds["DICOM/PAT00001/STU00001/SER00001/IMG00001"] == zipfile.ZIP_DEFLATED
+    assert kinds["DICOM/PAT00002/STU00001/SER00001/IMG00001"] == zipfile.ZIP_STORED
+    assert kinds["ORIGINALS/note.txt"] == zipfile.ZIP_DEFLATED
+    assert kinds["ORIGINALS/scan.pdf"] == zipfile.ZIP_STORED

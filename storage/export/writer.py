@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from storage.export.pages import index_html, readme_text
 
 ExportFormat = Literal["gpg", "age", "zip"]
 COPY_CHUNK = 1 << 20
+# Native (uncompressed) pixel data deflates well; encapsulated (JPEG, MPEG...) does not.
+_NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,15 @@ def _copy(src: BinaryIO, dst: BinaryIO) -> int:
     return n
 
 
+def _member(name: str, deflate: bool, compresslevel: int | None) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    if deflate and compresslevel is not None:
+        info.compress_type = zipfile.ZIP_DEFLATED
+        # what ZipFile.open(name, "w") itself sets on 3.11/3.12 (3.13 keeps it as an alias)
+        info._compresslevel = compresslevel  # type: ignore[attr-defined]
+    return info
+
+
 def write_zip(
     out: BinaryIO,
     items: Iterable[ExportItem],
@@ -123,7 +135,12 @@ def write_zip(
     patient_label: str,
     compresslevel: int | None = 1,
 ) -> ExportSummary:
-    """Stream the export zip to ``out`` (``compresslevel=None`` stores without deflate)."""
+    """Stream the export zip to ``out``.
+
+    DICOM files in a native (uncompressed) transfer syntax and ``text/*`` originals are
+    deflated at ``compresslevel``; everything else is stored, as deflating JPEG or PDF data
+    costs CPU for nothing. ``compresslevel=None`` stores everything.
+    """
     catalog = Catalog()
     payload = 0
     compression = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
@@ -137,12 +154,14 @@ def write_zip(
                 with item.open() as src:
                     head, ts = _read_part10_head(src)
                     file_id = catalog.add_instance(item.header, ts)
-                    with zf.open("/".join(file_id), "w", force_zip64=True) as dst:
+                    member = _member("/".join(file_id), ts in _NATIVE_TS, compresslevel)
+                    with zf.open(member, "w", force_zip64=True) as dst:
                         dst.write(head)
                         payload += len(head) + _copy(src, dst)
             if item.original is not None:
                 path = catalog.add_original(item.original.filename, item.original.media_type)
-                with item.original.open() as src, zf.open(path, "w", force_zip64=True) as dst:
+                member = _member(path, item.original.media_type.startswith("text/"), compresslevel)
+                with item.original.open() as src, zf.open(member, "w", force_zip64=True) as dst:
                     payload += _copy(src, dst)
             if item.open is None and item.original is None:
                 raise ExportError("an export item has neither DICOM data nor an original file")
