@@ -21,6 +21,7 @@ import mimetypes
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +108,17 @@ class _Rewritten:
 
 
 class _RewriteCache:
-    """Rewritten file contents keyed by (path, prefix); ``None`` marks "serve as is"."""
+    """Rewritten file contents keyed by (path, prefix); ``None`` marks "serve as is".
 
-    def __init__(self) -> None:
+    Least recently used entries are dropped beyond ``max_bytes`` (each prefix costs one
+    copy of the ~17 MB main bundle).
+    """
+
+    def __init__(self, max_bytes: int = 128 << 20) -> None:
         self._lock = threading.Lock()
-        self._items: dict[tuple[str, str], tuple[tuple[int, int], _Rewritten | None]] = {}
+        self._items: OrderedDict[tuple[str, str], tuple[tuple[int, int], _Rewritten | None]]
+        self._items = OrderedDict()
+        self._max_bytes = max_bytes
 
     def get(self, path: str, public_url: str) -> _Rewritten | None:
         st = os.stat(path)
@@ -119,8 +126,9 @@ class _RewriteCache:
         key = (path, public_url)
         with self._lock:
             hit = self._items.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
+            if hit is not None and hit[0] == stamp:
+                self._items.move_to_end(key)
+                return hit[1]
         raw = Path(path).read_bytes()
         new = rewrite_for_prefix(path, raw, public_url)
         value = None
@@ -128,7 +136,15 @@ class _RewriteCache:
             value = _Rewritten(new, hashlib.sha256(new).hexdigest()[:32])
         with self._lock:
             self._items[key] = (stamp, value)
+            self._items.move_to_end(key)
+            self._evict()
         return value
+
+    def _evict(self) -> None:
+        total = sum(len(v[1].data) for v in self._items.values() if v[1] is not None)
+        while total > self._max_bytes and len(self._items) > 1:
+            _, (_, old) = self._items.popitem(last=False)
+            total -= len(old.data) if old is not None else 0
 
 
 def _first(value: str | None) -> str | None:
@@ -138,13 +154,28 @@ def _first(value: str | None) -> str | None:
     return value.split(",")[0].strip() or None
 
 
+_SAFE_PROTO = re.compile(r"^https?$")
+_SAFE_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+_SAFE_PREFIX = re.compile(r"^(?:/[A-Za-z0-9._~-]+)*$")
+
+
 def request_origin(req: Request, trust_forwarded: bool) -> tuple[str, str]:
-    """``(origin, forwarded_prefix)`` of a request; X-Forwarded-* used only if trusted."""
+    """``(origin, forwarded_prefix)`` of a request.
+
+    X-Forwarded-Proto/Host/Prefix are used only if ``trust_forwarded``, and only when they
+    look like a scheme, a host[:port] and a plain path (they end up in HTML and JS).
+    """
     scheme, host, prefix = req.scheme, req.host, ""
     if trust_forwarded:
-        scheme = _first(req.headers.get("X-Forwarded-Proto")) or scheme
-        host = _first(req.headers.get("X-Forwarded-Host")) or host
-        prefix = (_first(req.headers.get("X-Forwarded-Prefix")) or "").rstrip("/")
+        fwd_proto = _first(req.headers.get("X-Forwarded-Proto"))
+        fwd_host = _first(req.headers.get("X-Forwarded-Host"))
+        fwd_prefix = (_first(req.headers.get("X-Forwarded-Prefix")) or "").rstrip("/")
+        if fwd_proto and _SAFE_PROTO.match(fwd_proto):
+            scheme = fwd_proto
+        if fwd_host and _SAFE_HOST.match(fwd_host):
+            host = fwd_host
+        if _SAFE_PREFIX.match(fwd_prefix):
+            prefix = fwd_prefix
     return f"{scheme}://{host}", prefix
 
 

@@ -149,8 +149,9 @@ def open_ohif_study(
     than ``min_nonblack`` of its pixels are not black (an image was decoded and drawn,
     not just the black background), then (3) closes the first-visit popups and takes a
     full-page screenshot. The canvas is read back as a screenshot, not with getImageData,
-    so it works whatever rendering path cornerstone picked (WebGL or CPU). Raises ``TimeoutError`` (message carries the last
-    fraction and any failed requests) if that does not happen within ``timeout_s``.
+    so it works whatever rendering path cornerstone picked (WebGL or CPU). Raises
+    ``TimeoutError`` (message carries the last fraction and any failed requests) if that
+    does not happen within ``timeout_s``.
     """
     if browser is None:
         with chromium() as own:

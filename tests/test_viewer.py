@@ -181,6 +181,11 @@ def test_app_config_trusts_forwarded_when_told(dist_dir: Path) -> None:
     assert config["routerBasename"] == "/pacs/viewer/"
     html = client.get("/viewer/", headers=headers).get_data(as_text=True)
     assert 'window.PUBLIC_URL="/pacs/viewer/"' in html
+    # Values that could break out of HTML/JS are ignored.
+    evil = {"X-Forwarded-Host": 'x"></script>', "X-Forwarded-Prefix": '/"><script>'}
+    config = _config(client.get("/viewer/app-config.js", base_url="http://h:1", headers=evil))
+    assert config["dataSources"][0]["configuration"]["qidoRoot"] == "http://h:1/dicom-web"
+    assert client.get("/viewer/", headers=evil).data == client.get("/viewer/").data
 
 
 @pytest.mark.browser
