@@ -1,0 +1,196 @@
+"""Artifact ingest: sniff -> encapsulate -> :meth:`Archive.store` (the one ingest path).
+
+Used by ``pacs attach``, the upload page and STOW-RS JSON uploads of plain documents. The object
+is made by :mod:`storage.artifacts` (PS3.3 A.45.1 Encapsulated PDF, A.32.4/A.32.7 VL and Video
+Photographic, A.34.4 General Audio Waveform, A.35.1 Basic Text SR) and stored with
+``content_type`` set to the original media type, so the index records what comes back out.
+
+Patient: a known patient (by ID and issuer) keeps the demographics the archive holds; a name given
+for a known patient must match the stored one (a guard against attaching to the wrong person). An
+unknown patient needs at least a name, or nothing is stored.
+
+Study: ``study_uid`` names an existing study of this patient (its attributes are copied from the
+index); ``None`` makes a new study with ``new_study_description``.
+
+References (a text note or PDF naming other objects): explicit ``references`` (SOP Instance UIDs of
+this patient's objects), plus, for text notes, every SOP Instance UID written in the note that the
+archive holds for this patient, and every file name in ``named_files`` (the other files of the same
+attach call -> their StoreResult) that the note mentions. They become SR content items and
+evidence (Basic Text SR) or the Source Instance Sequence (PDF). Other kinds take no references.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .archive import Archive, Scope, StoreResult
+from .artifacts import (
+    ArtifactError,
+    InstanceRef,
+    PatientInfo,
+    StudyInfo,
+    detect_media_type,
+    encapsulate,
+)
+from .artifacts.text_sr import decode_text, rtf_text
+from .errors import BadInput, NotFound
+from .query import Query
+
+__all__ = ["ArtifactError", "attach", "patient_info", "study_info", "resolve_references"]
+
+_UID_IN_TEXT = re.compile(r"(?<![0-9.])([0-2](?:\.(?:0|[1-9][0-9]*)){3,})(?![0-9.])")
+_STUDY_KEYS = ("StudyDescription", "AccessionNumber", "StudyDate", "StudyTime", "StudyID")
+_REFERABLE = ("application/pdf", "text/plain", "text/rtf")
+
+
+def patient_info(archive: Archive, patient_id: str, *, patient_name: str | None = None,
+                 issuer: str = "", birth_date: str = "", sex: str = "") -> tuple[PatientInfo, int | None]:
+    """The Patient Module values to use, and the patient's ref if the archive knows them.
+
+    Raises BadInput for an unknown patient without a name, or a name contradicting the stored one.
+    """
+    patient_id = (patient_id or "").strip()
+    if not patient_id:
+        raise BadInput("a patient ID is required")
+    if len(patient_id) > 64:
+        raise BadInput("the patient ID is longer than 64 characters")
+    try:
+        ref: int | None = archive.find_patient(patient_id, issuer)
+    except NotFound:
+        ref = None
+    if ref is None:
+        if not (patient_name or "").strip():
+            raise BadInput("unknown patient ID: give the patient's name to add a new patient "
+                           "(nothing was stored)")
+        return PatientInfo(patient_id, patient_name.strip(), issuer, birth_date, sex), None
+    stored = archive.patient_values(ref)
+    stored_name = str(stored.get("PatientName") or "")
+    if patient_name and stored_name and _norm_pn(patient_name) != _norm_pn(stored_name):
+        raise BadInput("the patient name given does not match the patient stored under this ID "
+                       "(nothing was stored)")
+    return PatientInfo(patient_id, stored_name or (patient_name or ""),
+                       str(stored.get("IssuerOfPatientID") or issuer),
+                       str(stored.get("PatientBirthDate") or birth_date),
+                       str(stored.get("PatientSex") or sex)), ref
+
+
+def _norm_pn(name: str) -> str:
+    return "^".join(p.strip() for p in name.replace("=", "^").split("^")).strip("^").casefold()
+
+
+def study_info(archive: Archive, study_uid: str | None, patient_ref: int | None, *,
+               new_study_description: str | None = None) -> StudyInfo:
+    """General Study values: copied from an existing study of this patient, or a new study."""
+    if not study_uid:
+        return StudyInfo(None, study_description=(new_study_description or "").strip())
+    if patient_ref is None:
+        raise NotFound("no such study for this patient")
+    rows = list(archive.find(Query("STUDY", filters={"StudyInstanceUID": study_uid},
+                                   return_keys=list(_STUDY_KEYS), patient_scope=patient_ref)))
+    if not rows:
+        raise NotFound("no such study for this patient")
+    row = rows[0]
+    return StudyInfo(study_uid, **{k: str(row.get(kw) or "") for k, kw in (
+        ("study_description", "StudyDescription"), ("accession_number", "AccessionNumber"),
+        ("study_date", "StudyDate"), ("study_time", "StudyTime"), ("study_id", "StudyID"))})
+
+
+def resolve_references(archive: Archive, patient_ref: int | None,
+                       sop_uids: Iterable[str]) -> list[InstanceRef]:
+    """InstanceRefs of the given SOP Instance UIDs that this patient has (others are ignored)."""
+    if patient_ref is None:
+        return []
+    out: list[InstanceRef] = []
+    seen: set[str] = set()
+    for uid in sop_uids:
+        if uid in seen:
+            continue
+        seen.add(uid)
+        try:
+            info = archive.instances(sop_uid=uid, scope=Scope(patient_ref))[0]
+        except NotFound:
+            continue
+        out.append(InstanceRef(info.sop_class_uid, info.sop_uid, info.series_uid, info.study_uid))
+    return out
+
+
+def _note_text(data: bytes, kind: str) -> str:
+    try:
+        return rtf_text(data) if kind == "text/rtf" else decode_text(data)
+    except ArtifactError:
+        return ""
+
+
+def attach(
+    archive: Archive,
+    data: bytes | str | os.PathLike[str],
+    *,
+    filename: str | None = None,
+    patient_id: str,
+    patient_name: str | None = None,
+    issuer: str = "",
+    birth_date: str = "",
+    sex: str = "",
+    study_uid: str | None = None,
+    new_study_description: str | None = None,
+    title: str | None = None,
+    media_type: str | None = None,
+    references: Iterable[str] = (),
+    named_files: Mapping[str, StoreResult] | None = None,
+    actor: str,
+    origin: str,
+    max_size: int | None = None,
+) -> StoreResult:
+    """Encapsulate one artifact as DICOM and store it; nothing is stored on any error.
+
+    Raises BadInput (unknown patient without a name, name mismatch), NotFound (study not this
+    patient's), ArtifactError subclasses (empty, truncated, mislabelled, unsupported, too large).
+    """
+    if not isinstance(data, bytes | bytearray):
+        path = Path(data)
+        filename = filename or path.name
+        limit = max_size if max_size is not None else archive.settings.max_upload_bytes
+        if path.stat().st_size > limit:
+            from .artifacts import ArtifactTooLarge
+
+            raise ArtifactTooLarge(f"{path.stat().st_size} bytes is over the limit of {limit} bytes")
+        data = path.read_bytes()
+    data = bytes(data)
+    if max_size is None:
+        max_size = archive.settings.max_upload_bytes
+    patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
+                                        issuer=issuer, birth_date=birth_date, sex=sex)
+    study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)
+    kind = detect_media_type(data, filename, media_type)
+    refs: list[InstanceRef] = []
+    if kind in _REFERABLE:
+        uids = list(references)
+        if kind != "application/pdf":
+            text = _note_text(data, kind)
+            uids += _UID_IN_TEXT.findall(text)
+            for name, result in (named_files or {}).items():
+                if name and name != filename and name in text:
+                    refs.append(InstanceRef(result.sop_class_uid, result.sop_instance_uid,
+                                            result.series_uid, result.study_uid))
+        known = {r.sop_instance_uid for r in refs}
+        refs += [r for r in resolve_references(archive, patient_ref, uids)
+                 if r.sop_instance_uid not in known]
+    elif list(references):
+        raise BadInput(f"references can be recorded for PDFs and notes, not for {kind}")
+    ds = encapsulate(data, patient=patient, study=study, filename=filename, media_type=kind,
+                     title=title, references=refs, max_size=max_size)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return archive.store(buf.getvalue(), actor=actor, origin=origin, content_type=kind)
+
+
+def describe(result: StoreResult) -> dict[str, Any]:
+    """What a front door tells the user about one stored artifact (no PHI)."""
+    return {"status": result.status, "sop_class_uid": result.sop_class_uid,
+            "sop_instance_uid": result.sop_instance_uid, "study_uid": result.study_uid,
+            "series_uid": result.series_uid}
