@@ -1,13 +1,387 @@
-"""STOW-RS (PS3.18 10.5): store instances sent as multipart/related over HTTP."""
+"""STOW-RS (PS3.18 10.5): store instances sent as ``multipart/related`` over HTTP.
+
+``POST {root}/studies`` and ``POST {root}/studies/{study}``, with either
+
+* ``type="application/dicom"``: each part a DICOM Part 10 object, stored as received; or
+* ``type="application/dicom+json"`` (PS3.18 10.5.1.2.2, as dcm4chee accepts it): a part holding a
+  JSON array of datasets (PS3.18 F.2) whose BulkDataURI values name other parts by their
+  Content-Location; see :func:`store_json_request` for how an object is built from them.
+
+Every object goes through :meth:`Archive.store`. The body is decoded part by part
+(:func:`dicomweb.multipart.decode` spools each part to a temporary file); DICOM parts are stored
+as they arrive, so a request is never held in memory. A bad part fails alone (FailedSOPSequence
+with a FailureReason) while the others are stored. The answer (PS3.18 10.5.3) is
+``application/dicom+json``: 200 all stored, 202 some failed, 409 none stored; 400 for a malformed
+body, 413 over ``max_upload_bytes``, 415 for another media type.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
 
-from .context import Authenticate, service_blueprint
+import pydicom
+from flask import Blueprint, Response, abort, request
+
+from storage.archive import StoreResult
+from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull
+
+from .context import (
+    Authenticate,
+    actor,
+    archive,
+    client_address,
+    service_blueprint,
+    service_root,
+    settings,
+)
+from .mediatypes import DICOM, DICOM_JSON, UnsupportedMediaType, parse_content_type
+from .multipart import MultipartError, Part, PayloadTooLarge, decode
+
+log = logging.getLogger(__name__)
+
+# Failure reasons (PS3.18 10.5.3.2 refers to the C-STORE statuses of PS3.4 Annex B.2.3).
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+STUDY_UID_MISMATCH = 0xC409  # a Cxxx "cannot understand" code, as dcm4chee-arc answers it
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP = 0x0111
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+_REFERENCED_SOP_SEQ = "00081199"
+_FAILED_SOP_SEQ = "00081198"
+_RETRIEVE_URL = "00081190"
+_SOP_CLASS = "00081150"
+_SOP_INSTANCE = "00081155"
+_FAILURE_REASON = "00081197"
+
+
+class Outcome:
+    """What happened to the parts of one request, as the PS3.18 10.5.3 response dataset."""
+
+    def __init__(self, url_study: str | None) -> None:
+        self.url_study = url_study
+        self.stored: list[StoreResult] = []
+        self.failed: list[tuple[str, str, int, str]] = []
+
+    def ok(self, result: StoreResult) -> None:
+        self.stored.append(result)
+
+    def fail(self, sop_class: str, sop_uid: str, reason: int, why: str) -> None:
+        log.info("STOW part refused: %04X %s", reason, why)
+        self.failed.append((sop_class, sop_uid, reason, why))
+
+    def status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+    def body(self) -> dict[str, Any]:
+        root = service_root()
+        out: dict[str, Any] = {}
+        studies = {r.study_uid for r in self.stored}
+        study = self.url_study or (studies.pop() if len(studies) == 1 else None)
+        if study:
+            out[_RETRIEVE_URL] = {"vr": "UR", "Value": [f"{root}/studies/{study}"]}
+        if self.failed:
+            out[_FAILED_SOP_SEQ] = {"vr": "SQ", "Value": [_failed_item(*f) for f in self.failed]}
+        if self.stored:
+            out[_REFERENCED_SOP_SEQ] = {"vr": "SQ", "Value": [
+                _referenced_item(r, root) for r in self.stored]}
+        return out
+
+
+def _ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _failed_item(sop_class: str, sop_uid: str, reason: int, why: str) -> dict[str, Any]:
+    return {_SOP_CLASS: _ui(sop_class), _SOP_INSTANCE: _ui(sop_uid),
+            _FAILURE_REASON: {"vr": "US", "Value": [reason]},
+            "00000902": {"vr": "LO", "Value": [why[:64]]}}
+
+
+def _referenced_item(r: StoreResult, root: str) -> dict[str, Any]:
+    item = {_SOP_CLASS: _ui(r.sop_class_uid), _SOP_INSTANCE: _ui(r.sop_instance_uid),
+            _RETRIEVE_URL: {"vr": "UR", "Value": [
+                f"{root}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_instance_uid}"]}}
+    return item
+
+
+def reason_of(exc: BaseException) -> int:
+    """FailureReason for an error raised while storing one part."""
+    if isinstance(exc, StorageFull):
+        return OUT_OF_RESOURCES
+    if isinstance(exc, Duplicate):
+        return DUPLICATE_SOP
+    if isinstance(exc, Conflict):
+        return DATASET_MISMATCH
+    if isinstance(exc, BadInput | ValueError):
+        return CANNOT_UNDERSTAND
+    return PROCESSING_FAILURE
+
+
+def _uids_of(fp: Any) -> tuple[str, str, str]:
+    """SOP Class, SOP Instance and Study Instance UIDs of a part, best effort ('' if unreadable)."""
+    try:
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True,
+                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+        return (str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or ""),
+                str(ds.get("StudyInstanceUID", "") or ""))
+    except Exception:  # noqa: BLE001 - an unreadable part: no UIDs to report
+        return "", "", ""
+
+
+def store_dicom_part(part: Part, outcome: Outcome) -> None:
+    """Store one ``application/dicom`` part as received (PS3.18 10.5.1.2.1)."""
+    sop_class, sop_uid, study_uid = _uids_of(part.body)
+    media = part.media_type
+    if media != DICOM:
+        outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND, f"part is {media}, not {DICOM}")
+        return
+    if outcome.url_study and study_uid and study_uid != outcome.url_study:
+        outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
+                     "StudyInstanceUID differs from the study in the URL")
+        return
+    try:
+        part.body.seek(0)  # type: ignore[union-attr]
+        result = archive().store(part.body, actor=actor(), origin=client_address())  # type: ignore[arg-type]
+    except ArchiveError as exc:
+        outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
+        return
+    outcome.ok(result)
+
+
+def _parts() -> Iterator[Part]:
+    limit = settings().max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+    return decode(request.stream, request.headers.get("Content-Type", ""),
+                  max_part_size=limit, max_total=limit)
+
+
+def stow(study: str | None = None) -> Response:
+    """Store the parts of a STOW-RS request (PS3.18 10.5)."""
+    media_type, params = parse_content_type(request.headers.get("Content-Type"))
+    if media_type != "multipart/related":
+        raise UnsupportedMediaType(f"STOW-RS takes multipart/related, not {media_type or 'nothing'}")
+    root_type = (params.get("type") or "").lower()
+    if root_type not in (DICOM, DICOM_JSON):
+        raise UnsupportedMediaType(
+            f"multipart type {root_type or '(none)'} is not supported: use {DICOM} or {DICOM_JSON}")
+    outcome = Outcome(study)
+    if root_type == DICOM:
+        for part in _parts():
+            try:
+                store_dicom_part(part, outcome)
+            finally:
+                part.close()
+    else:
+        store_json_request(list(_parts()), outcome, study)
+    if not outcome.stored and not outcome.failed:
+        abort(400, "the request holds no instances")
+    body = json.dumps(outcome.body()).encode()
+    resp = Response(io.BytesIO(body).getvalue(), status=outcome.status())
+    resp.headers["Content-Type"] = DICOM_JSON  # exactly: dicomweb-client parses nothing else
+    return resp
+
+
+# -- application/dicom+json with bulk data (PS3.18 10.5.1.2.2) -------------------------------------
+
+_BULK_TAGS = ("7FE00010", "00420011")  # PixelData, EncapsulatedDocument
+_ARTIFACT_SKIP_GROUPS = (0x0028, 0x7FE0, 0x0042)
+_ARTIFACT_SKIP = {"SOPClassUID", "NumberOfFrames", "FrameTime", "CineRate", "FrameIncrementPointer"}
+_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_JSON_TYPES = (DICOM_JSON, "application/json")
+
+
+def store_json_request(parts: list[Part], outcome: Outcome, study: str | None) -> None:
+    """Build and store one object per dataset of the JSON part(s) (PS3.18 10.5.1.2.2).
+
+    BulkDataURI values name other parts by Content-Location. When PixelData or EncapsulatedDocument
+    refers to a part of a media type :mod:`storage.artifacts` knows (application/pdf, image/jpeg,
+    video/mp4, ...) and without a ``transfer-syntax`` parameter, the object is made by
+    :func:`storage.artifacts.encapsulate` (a complete IOD: pixel description probed from the
+    bytes) and the JSON attributes are laid over it, except the SOP Class, the bulk data and the
+    image pixel description. Otherwise it is built from the JSON by pydicom alone, the transfer
+    syntax from the bulk part's ``transfer-syntax`` parameter (Explicit VR Little Endian if none).
+    """
+    try:
+        bulk = {_location(p): p for p in parts if p.media_type not in _JSON_TYPES}
+        datasets: list[dict[str, Any]] = []
+        for p in parts:
+            if p.media_type in _JSON_TYPES:
+                try:
+                    doc = json.loads(p.read())
+                except (ValueError, UnicodeDecodeError):
+                    outcome.fail("", "", CANNOT_UNDERSTAND, "a metadata part is not valid JSON")
+                    continue
+                items = doc if isinstance(doc, list) else [doc]
+                good = [d for d in items if isinstance(d, dict)]
+                datasets += good
+                for _ in range(len(items) - len(good)):
+                    outcome.fail("", "", CANNOT_UNDERSTAND, "a metadata item is not a dataset")
+        for item in datasets:
+            _store_json_item(item, bulk, outcome, study)
+    finally:
+        for p in parts:
+            p.close()
+
+
+def _location(part: Part) -> str:
+    return (part.content_location or "").strip().strip("<>")
+
+
+def _value(item: dict[str, Any], tag: str) -> str:
+    values = (item.get(tag) or {}).get("Value") or [""]
+    v = values[0]
+    if isinstance(v, dict):  # PN
+        v = v.get("Alphabetic", "")
+    return str(v or "")
+
+
+def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outcome,
+                     study: str | None) -> None:
+    sop_class, sop_uid = _value(item, "00080016"), _value(item, "00080018")
+    item_study = _value(item, "0020000D")
+    if study and item_study and item_study != study:
+        outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
+                     "StudyInstanceUID differs from the study in the URL")
+        return
+    refs = {tag: str(item[tag]["BulkDataURI"]).strip("<>") for tag in item
+            if isinstance(item[tag], dict) and "BulkDataURI" in item[tag]}
+    missing = [uri for uri in refs.values() if uri not in bulk]
+    if missing:
+        outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND,
+                     "BulkDataURI names no part of the request")
+        return
+    try:
+        media, data_part = _artifact_part(refs, bulk)
+        if data_part is not None:
+            ds = _from_artifact(item, refs, data_part, media, study)
+            content_type = media
+        else:
+            ds = _from_json(item, refs, bulk, study)
+            content_type = ""
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+    except ArchiveError as exc:
+        outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - pydicom/artifact errors: this item fails alone
+        from storage.artifacts import ArtifactTooLarge
+
+        reason = OUT_OF_RESOURCES if isinstance(exc, ArtifactTooLarge) else DATASET_MISMATCH
+        outcome.fail(sop_class, sop_uid, reason, f"cannot build the object: {exc}")
+        return
+    try:
+        result = archive().store(buf.getvalue(), actor=actor(), origin=client_address(),
+                                 content_type=content_type)
+    except ArchiveError as exc:
+        outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
+                     reason_of(exc), str(exc))
+        return
+    outcome.ok(result)
+
+
+def _artifact_part(refs: dict[str, str], bulk: dict[str, Part]) -> tuple[str, Part | None]:
+    from storage.artifacts import SUPPORTED_MEDIA_TYPES
+    from storage.artifacts.detect import normalize_media_type
+
+    for tag in _BULK_TAGS:
+        if tag in refs:
+            part = bulk[refs[tag]]
+            media = normalize_media_type(part.media_type or "")
+            if media in SUPPORTED_MEDIA_TYPES and not part.transfer_syntax:
+                return media, part
+    return "", None
+
+
+def _without(item: dict[str, Any], tags: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k not in tags}
+
+
+def _from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media: str,
+                   study: str | None) -> pydicom.Dataset:
+    """A complete IOD from :mod:`storage.artifacts`, with the JSON's attributes laid over it."""
+    from storage.artifacts import PatientInfo, StudyInfo, encapsulate
+
+    meta = pydicom.Dataset.from_json(_without(item, set(refs)))
+    patient = PatientInfo(str(meta.get("PatientID", "") or ""), str(meta.get("PatientName", "") or ""),
+                          str(meta.get("IssuerOfPatientID", "") or ""),
+                          str(meta.get("PatientBirthDate", "") or ""), str(meta.get("PatientSex", "") or ""))
+    study_info = StudyInfo(str(meta.get("StudyInstanceUID", "") or "") or study or None,
+                           study_description=str(meta.get("StudyDescription", "") or ""),
+                           accession_number=str(meta.get("AccessionNumber", "") or ""),
+                           study_date=str(meta.get("StudyDate", "") or ""),
+                           study_time=str(meta.get("StudyTime", "") or ""),
+                           study_id=str(meta.get("StudyID", "") or ""))
+    title = str(meta.get("DocumentTitle", "") or "") or None
+    ds = encapsulate(part.read(), patient=patient, study=study_info, media_type=media,
+                     title=title, max_size=settings().max_upload_bytes)
+    declared = str(meta.get("SOPClassUID", "") or "")
+    if declared and declared != str(ds.SOPClassUID):
+        raise BadInput(f"SOPClassUID {declared} does not fit a {media} object ({ds.SOPClassUID})")
+    for elem in meta:
+        if elem.tag.group in _ARTIFACT_SKIP_GROUPS or elem.keyword in _ARTIFACT_SKIP:
+            continue
+        if elem.value in (None, "", []) and elem.tag in ds:
+            continue
+        ds[elem.tag] = elem
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def _from_json(item: dict[str, Any], refs: dict[str, str], bulk: dict[str, Part],
+               study: str | None) -> pydicom.Dataset:
+    """The object exactly as the JSON and its bulk data describe it (pydicom)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate as encapsulate_frames
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    ts = ""
+    pixel_part = bulk.get(refs.get("7FE00010", ""))
+    if pixel_part is not None:
+        ts = pixel_part.transfer_syntax or (
+            _JPEG_BASELINE if pixel_part.media_type == "image/jpeg" else "")
+    tsuid = UID(ts or ExplicitVRLittleEndian)
+
+    def handler(tag: str, vr: str, uri: str) -> bytes:
+        data = bulk[uri.strip("<>")].read()
+        if tag.upper() == "7FE00010" and tsuid.is_compressed:
+            return encapsulate_frames([data])
+        return data
+
+    ds = pydicom.Dataset.from_json(item, bulk_data_uri_handler=handler)
+    if not ds.get("SOPClassUID"):
+        raise BadInput("SOPClassUID is missing")
+    if not ds.get("StudyInstanceUID"):
+        ds.StudyInstanceUID = study or generate_uid()
+    for kw in ("SeriesInstanceUID", "SOPInstanceUID"):
+        if not ds.get(kw):
+            setattr(ds, kw, generate_uid())
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = tsuid
+    return ds
 
 
 def make_blueprint(name: str, authenticate: Authenticate, url_prefix: str) -> Blueprint:
     """POST {root}/studies and {root}/studies/{uid} (PS3.18 10.5)."""
     bp = service_blueprint(name, __name__, authenticate, url_prefix)
+
+    @bp.errorhandler(MultipartError)
+    def _bad_multipart(exc: MultipartError) -> Response:
+        from .errors import error_response
+
+        return error_response(413 if isinstance(exc, PayloadTooLarge) else 400, str(exc))
+
+    bp.add_url_rule("/studies", "stow", stow, methods=["POST"])
+    bp.add_url_rule("/studies/<study>", "stow_study", stow, methods=["POST"])
     return bp
