@@ -42,7 +42,7 @@ from .crypto import DecryptingReader, EncryptingWriter
 from .errors import BadInput, Conflict, Duplicate, NotFound
 from .frames import FrameIndex, index_frames, read_frame
 from .index.db import make_engine, sessions, upgrade
-from .index.models import Instance, Patient, PatientKey, Series, Study
+from .index.models import Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_where
 from .vault import Vault
@@ -129,7 +129,6 @@ class Archive:
     def __init__(self, settings: Settings, *, create_key: bool = False):
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        ring = load_master_keys(settings.master_key_file, settings.master_key, create=create_key)
         self.engine = make_engine(settings.database_url)
         self.write_engine = make_engine(settings.database_url)
         if self.engine.dialect.name == "sqlite":
@@ -137,6 +136,10 @@ class Archive:
         upgrade(self.engine)
         self.sessions = sessions(self.engine)
         self.write_sessions = sessions(self.write_engine)
+        with self.sessions() as s:  # a new key only for a new index: never beside existing data
+            fresh = s.scalars(select(SystemKey).limit(1)).first() is None
+        ring = load_master_keys(settings.master_key_file, settings.master_key,
+                                create=create_key and fresh)
         self.vault = Vault(ring, self.write_sessions)
         self.vault.check_master_key()
         self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]

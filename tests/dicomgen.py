@@ -85,3 +85,17 @@ def make_study(folder: Path, *, n_series: int = 2, per_series: int = 3, **kw) ->
                             instance_number=i + 1, pixel_seed=s * 100 + i, **kw)
             paths.append(write(ds, folder))
     return paths
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The data set of a Part 10 file without preamble and File Meta Information.
+
+    A C-STORE carries only the data set; each receiver writes its own File Meta (implementation
+    UID, source AE), so byte identity through DIMSE is identity of this part.
+    """
+    import struct
+
+    if part10[128:132] != b"DICM" or part10[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a Part 10 file with a File Meta group length")
+    (group_length,) = struct.unpack("<I", part10[140:144])
+    return part10[144 + group_length:]

@@ -1,0 +1,221 @@
+"""The archive core on SQLite and on PostgreSQL: ingest, matching, duplicates, deletion, crash safety."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from storage.archive import Archive, Scope
+from storage.errors import BadInput, Conflict, Duplicate, NotFound
+from storage.query import Query
+from tests.dicomgen import make_image
+
+
+def part10(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_store_is_byte_identical_and_indexed(archive: Archive):
+    originals = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm",
+                                                "SC_rgb_rle.dcm", "rtplan.dcm")]
+    for path in originals:
+        result = archive.store(path)
+        assert result.status == "stored"
+        info = archive.instances(sop_uid=result.sop_instance_uid)[0]
+        with open(path, "rb") as fh:
+            assert archive.read_bytes(info) == fh.read()
+        assert info.transfer_syntax == result.transfer_syntax
+    assert len(list(archive.find(Query("IMAGE")))) == len(originals)
+
+
+def test_counts_and_computed_attributes(archive: Archive):
+    study = generate_uid()
+    series = [generate_uid(), generate_uid()]
+    for i in range(5):
+        archive.store(part10(make_image(study_uid=study, series_uid=series[i % 2],
+                                        modality="CT" if i % 2 == 0 else "MR", instance_number=i)))
+    [row] = archive.find(Query("STUDY", filters={"StudyInstanceUID": study}, return_keys=[
+        "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+        "SOPClassesInStudy"]))
+    assert row["ModalitiesInStudy"] == "CT\\MR"
+    assert row["NumberOfStudyRelatedSeries"] == 2
+    assert row["NumberOfStudyRelatedInstances"] == 5
+    assert set(row["SOPClassesInStudy"].split("\\")) == {"1.2.840.10008.5.1.4.1.1.2",
+                                                          "1.2.840.10008.5.1.4.1.1.4"}
+    counts = {r["SeriesInstanceUID"]: r["NumberOfSeriesRelatedInstances"] for r in archive.find(
+        Query("SERIES", filters={"StudyInstanceUID": study},
+              return_keys=["NumberOfSeriesRelatedInstances"]))}
+    assert counts == {series[0]: 3, series[1]: 2}
+    [patient] = archive.find(Query("PATIENT", filters={"PatientID": "PAT001"},
+                                   return_keys=["NumberOfPatientRelatedInstances"]))
+    assert patient["NumberOfPatientRelatedInstances"] == 5
+
+
+@pytest.fixture
+def populated(archive: Archive) -> Archive:
+    rows = [("P1", "Doe^John", "20200105", "CT", "ACC1", "Chest CT"),
+            ("P2", "Doe^Jane", "20201231", "MR", "ACC2", "Brain MR"),
+            ("P3", "Smith^Anna", "20210301", "CT", "ACC3", "Abdomen"),
+            ("P4", "Müller^Jürgen", "20190101", "US", "ACC4", "Schilddrüse")]
+    for pid, name, date, mod, acc, desc in rows:
+        archive.store(part10(make_image(patient_id=pid, patient_name=name, study_date=date,
+                                        modality=mod if mod != "US" else "CT", accession=acc,
+                                        study_description=desc, charset="ISO_IR 192")))
+    return archive
+
+
+def pids(archive: Archive, level: str = "STUDY", **filters) -> list[str]:
+    return sorted(r["PatientID"] for r in archive.find(Query(level, filters=filters,
+                                                             return_keys=["PatientID"])))
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"PatientName": "Doe*"}, ["P1", "P2"]),
+    ({"PatientName": "doe^j?hn"}, ["P1"]),  # case-insensitive person names, ? wildcard
+    ({"PatientName": "Müller*"}, ["P4"]),
+    ({"PatientID": "P3"}, ["P3"]),  # exact match through the keyed hash
+    ({"PatientID": "P*"}, ["P1", "P2", "P3", "P4"]),
+    ({"AccessionNumber": "ACC2"}, ["P2"]),
+    ({"StudyDate": "20200101-20201231"}, ["P1", "P2"]),
+    ({"StudyDate": "20210101-"}, ["P3"]),
+    ({"StudyDate": "-20191231"}, ["P4"]),
+    ({"StudyDescription": "*CT*"}, ["P1"]),
+    ({"StudyDescription": "schilddrüse"}, []),  # LO is case-sensitive
+    ({"ModalitiesInStudy": "MR"}, ["P2"]),
+    ({"PatientName": "", "StudyDate": ""}, ["P1", "P2", "P3", "P4"]),  # universal
+])
+def test_matching(populated: Archive, filters, expected):
+    assert pids(populated, **filters) == expected
+
+
+def test_uid_list_and_fuzzy(populated: Archive):
+    studies = {r["PatientID"]: r["StudyInstanceUID"] for r in populated.find(
+        Query("STUDY", return_keys=["PatientID"]))}
+    got = pids(populated, StudyInstanceUID=f"{studies['P1']}\\{studies['P3']}")
+    assert got == ["P1", "P3"]
+    fuzzy = list(populated.find(Query("STUDY", filters={"PatientName": "jo"}, fuzzy=True,
+                                      return_keys=["PatientID"])))
+    assert [r["PatientID"] for r in fuzzy] == ["P1"]
+
+
+def test_paging_is_exact_with_python_side_filters(populated: Archive):
+    all_rows = pids(populated, PatientName="*")
+    pages = []
+    for offset in range(0, 5, 2):
+        page = list(populated.find(Query("STUDY", filters={"PatientName": "*^*"}, limit=2,
+                                         offset=offset, return_keys=["PatientID"])))
+        pages += [r["PatientID"] for r in page]
+    assert sorted(pages) == all_rows
+
+
+def test_bad_range_is_bad_input(populated: Archive):
+    with pytest.raises(BadInput):
+        list(populated.find(Query("STUDY", filters={"StudyDate": "2020-01-01"})))
+
+
+def test_scope_hides_other_patients(populated: Archive):
+    ref = populated.find_patient("P1")
+    other = next(populated.find(Query("STUDY", filters={"PatientID": "P2"})))
+    assert pids(populated) == ["P1", "P2", "P3", "P4"]
+    mine = list(populated.find(Query("STUDY", patient_scope=ref, return_keys=["PatientID"])))
+    assert [r["PatientID"] for r in mine] == ["P1"]
+    with pytest.raises(NotFound):
+        populated.instances(other["StudyInstanceUID"], scope=Scope(ref))
+
+
+def test_duplicate_policies(archive: Archive):
+    ds = make_image(patient_id="DUP")
+    first = archive.store(part10(ds))
+    assert first.status == "stored"
+    ds.StudyDescription = "changed"
+    assert archive.store(part10(ds)).status == "duplicate"  # keep: first copy wins
+    info = archive.instances(sop_uid=first.sop_instance_uid)[0]
+    assert b"changed" not in archive.read_bytes(info)
+    archive.settings.duplicate_policy = "replace"
+    assert archive.store(part10(ds)).status == "replaced"
+    info = archive.instances(sop_uid=first.sop_instance_uid)[0]
+    assert b"changed" in archive.read_bytes(info)
+    assert len(archive.instances(sop_uid=first.sop_instance_uid)) == 1
+    archive.settings.duplicate_policy = "reject"
+    with pytest.raises(Duplicate):
+        archive.store(part10(ds))
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda ds: delattr(ds, "SOPInstanceUID"),
+    lambda ds: delattr(ds, "StudyInstanceUID"),
+    lambda ds: setattr(ds, "SeriesInstanceUID", "1." * 40),
+])
+def test_bad_objects_are_refused_and_nothing_is_left(archive: Archive, mutate):
+    ds = make_image()
+    mutate(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    with pytest.raises(BadInput):
+        archive.store(buf.getvalue())
+    assert list(archive.blobs.keys()) == []
+    assert list(archive.find(Query("IMAGE"))) == []
+
+
+def test_garbage_and_truncated_input(archive: Archive):
+    for data in (b"", b"not dicom at all" * 10, part10(make_image())[:200]):
+        with pytest.raises(BadInput):
+            archive.store(data)
+    assert list(archive.blobs.keys()) == []
+
+
+def test_study_under_another_patient_is_a_conflict(archive: Archive):
+    study = generate_uid()
+    archive.store(part10(make_image(patient_id="A", study_uid=study)))
+    with pytest.raises(Conflict):
+        archive.store(part10(make_image(patient_id="B", study_uid=study)))
+    assert list(archive.blobs.keys()).__len__() == 1
+
+
+def test_delete_fixes_counts_and_removes_blobs(archive: Archive):
+    study, series = generate_uid(), generate_uid()
+    results = [archive.store(part10(make_image(study_uid=study, series_uid=series, instance_number=i)))
+               for i in range(3)]
+    assert archive.delete(study, series, results[0].sop_instance_uid) == 1
+    [row] = archive.find(Query("STUDY", filters={"StudyInstanceUID": study},
+                               return_keys=["NumberOfStudyRelatedInstances"]))
+    assert row["NumberOfStudyRelatedInstances"] == 2
+    assert archive.delete(study) == 2
+    assert list(archive.find(Query("STUDY"))) == []
+    assert list(archive.blobs.keys()) == []
+
+
+def test_failed_index_write_leaves_no_blob(archive: Archive, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash during the index transaction")
+
+    monkeypatch.setattr(archive, "_index", boom)
+    with pytest.raises(RuntimeError):
+        archive.store(part10(make_image()))
+    assert list(archive.blobs.keys()) == []
+
+
+def test_orphan_blobs_are_swept(archive: Archive):
+    kept = archive.store(part10(make_image()))
+    key = archive.blobs.new_key()
+    fh = archive.blobs.create(key)
+    fh.write(b"left by a crash between blob write and index commit")
+    archive.blobs.commit(fh)
+    assert archive.sweep_orphans(grace_seconds=-1) == 1
+    assert key not in set(archive.blobs.keys())
+    info = archive.instances(sop_uid=kept.sop_instance_uid)[0]
+    assert archive.read_bytes(info)
+
+
+def test_frames_read_back(archive: Archive):
+    ds = make_image(frames=3, rows=32, columns=32)
+    result = archive.store(part10(ds))
+    info = archive.instances(sop_uid=result.sop_instance_uid)[0]
+    frame_len = 32 * 32 * 2
+    for n in (1, 2, 3):
+        assert archive.read_frame(info, n) == ds.PixelData[(n - 1) * frame_len: n * frame_len]

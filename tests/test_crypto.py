@@ -1,0 +1,141 @@
+"""Encryption at rest: per-patient keys, wrapping, object binding, tamper detection."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from storage.archive import Archive
+from storage.config import load_settings
+from storage.crypto import DecryptingReader, DecryptionFailed, EncryptingWriter
+from storage.errors import KeyUnavailable
+from storage.index.models import Patient, PatientKey
+from storage.keys import MasterKeyRing, WrappedKey
+from tests.conftest import PACS, free_port
+from tests.dicomgen import make_image
+from tests.test_archive import part10
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 17])
+def test_segmented_stream_round_trip_and_random_access(size):
+    data = os.urandom(size)
+    dek = os.urandom(32)
+    sink = io.BytesIO()
+    w = EncryptingWriter(sink, dek, "obj1")
+    w.write(data[: size // 3])
+    w.write(data[size // 3:])
+    w.close()
+    blob = sink.getvalue()
+    assert data[:64] not in blob or size == 0
+    r = DecryptingReader(io.BytesIO(blob), dek, "obj1")
+    assert r.size == size
+    assert r.read() == data
+    if size > 10:
+        r.seek(size // 2)
+        assert r.read(7) == data[size // 2: size // 2 + 7]
+
+
+def _blob(data: bytes, dek: bytes, oid: str) -> bytes:
+    sink = io.BytesIO()
+    w = EncryptingWriter(sink, dek, oid, segment_size=1024)
+    w.write(data)
+    w.close()
+    return sink.getvalue()
+
+
+def test_blob_bound_to_object_id_and_key():
+    dek, data = os.urandom(32), os.urandom(5000)
+    blob = _blob(data, dek, "object-a")
+    with pytest.raises(DecryptionFailed):
+        DecryptingReader(io.BytesIO(blob), dek, "object-b").read()
+    with pytest.raises(DecryptionFailed):
+        DecryptingReader(io.BytesIO(blob), os.urandom(32), "object-a").read()
+
+
+@pytest.mark.parametrize("attack", ["truncate-segment", "drop-last-segment", "flip-bit", "swap-segments"])
+def test_tampering_is_detected(attack):
+    dek, data = os.urandom(32), os.urandom(5000)
+    blob = bytearray(_blob(data, dek, "o"))
+    seg = 1024 + 16
+    head = 35
+    if attack == "truncate-segment":
+        blob = blob[:-5]
+    elif attack == "drop-last-segment":
+        blob = blob[: head + 4 * seg]  # exactly four full segments: the last-flag is missing
+    elif attack == "flip-bit":
+        blob[head + 100] ^= 1
+    else:
+        s0, s1 = blob[head: head + seg], blob[head + seg: head + 2 * seg]
+        blob[head: head + seg], blob[head + seg: head + 2 * seg] = s1, s0
+    with pytest.raises(DecryptionFailed):
+        DecryptingReader(io.BytesIO(bytes(blob)), dek, "o").read()
+
+
+def test_patients_have_different_data_keys_and_wrong_master_key_fails(archive: Archive):
+    archive.store(part10(make_image(patient_id="K1")))
+    archive.store(part10(make_image(patient_id="K2")))
+    with archive.sessions() as s:
+        rows = s.query(PatientKey).all()
+        patients = s.query(Patient).all()
+    assert len(rows) == 2 and len(patients) == 2
+    deks = {archive.vault.dek(r.key_id) for r in rows}
+    assert len(deks) == 2
+    wrong = MasterKeyRing({1: os.urandom(32)})
+    for r in rows:
+        with pytest.raises(KeyUnavailable):
+            wrong.unwrap(r.key_id, WrappedKey(r.kek_version, r.wrapped))
+        # a wrapped key moved to another key id does not open either
+        other = next(x for x in rows if x.key_id != r.key_id)
+        with pytest.raises(KeyUnavailable):
+            archive.vault.ring.unwrap(other.key_id, WrappedKey(r.kek_version, r.wrapped))
+
+
+def test_blob_copied_onto_another_object_fails(archive: Archive):
+    a = archive.store(part10(make_image(patient_id="C1")))
+    b = archive.store(part10(make_image(patient_id="C1")))
+    ia, ib = (archive.instances(sop_uid=x.sop_instance_uid)[0] for x in (a, b))
+    pa, pb = archive.blobs.path(ia.blob_key), archive.blobs.path(ib.blob_key)
+    shutil.copyfile(pa, pb)  # same patient, same key: only the object binding protects
+    with pytest.raises(DecryptionFailed):
+        archive.read_bytes(ib)
+    assert archive.read_bytes(ia)
+
+
+def test_archive_refuses_wrong_master_key(tmp_path):
+    settings = load_settings(env={}, data_dir=tmp_path / "d")
+    Archive(settings, create_key=True).close()
+    settings.master_key_file.write_text(MasterKeyRing({1: os.urandom(32)}).dumps())
+    with pytest.raises(KeyUnavailable):
+        Archive(settings)
+
+
+def test_serve_refuses_to_start_with_wrong_or_missing_key(tmp_path):
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(data), PACS_DICOM_PORT=str(free_port()),
+               PACS_HTTP_PORT=str(free_port()), PACS_DICOM_HOST="127.0.0.1",
+               PACS_HTTP_HOST="127.0.0.1")
+    archive = Archive(load_settings(env=env), create_key=True)
+    archive.store(part10(make_image(patient_id="W1")))
+    archive.close()
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and "index.sqlite" not in p.name}
+    key_file = data / "master.key"
+    good_key = key_file.read_text()
+    key_file.write_text(MasterKeyRing({1: os.urandom(32)}).dumps())
+    proc = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "refusing to start" in proc.stderr and "wrong master key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    key_file.write_text(good_key)
+    after = {p: p.read_bytes() for p in data.rglob("*") if p.is_file() and "index.sqlite" not in p.name
+             and p.name != "master.key"}
+    assert {p: v for p, v in before.items() if p.name != "master.key"} == after
+    key_file.unlink()
+    env["PACS_MASTER_KEY"] = ""
+    proc = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "refusing to start" in proc.stderr
+    assert not key_file.exists(), "a missing key must not be replaced by a new one beside old data"
