@@ -1,21 +1,117 @@
-"""The app factory: settings, the archive in ``app.extensions``, one blueprint per service."""
+"""The app factory: settings, the archive in ``app.extensions``, one blueprint per service.
+
+Registration contract (every service module):
+
+    make_blueprint(name: str, authenticate: dicomweb.context.Authenticate, url_prefix: str) -> Blueprint
+
+built with :func:`dicomweb.context.service_blueprint`. The *authenticate* callable returns the
+caller's :class:`storage.archive.Scope` (None = provider) or aborts; views pass
+:func:`dicomweb.context.scope` to every archive call. Here the read services (qido, metadata, wado,
+wadouri) and the write services (stow, delete) are mounted at ``settings.dicomweb_root`` with the
+provider authenticator (:func:`dicomweb.auth.provider_authenticate`); write views check their scope
+themselves with :func:`dicomweb.auth.require_scope`. The upload page is at ``/upload``, OHIF at
+``/viewer``. ``dicomweb.patient.init_app(app)`` mounts the read services again for patients
+(``/letters/<selector>/dicom-web``) with a patient-scoped authenticator.
+
+No access log: URLs carry query keys (names, IDs) that are PHI. Gunicorn runs without
+``--access-logfile``; werkzeug's request log is silenced for the development server.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+import importlib
+import logging
+from collections.abc import Iterable
+
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from storage.archive import Archive
 from storage.config import Settings, load_settings
 
+from . import auth, errors
+
+READ_SERVICES = ("qido", "metadata", "wado", "wadouri")
+WRITE_SERVICES = ("stow", "delete")
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_EXPOSE = "Content-Type, Content-Length, Content-Location, Location, Warning, WWW-Authenticate"
+CORS_MAX_AGE = "600"
+
 
 def create_app(settings: Settings | None = None, archive: Archive | None = None) -> Flask:
+    """The DICOMweb application (one per gunicorn worker: the archive opens after the fork)."""
     settings = settings or load_settings()
     app = Flask(__name__)
     app.config["PACS_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["archive"] = archive or Archive(settings)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    if settings.trust_proxy_headers:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1,  # type: ignore[method-assign]
+                                x_prefix=1)
+    errors.register(app)
+    _cors(app, settings.cors_origins)
+
+    root = "/" + settings.dicomweb_root.strip("/")
+    for name in (*READ_SERVICES, *WRITE_SERVICES):
+        module = importlib.import_module(f"dicomweb.{name}")
+        app.register_blueprint(module.make_blueprint(name, auth.provider_authenticate, root))
+    upload = importlib.import_module("dicomweb.upload")
+    app.register_blueprint(upload.make_blueprint("upload", auth.provider_authenticate, "/upload"))
+
+    from .viewer import viewer_blueprint
+
+    app.register_blueprint(viewer_blueprint(None, root, "/viewer",
+                                            trust_forwarded=settings.trust_proxy_headers))
+    try:
+        patient = importlib.import_module("dicomweb.patient")
+    except ModuleNotFoundError as exc:
+        if exc.name != "dicomweb.patient":
+            raise
+    else:
+        patient.init_app(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int]:
         return "ok\n", 200
 
     return app
+
+
+def _cors(app: Flask, origins: Iterable[str]) -> None:
+    """CORS for browser viewers served from another origin (Fetch standard; off when no origins)."""
+    allowed = {o.rstrip("/") for o in origins}
+    if not allowed:
+        return
+    any_origin = "*" in allowed
+
+    def origin_ok() -> str | None:
+        origin = request.headers.get("Origin")
+        if origin and (any_origin or origin.rstrip("/") in allowed):
+            return origin
+        return None
+
+    @app.before_request
+    def _preflight() -> Response | None:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        origin = origin_ok()
+        if origin is None:
+            return Response("origin not allowed\n", status=403, mimetype="text/plain")
+        resp = Response(status=204)
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        wanted = request.headers.get("Access-Control-Request-Headers")
+        resp.headers["Access-Control-Allow-Headers"] = wanted or "Authorization, Accept, Content-Type"
+        resp.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+        resp.headers["Vary"] = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+        return resp
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        origin = origin_ok()
+        if origin is not None and "Access-Control-Allow-Origin" not in resp.headers:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+            resp.vary.add("Origin")
+        return resp

@@ -1,0 +1,165 @@
+"""Provider authentication for DICOMweb: API tokens (RFC 6750 bearer) and the loopback exemption.
+
+Tokens are made by ``pacs token create --name NAME --scope read|write|admin``; only their SHA-256
+is stored (``api_tokens``). Scopes are ordered: ``read`` (QIDO-RS, WADO-RS, WADO-URI) < ``write``
+(+ STOW-RS, uploads) < ``admin`` (+ DELETE).
+
+In the embedded default a request from loopback (127.0.0.0/8, ::1) without an Authorization header
+is allowed with admin scope, unless ``trust_proxy_headers`` is on (a local reverse proxy would make
+every client look local) or ``PACS_OPEN_LOOPBACK=false``. A presented token is always checked.
+
+Missing or wrong credentials: 401 with ``WWW-Authenticate: Bearer``; too small a scope: 403.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from flask import Response, abort, g, has_request_context, request
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage.archive import Archive, Scope
+from storage.errors import BadInput, Conflict, NotFound
+from storage.index.models import ApiToken
+
+from . import context
+
+SCOPES = ("read", "write", "admin")
+_RANK = {name: i for i, name in enumerate(SCOPES)}
+_PREFIX = "pacs_"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- token store (no Flask: used by the `pacs token` command too) ----------------------------------
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def create_token(archive: Archive, name: str, scope: str) -> str:
+    """Make a token; returns it (shown once, only its hash is kept)."""
+    if scope not in SCOPES:
+        raise BadInput(f"scope must be one of {', '.join(SCOPES)}")
+    if not name or len(name) > 64:
+        raise BadInput("a token name is 1 to 64 characters")
+    token = _PREFIX + secrets.token_urlsafe(32)
+    try:
+        with archive.write_sessions.begin() as s:
+            s.add(ApiToken(name=name, token_hash=_digest(token), scope=scope,
+                           created_at=datetime.now(UTC).replace(tzinfo=None)))
+    except IntegrityError:
+        raise Conflict(f"a token named {name!r} exists already") from None
+    archive.audit.record("token-create", actor="pacs token", detail=f"{name} ({scope})")
+    return token
+
+
+def list_tokens(archive: Archive) -> list[TokenInfo]:
+    with archive.sessions() as s:
+        rows = s.scalars(select(ApiToken).order_by(ApiToken.name)).all()
+        return [TokenInfo(r.name, r.scope, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke_token(archive: Archive, name: str) -> None:
+    with archive.write_sessions.begin() as s:
+        n = s.execute(update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+                      .values(revoked_at=datetime.now(UTC).replace(tzinfo=None))).rowcount
+    if not n:
+        raise NotFound(f"no active token named {name!r}")
+    archive.audit.record("token-revoke", actor="pacs token", detail=name)
+
+
+def lookup_token(archive: Archive, token: str) -> tuple[str, str] | None:
+    """(name, scope) of an active token, or None."""
+    with archive.sessions() as s:
+        row = s.execute(select(ApiToken.name, ApiToken.scope, ApiToken.revoked_at)
+                        .where(ApiToken.token_hash == _digest(token))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row.name, row.scope
+
+
+# -- Flask side ----------------------------------------------------------------------------------
+
+def loopback_open() -> bool:
+    """Is the loopback exemption on? (``PACS_OPEN_LOOPBACK``, default true; off behind a proxy.)"""
+    settings = context.settings()
+    value = getattr(settings, "open_loopback", None)
+    if value is None:
+        value = os.environ.get("PACS_OPEN_LOOPBACK", "true").strip().lower() not in ("0", "false", "no", "off")
+    return bool(value) and not settings.trust_proxy_headers
+
+
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _unauthorized(reason: str, error: str = "invalid_token") -> Response:
+    resp = Response(reason + "\n", status=401, mimetype="text/plain")
+    resp.headers["WWW-Authenticate"] = f'Bearer realm="pacs", error="{error}"' if error else \
+        'Bearer realm="pacs"'
+    return resp
+
+
+def provider_authenticate() -> Scope | None:
+    """The provider authenticator for every DICOMweb service blueprint: sees everything or aborts."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        if loopback_open() and _is_loopback(request.remote_addr):
+            g.pacs_actor, g.pacs_token_scope = "loopback", "admin"
+            return None
+        abort(_unauthorized("authentication required: Authorization: Bearer <token>", error=""))
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        abort(_unauthorized("only Bearer tokens are accepted", error="invalid_request"))
+    found = lookup_token(context.archive(), token.strip())
+    if found is None:
+        context.archive().audit.record("login", actor="token", source=context.client_address(),
+                                       outcome="failure", detail="unknown or revoked token")
+        abort(_unauthorized("unknown or revoked token"))
+    g.pacs_actor, g.pacs_token_scope = f"token:{found[0]}", found[1]
+    return None
+
+
+def check_scope(level: str) -> None:
+    """Abort with 403 unless the caller's token scope is at least ``level``."""
+    have = g.get("pacs_token_scope")
+    if have is None or _RANK.get(have, -1) < _RANK[level]:
+        abort(Response(f"this needs a token with '{level}' scope\n", status=403, mimetype="text/plain"))
+
+
+def require_scope(level: str) -> Callable[[F], F]:
+    """For write services: ``@require_scope("write")`` on a view, or call ``require_scope("admin")``
+    inside one (then it checks at once). Patient sessions have no token scope: always 403."""
+    if level not in _RANK:
+        raise ValueError(f"unknown scope {level!r}")
+    if has_request_context() and request.endpoint is not None:
+        check_scope(level)
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_scope(level)
+            return view(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
