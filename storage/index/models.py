@@ -140,3 +140,46 @@ class AuditEvent(Base):
 
 Index("ix_instances_series_number", Instance.series_id, Instance.instance_number)
 Index("ix_studies_patient_date", Study.patient_id, Study.study_date)
+
+
+# -- patient letters (issue 6) ----------------------------------------------------------------------
+
+class Letter(Base):
+    """A patient letter: a random selector, HMAC of the access code, Argon2id hash of the passcode.
+
+    The patient is referenced by row id only; nothing identifying is kept in clear.
+    """
+
+    __tablename__ = "letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    selector: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_ref: Mapped[int] = mapped_column(Integer, index=True)
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    passcode_hash: Mapped[str] = mapped_column(String(256))
+    study_uids: Mapped[str] = mapped_column(Text, default="")  # backslash separated; "" = all
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed codes
+    locked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AccessFailure(Base):
+    """Failed access-code attempts per client address (shared by every worker through the index)."""
+
+    __tablename__ = "access_failures"
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC of the address, hex
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class PatientSession(Base):
+    """A server-side patient page session: the cookie holds a random id, we keep its SHA-256."""
+
+    __tablename__ = "patient_sessions"
+    id_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    letter_id: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

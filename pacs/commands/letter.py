@@ -1,0 +1,150 @@
+"""``pacs letter issue|reissue|revoke|list``: patient letters (security.md "Patient letters")."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from pacs.cli import Context, pass_ctx
+from storage.errors import ArchiveError
+
+
+def base_url(ctx: Context) -> str:
+    return ctx.settings.public_url or f"http://localhost:{ctx.settings.http_port}"
+
+
+def _origin() -> str:
+    return os.uname().nodename
+
+
+def _patient(ctx: Context, patient_id: str, issuer: str) -> int:
+    try:
+        return ctx.archive().find_patient(patient_id, issuer)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print(issued, pdf: Path | None) -> None:  # noqa: ANN001
+    click.echo(f"letter:      {issued.letter_id}")
+    click.echo(f"url:         {issued.url}")
+    click.echo(f"access code: {issued.access_code}")
+    click.echo(f"passcode:    {issued.passcode}")
+    click.echo(f"expires:     {issued.expires_at:%Y-%m-%d}" if issued.expires_at else "expires:     never")
+    if pdf is not None:
+        write_pdf(issued, pdf)
+        click.echo(f"pdf:         {pdf}")
+
+
+def write_pdf(issued, path: Path) -> None:  # noqa: ANN001
+    """A one-page letter a provider can print and mail (reportlab)."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.units import mm
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(path), pagesize=A4)
+    c.setTitle("Your medical images")
+    _w, h = A4
+    y = h - 30 * mm
+
+    def line(text: str, size: int = 11, font: str = "Helvetica", gap: float = 7) -> None:
+        nonlocal y
+        c.setFont(font, size)
+        c.drawString(25 * mm, y, text)
+        y -= gap * mm
+
+    line("Your medical images", 18, "Helvetica-Bold", 12)
+    line("You can see and download your images and reports from any web browser.")
+    line("1. Open this address:")
+    line(issued.url, 10, "Courier-Bold", 9)
+    line("2. Type this access code (keep it secret, like a bank PIN):")
+    line(issued.access_code, 16, "Courier-Bold", 11)
+    line("3. To download everything, the file is locked with this passcode:")
+    line(issued.passcode, 12, "Courier-Bold", 11)
+    if issued.expires_at:
+        line(f"This letter is valid until {issued.expires_at:%Y-%m-%d}.")
+    line("After too many wrong codes the letter locks; ask your provider for a new one.", 9)
+    line("Apps for medical images can also use the address followed by /dicom-web,", 9, gap=5)
+    line("with the last part of the address as user name and the access code as password.", 9)
+    c.showPage()
+    c.save()
+
+
+@click.group(name="letter")
+def cli() -> None:
+    """Patient letters: a URL, an access code and an export passcode."""
+
+
+@cli.command()
+@click.option("--patient-id", required=True)
+@click.option("--issuer", default="", help="Issuer of Patient ID.")
+@click.option("--studies", multiple=True, help="Only these StudyInstanceUIDs (repeat or space separate).")
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
+              help="Expiry date (default: end of retention).")
+@click.option("--pdf", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PDF letter.")
+@pass_ctx
+def issue(ctx: Context, patient_id: str, issuer: str, studies: tuple[str, ...],
+          expires: datetime | None, pdf: Path | None) -> None:
+    """Issue a letter for a patient; prints the URL, access code and passcode (shown only now)."""
+    from storage.letters import Letters
+
+    ref = _patient(ctx, patient_id, issuer)
+    uids = [u for item in studies for u in item.split()]
+    try:
+        issued = Letters(ctx.archive()).issue(ref, study_uids=uids or None, expires_at=expires,
+                                              base_url=base_url(ctx), actor="pacs letter",
+                                              origin=_origin())
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print(issued, pdf)
+
+
+@cli.command()
+@click.argument("letter")
+@click.option("--pdf", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def reissue(ctx: Context, letter: str, pdf: Path | None) -> None:
+    """Revoke LETTER (id or selector; e.g. a locked one) and issue a new one for the same record."""
+    from storage.letters import Letters
+
+    try:
+        issued = Letters(ctx.archive()).reissue(letter, base_url=base_url(ctx), actor="pacs letter",
+                                                origin=_origin())
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print(issued, pdf)
+
+
+@cli.command()
+@click.argument("letter")
+@pass_ctx
+def revoke(ctx: Context, letter: str) -> None:
+    """Revoke LETTER (id or selector) and end its sessions."""
+    from storage.letters import Letters
+
+    try:
+        info = Letters(ctx.archive()).revoke(letter, actor="pacs letter", origin=_origin())
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"letter {info.id}: {info.state}")
+
+
+@cli.command(name="list")
+@click.option("--patient-id")
+@click.option("--issuer", default="")
+@pass_ctx
+def list_(ctx: Context, patient_id: str | None, issuer: str) -> None:
+    """List letters (no secrets: the selector is not secret without the access code)."""
+    from storage.letters import Letters
+
+    ref = _patient(ctx, patient_id, issuer) if patient_id else None
+    rows = Letters(ctx.archive()).list(ref)
+    click.echo("id\tpatient\tstate\tfailures\tstudies\tcreated\texpires\tselector")
+    for r in rows:
+        click.echo(f"{r.id}\t{r.patient_ref}\t{r.state}\t{r.failures}\t{len(r.study_uids) or 'all'}\t"
+                   f"{r.created_at:%Y-%m-%d}\t{r.expires_at:%Y-%m-%d}\t{r.selector}"
+                   if r.expires_at else
+                   f"{r.id}\t{r.patient_ref}\t{r.state}\t{r.failures}\t{len(r.study_uids) or 'all'}\t"
+                   f"{r.created_at:%Y-%m-%d}\t-\t{r.selector}")
