@@ -16,6 +16,7 @@ from flask import Blueprint, Response, request
 from storage import metadata as cache
 
 from . import context
+from .auth import audit_read
 from .mediatypes import metadata_offers, negotiate
 
 
@@ -67,6 +68,4 @@ def _absolute_stream(first: str, rest: Iterator[str], replacement: str) -> Itera
 
 
 def _audit(study_uid: str) -> None:
-    context.archive().audit.record("read-metadata", actor=context.actor(),
-                                   source=context.client_address(), study_uid=study_uid,
-                                   detail=request.path.rsplit("/", 1)[0][-200:])
+    audit_read("read-metadata", study_uid=study_uid, detail=request.path.rsplit("/", 1)[0][-200:])

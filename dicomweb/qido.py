@@ -27,6 +27,7 @@ from storage.errors import BadInput
 from storage.query import Query
 
 from . import context
+from .auth import audit_read
 from .dicomjson import element, keyword_of, to_json
 from .mediatypes import metadata_offers, negotiate
 
@@ -97,7 +98,10 @@ def search(level: Level, fixed: dict[str, str]) -> Response:
     if scope is not None:
         q.patient_scope, q.study_scope = scope.patient_ref, scope.study_uids
     rows = context.archive().find(q)
-    body = render(level, rows, include, context.service_root(), study_scoped=bool(fixed))
+    body, count = render(level, rows, include, context.service_root())
+    # No filter values in the audit trail (they are PHI): the level, the keys and the count.
+    audit_read("query", study_uid=fixed.get("StudyInstanceUID", ""),
+               detail=f"{level} by {','.join(sorted(q.filters)) or '-'}: {count} match(es)"[:500])
     resp = Response(body, status=200, content_type=offer.media_type)
     if unsupported:
         names = ", ".join(sorted(unsupported))
@@ -182,9 +186,9 @@ def _includefields(values: Iterable[str], visible: tuple[Level, ...]) -> list[st
     return out
 
 
-def render(level: Level, rows: Iterable[dict[str, Any]], keywords: list[str], root: str, *,
-           study_scoped: bool = False) -> str:
-    """The JSON array text of the matches (PS3.18 F.2), with absolute RetrieveURLs."""
+def render(level: Level, rows: Iterable[dict[str, Any]], keywords: list[str], root: str
+           ) -> tuple[str, int]:
+    """The JSON array text of the matches (PS3.18 F.2) with absolute RetrieveURLs, and their count."""
     visible = levels_up_to(level)
     known = [k for k in keywords if k in ATTRIBUTES and ATTRIBUTES[k].level in visible]
     extras = [_EXTRA[k] for k in _EXTRA_BY_LEVEL[level]]
@@ -195,7 +199,7 @@ def render(level: Level, rows: Iterable[dict[str, Any]], keywords: list[str], ro
             obj[tag] = value
         obj[_RETRIEVE_URL] = element("UR", _retrieve_url(level, rec, root))
         out.append(dict(sorted(obj.items())))
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False), len(out)
 
 
 def _retrieve_url(level: Level, rec: dict[str, Any], root: str) -> str:

@@ -56,8 +56,8 @@ def series_metadata(archive: Archive, study_uid: str, series_uid: str,
         stmt = stmt.where(Patient.id == scope.patient_ref)
         if scope.study_uids is not None:
             stmt = stmt.where(Study.study_uid.in_(sorted(scope.study_uids)))
-    with archive.sessions() as s:
-        row = s.execute(stmt).first()
+    with archive.engine.connect() as conn:  # Core, not an ORM session: this is the hot path
+        row = conn.execute(stmt).first()
     if row is None:
         raise NotFound("no such series")
     if row.metadata_cache:
