@@ -31,6 +31,7 @@ from storage.config import Settings, load_settings
 
 from . import auth, errors
 
+log = logging.getLogger(__name__)
 READ_SERVICES = ("qido", "metadata", "wado", "wadouri")
 WRITE_SERVICES = ("stow", "delete")
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -63,19 +64,29 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
 
     app.register_blueprint(viewer_blueprint(None, root, "/viewer",
                                             trust_forwarded=settings.trust_proxy_headers))
-    try:
-        patient = importlib.import_module("dicomweb.patient")
-    except ModuleNotFoundError as exc:
-        if exc.name != "dicomweb.patient":
-            raise
-    else:
-        patient.init_app(app)
+    _patient_pages(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int]:
         return "ok\n", 200
 
     return app
+
+
+def _patient_pages(app: Flask) -> None:
+    """Mount the patient door if ``dicomweb.patient`` exists. If it fails to load, the provider
+    services still start and the patient routes stay absent (closed), with the error logged."""
+    try:
+        patient = importlib.import_module("dicomweb.patient")
+    except ModuleNotFoundError as exc:
+        if exc.name == "dicomweb.patient":
+            return
+        log.exception("patient pages not mounted: dicomweb.patient cannot be imported")
+        return
+    try:
+        patient.init_app(app)
+    except Exception:  # noqa: BLE001 - closed rather than down; loud in the log
+        log.exception("patient pages not mounted: dicomweb.patient.init_app failed")
 
 
 def _cors(app: Flask, origins: Iterable[str]) -> None:
