@@ -6,6 +6,7 @@ through globals. The handlers themselves live in store.py, find.py and retrieve.
 
 from __future__ import annotations
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
@@ -24,6 +25,10 @@ from storage.config import Settings
 from .find import handle_find
 from .retrieve import handle_get, handle_move
 from .store import handle_store
+
+#: Explicit VR LE first: pynetdicom picks the first of *our* syntaxes the peer proposes, so a peer
+#: offering both (dcmtk's default) gets Explicit VR, which keeps the VRs (C-STORE and C-GET alike).
+STORAGE_SYNTAXES = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
 
 QR_MODELS = (
     PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
@@ -45,7 +50,7 @@ def make_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         # scp_role/scu_role: accept storage from peers, and send on C-GET associations (role selection)
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
+        ae.add_supported_context(cx.abstract_syntax, STORAGE_SYNTAXES, scu_role=False, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
     return ae
