@@ -20,7 +20,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 from collections.abc import Iterator
+from tempfile import SpooledTemporaryFile
 from typing import Any
 
 import pydicom
@@ -29,6 +31,7 @@ from flask import Blueprint, Response, abort, request
 from storage.archive import StoreResult
 from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull
 
+from .auth import require_scope
 from .context import (
     Authenticate,
     actor,
@@ -137,8 +140,26 @@ def _uids_of(fp: Any) -> tuple[str, str, str]:
         return "", "", ""
 
 
+def with_preamble(fp: Any) -> Any:
+    """The part as a PS3.10 file: a body that starts with the File Meta group but lacks the
+    128-byte preamble and ``DICM`` (as pydicom's ``dcmwrite`` writes it for dicomweb-client)
+    gets a zero preamble prepended; any other body is returned unchanged."""
+    fp.seek(0)
+    head = fp.read(132)
+    fp.seek(0)
+    if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00") or not head[4:6].isalpha():
+        return fp
+    out = SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - closed by the caller
+    out.write(b"\0" * 128 + b"DICM")
+    shutil.copyfileobj(fp, out, 1 << 20)
+    out.seek(0)
+    fp.close()
+    return out
+
+
 def store_dicom_part(part: Part, outcome: Outcome) -> None:
     """Store one ``application/dicom`` part as received (PS3.18 10.5.1.2.1)."""
+    part.body = with_preamble(part.body)
     sop_class, sop_uid, study_uid = _uids_of(part.body)
     media = part.media_type
     if media != DICOM:
@@ -382,6 +403,7 @@ def make_blueprint(name: str, authenticate: Authenticate, url_prefix: str) -> Bl
 
         return error_response(413 if isinstance(exc, PayloadTooLarge) else 400, str(exc))
 
-    bp.add_url_rule("/studies", "stow", stow, methods=["POST"])
-    bp.add_url_rule("/studies/<study>", "stow_study", stow, methods=["POST"])
+    view = require_scope("write")(stow)
+    bp.add_url_rule("/studies", "stow", view, methods=["POST"])
+    bp.add_url_rule("/studies/<study>", "stow_study", view, methods=["POST"])
     return bp
