@@ -398,8 +398,9 @@ class Letters:
                                  created_at=now, expires_at=now + SESSION_LIFETIME))
         return token
 
-    def session(self, selector: str, token: str, *, now: datetime | None = None) -> Grant | None:
-        """The grant of a live session of this letter, or None (expired, revoked, locked, shredded)."""
+    def session(self, selector: str | None, token: str, *, now: datetime | None = None) -> Grant | None:
+        """The grant of a live session (of this letter, if a selector is given), or None when the
+        session or its letter expired, was revoked or locked, or the patient was shredded."""
         now = now or _utcnow()
         if not token or len(token) > 128:
             return None
@@ -411,7 +412,7 @@ class Letters:
             if row is None:
                 return None
             sess, letter = row
-            if (letter.selector != selector or sess.expires_at <= now or letter.revoked_at is not None
+            if ((selector is not None and letter.selector != selector) or sess.expires_at <= now or letter.revoked_at is not None
                     or letter.locked_at is not None
                     or (letter.expires_at is not None and letter.expires_at <= now)
                     or s.get(Patient, letter.patient_ref) is None):
