@@ -39,7 +39,8 @@ from .mediatypes import (
 )
 from .transcode import TranscodeError, can_transcode, decode_frame, to_explicit_le
 
-__all__ = ["make_blueprint"]
+__all__ = ["ARTIFACT_CLASSES", "audit_read", "instance_body", "instances_in_scope", "make_blueprint",
+           "original_media_type", "send_original"]
 
 CHUNK = 1 << 20
 MAX_FRAMES_PER_REQUEST = 10_000
@@ -62,11 +63,11 @@ def _accept() -> str | None:
     return request.args.get("accept") or request.headers.get("Accept")
 
 
-def _instances(study: str, series: str | None = None, sop: str | None = None) -> list[InstanceInfo]:
+def instances_in_scope(study: str, series: str | None = None, sop: str | None = None) -> list[InstanceInfo]:
     return ctx.archive().instances(study, series, sop, scope=ctx.scope())
 
 
-def _audit(infos: list[InstanceInfo], what: str) -> None:
+def audit_read(infos: list[InstanceInfo], what: str) -> None:
     ctx.archive().audit.record("retrieve", actor=ctx.actor(), source=ctx.client_address(),
                                patient_ref=infos[0].patient_ref, study_uid=infos[0].study_uid,
                                detail=f"{what}: {len(infos)} instance(s)")
@@ -79,7 +80,7 @@ def _stored_chunks(info: InstanceInfo) -> Iterator[bytes]:
             yield chunk
 
 
-def _instance_body(info: InstanceInfo, target: str | None) -> tuple[Iterable[bytes], str]:
+def instance_body(info: InstanceInfo, target: str | None) -> tuple[Iterable[bytes], str]:
     """(body chunks, transfer syntax sent) for one instance: as stored, or transcoded."""
     stored = info.transfer_syntax
     if target in (None, AS_STORED, stored) and stored not in WEB_FORBIDDEN_TS:
@@ -138,18 +139,18 @@ def _retrieve(infos: list[InstanceInfo], what: str) -> Response:
     offer = negotiate(_accept(), _retrieve_offers(infos, single=what == "instance"))
     if offer.media_type == ZIP:
         _check_transcodable(infos, Offer(DICOM, True, AS_STORED))
-        _audit(infos, f"{what} as zip")
+        audit_read(infos, f"{what} as zip")
         return _zip(infos)
     _check_transcodable(infos, offer)
-    _audit(infos, what)
+    audit_read(infos, what)
     if not offer.multipart:
-        body, ts = _instance_body(infos[0], offer.transfer_syntax)
+        body, ts = instance_body(infos[0], offer.transfer_syntax)
         return Response(stream_with_context(iter(body)), direct_passthrough=True,
                         content_type=offer.part_content_type(ts))
 
     def parts() -> Iterator[multipart.Part]:
         for info in infos:
-            body, ts = _instance_body(info, offer.transfer_syntax)
+            body, ts = instance_body(info, offer.transfer_syntax)
             yield multipart.Part.make(body, offer.part_content_type(ts), _location(info))
 
     return _multipart(DICOM, parts())
@@ -186,7 +187,7 @@ def _zip(infos: list[InstanceInfo]) -> Response:
         pipe = _Pipe()
         with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
             for info in infos:
-                body, _ = _instance_body(info, AS_STORED)
+                body, _ = instance_body(info, AS_STORED)
                 name = f"{info.series_uid}/{info.sop_uid}.dcm"
                 with zf.open(name, "w", force_zip64=True) as entry:
                     for chunk in body:
@@ -331,7 +332,7 @@ def _fmt(path: list[int | str]) -> str:
     return "/".join(f"{p:08X}" if isinstance(p, int) else p for p in path)
 
 
-def _original_offer(info: InstanceInfo) -> str | None:
+def original_media_type(info: InstanceInfo) -> str | None:
     """The original media type of a non-DICOM artifact, when we can give it back."""
     media = ARTIFACT_CLASSES.get(info.sop_class_uid)
     if media == "video/mp4" and not info.transfer_syntax.startswith(_VIDEO_TS_PREFIX):
@@ -342,7 +343,7 @@ def _original_offer(info: InstanceInfo) -> str | None:
     return media
 
 
-def _original(info: InstanceInfo) -> Response:
+def send_original(info: InstanceInfo) -> Response:
     from storage.artifacts import ArtifactError, extract_original
 
     try:
@@ -358,7 +359,7 @@ def _bulkdata(info: InstanceInfo, tagpath: str) -> Response:
     """PS3.18 10.4.1.1.4 bulk data; pixel data as frames; artifacts as their original."""
     path = _tag_path(tagpath)
     is_pixels = len(path) == 1 and path[0] in (0x7FE00010, 0x7FE00008, 0x7FE00009)
-    original = _original_offer(info) if len(path) == 1 and path[0] in (0x7FE00010,
+    original = original_media_type(info) if len(path) == 1 and path[0] in (0x7FE00010,
                                                                        0x00420011) else None
     offers: list[Offer] = []
     stored = info.transfer_syntax
@@ -372,9 +373,9 @@ def _bulkdata(info: InstanceInfo, tagpath: str) -> Response:
     if is_pixels and not original:
         offers += [Offer(o.media_type, False, o.transfer_syntax, o.transcode) for o in list(offers)]
     offer = negotiate(_accept(), offers)
-    _audit([info], f"bulkdata {_fmt(path)}")
+    audit_read([info], f"bulkdata {_fmt(path)}")
     if original and offer.media_type == original:
-        return _original(info)
+        return send_original(info)
     if is_pixels:
         return _pixel_bulk(info, offer)
     archive = ctx.archive()
@@ -465,12 +466,12 @@ def _rendered(info: InstanceInfo, frame: int | None, thumb: bool) -> Response:
         if thumb:
             offer = negotiate(_accept(), rendered_offers())
             return Response(_icon(offer.media_type), content_type=offer.media_type)
-        original = _original_offer(info)
+        original = original_media_type(info)
         if original is None or frame is not None:
             raise NotAcceptable("this object has no rendered image; ask for its bulk data")
         negotiate(_accept(), [Offer(original)])
-        _audit([info], "rendered original")
-        return _original(info)
+        audit_read([info], "rendered original")
+        return send_original(info)
     offer = negotiate(_accept(), rendered_offers())
     ds = ctx.archive().dataset(info)
     if thumb:
@@ -481,7 +482,7 @@ def _rendered(info: InstanceInfo, frame: int | None, thumb: bool) -> Response:
         else:
             data = render(ds, frame, media_type=offer.media_type, viewport=(size, size), quality=80)
     else:
-        _audit([info], "rendered")
+        audit_read([info], "rendered")
         data = render(ds, frame or 1, media_type=offer.media_type, **_render_params())
     return Response(data, content_type=offer.media_type)
 
@@ -512,61 +513,61 @@ def make_blueprint(name: str, authenticate: ctx.Authenticate, url_prefix: str) -
 
     @bp.get("/studies/<study>")
     def study(study: str) -> Response:
-        return _retrieve(_instances(study), "study")
+        return _retrieve(instances_in_scope(study), "study")
 
     @bp.get("/studies/<study>/series/<series>")
     def series(study: str, series: str) -> Response:
-        return _retrieve(_instances(study, series), "series")
+        return _retrieve(instances_in_scope(study, series), "series")
 
     @bp.get(inst)
     def instance(study: str, series: str, sop: str) -> Response:
-        return _retrieve(_instances(study, series, sop), "instance")
+        return _retrieve(instances_in_scope(study, series, sop), "instance")
 
     @bp.get(inst + "/frames/<frames>")
     def frames(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
-        return _frames(_instances(study, series, sop)[0], numbers)
+        return _frames(instances_in_scope(study, series, sop)[0], numbers)
 
     @bp.get(inst + "/bulkdata/<path:tagpath>")
     def bulkdata(study: str, series: str, sop: str, tagpath: str) -> Response:
-        return _bulkdata(_instances(study, series, sop)[0], tagpath)
+        return _bulkdata(instances_in_scope(study, series, sop)[0], tagpath)
 
     @bp.get("/studies/<study>/rendered")
     def study_rendered(study: str) -> Response:
-        return _rendered(_render_target(_instances(study)), None, False)
+        return _rendered(_render_target(instances_in_scope(study)), None, False)
 
     @bp.get("/studies/<study>/series/<series>/rendered")
     def series_rendered(study: str, series: str) -> Response:
-        return _rendered(_render_target(_instances(study, series)), None, False)
+        return _rendered(_render_target(instances_in_scope(study, series)), None, False)
 
     @bp.get(inst + "/rendered")
     def instance_rendered(study: str, series: str, sop: str) -> Response:
-        return _rendered(_instances(study, series, sop)[0], None, False)
+        return _rendered(instances_in_scope(study, series, sop)[0], None, False)
 
     @bp.get(inst + "/frames/<frames>/rendered")
     def frame_rendered(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
         if len(numbers) != 1:
             raise BadInput("rendered frames: ask for one frame at a time")
-        return _rendered(_instances(study, series, sop)[0], numbers[0], False)
+        return _rendered(instances_in_scope(study, series, sop)[0], numbers[0], False)
 
     @bp.get("/studies/<study>/thumbnail")
     def study_thumbnail(study: str) -> Response:
-        return _rendered(_render_target(_instances(study)), None, True)
+        return _rendered(_render_target(instances_in_scope(study)), None, True)
 
     @bp.get("/studies/<study>/series/<series>/thumbnail")
     def series_thumbnail(study: str, series: str) -> Response:
-        return _rendered(_render_target(_instances(study, series)), None, True)
+        return _rendered(_render_target(instances_in_scope(study, series)), None, True)
 
     @bp.get(inst + "/thumbnail")
     def instance_thumbnail(study: str, series: str, sop: str) -> Response:
-        return _rendered(_instances(study, series, sop)[0], None, True)
+        return _rendered(instances_in_scope(study, series, sop)[0], None, True)
 
     @bp.get(inst + "/frames/<frames>/thumbnail")
     def frame_thumbnail(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
         if len(numbers) != 1:
             raise BadInput("thumbnail: one frame at a time")
-        return _rendered(_instances(study, series, sop)[0], numbers[0], True)
+        return _rendered(instances_in_scope(study, series, sop)[0], numbers[0], True)
 
     return bp
