@@ -22,7 +22,7 @@ _counter = itertools.count()
 _lock = threading.Lock()
 
 
-def handle_store(event: evt.Event, out: Path) -> int:
+def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
     """Write the received dataset (with a file meta header) and fsync it."""
     with _lock:
         n = next(_counter)
@@ -32,19 +32,20 @@ def handle_store(event: evt.Event, out: Path) -> int:
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(event.encoded_dataset(include_meta=True))
             f.flush()
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
     finally:
         os.close(fd)
     return 0x0000
 
 
-def make_ae(out: Path) -> tuple[AE, list]:
+def make_ae(out: Path, fsync: bool = True) -> tuple[AE, list]:
     """Return an AE accepting every storage SOP class, and its handlers."""
     ae = AE(ae_title="PACS")
     ae.supported_contexts = StoragePresentationContexts
     ae.add_supported_context(Verification)
     ae.maximum_associations = 64
-    return ae, [(evt.EVT_C_STORE, handle_store, [out])]
+    return ae, [(evt.EVT_C_STORE, handle_store, [out, fsync])]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-tune", action="store_true", help="stock pynetdicom")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-pdu", type=int, default=None)
+    ap.add_argument("--no-fsync", action="store_true", help="measure the transport alone")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.dir.mkdir(parents=True, exist_ok=True)
 
     if args.no_tune:
-        ae, handlers = make_ae(args.dir)
+        ae, handlers = make_ae(args.dir, not args.no_fsync)
         if args.max_pdu is not None:
             ae.maximum_pdu_size = args.max_pdu
         ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def serve() -> None:
         transport.tune()
-        ae, handlers = make_ae(args.dir)
+        ae, handlers = make_ae(args.dir, not args.no_fsync)
         if args.max_pdu is not None:
             ae.maximum_pdu_size = args.max_pdu
         transport.serve_forever(

@@ -36,10 +36,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import queue
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +66,10 @@ IDLE_WAIT = 0.05
 #: Maximum PDU size we advertise as acceptor (pynetdicom's default is 16382).
 DEFAULT_MAX_PDU = 1024 * 1024
 
+#: GIL switch interval (CPython default 5 ms): a reactor woken by another
+#: thread waits up to this long for the GIL; None leaves it alone.
+SWITCH_INTERVAL: float | None = float(os.environ.get("PACS_SWITCH_INTERVAL", "0.0005")) or None
+
 _lock = threading.Lock()
 _tuned = False
 
@@ -87,6 +93,8 @@ def tune() -> None:
         _patch_socket()
         _patch_dul()
         _patch_association()
+        if SWITCH_INTERVAL is not None:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         _tuned = True
         LOGGER.debug("pynetdicom %s transport tuned", pynetdicom.__version__)
 

@@ -1,0 +1,172 @@
+"""pacs.transport: a tuned pynetdicom still speaks DICOM correctly, and fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from bench import gen
+from pacs import transport
+
+needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk missing")
+
+
+class Received:
+    """What the test SCP saw."""
+
+    def __init__(self) -> None:
+        self.datasets: dict[str, bytes] = {}
+        self.nodelay: list[int] = []
+        self.lock = threading.Lock()
+
+    def on_store(self, event: evt.Event) -> int:
+        raw = event.assoc.dul.socket.socket
+        with self.lock:
+            self.nodelay.append(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            self.datasets[event.request.AffectedSOPInstanceUID] = bytes(
+                event.encoded_dataset(include_meta=False)
+            )
+        return 0x0000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    studies = gen.make_studies(2, 1)
+    gen.write_small(root / "small", studies, 4)
+    gen.write_ct(root / "ct", studies, 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scp() -> Iterator[tuple[int, Received, transport.TunedAssociationServer]]:
+    transport.tune()
+    received = Received()
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = StoragePresentationContexts
+    ae.add_supported_context(Verification)
+    server = transport.make_server(
+        ae, "127.0.0.1", 0, evt_handlers=[(evt.EVT_C_STORE, received.on_store)]
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    yield server.server_address[1], received, server
+    server.shutdown()
+    thread.join(5)
+    transport.stop_server(server, drain_timeout=2)
+
+
+def dataset_bytes(path: Path) -> tuple[str, bytes]:
+    """Return (SOP Instance UID, the bytes after the file meta) of a Part 10 file."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    raw = path.read_bytes()
+    group_length = int.from_bytes(raw[140:144], "little")  # (0002,0000) UL value
+    return str(ds.SOPInstanceUID), raw[144 + group_length :]
+
+
+def client_ae() -> AE:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(MRImageStorage, "1.2.840.10008.1.2.1")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    ae.add_requested_context(Verification)
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def test_tune_is_idempotent() -> None:
+    transport.tune()
+    transport.tune()
+    assert transport.is_tuned()
+
+
+@needs_dcmtk
+def test_dcmtk_storescu_byte_identical(scp, data: Path) -> None:
+    port, received, _ = scp
+    files = sorted((data / "small").glob("*.dcm")) + sorted((data / "ct").glob("*.dcm"))
+    env = dict(os.environ, TCP_NODELAY="1")
+    cmd = ["storescu", "-aec", "PACS", "127.0.0.1", str(port), *map(str, files)]
+    subprocess.run(cmd, env=env, check=True, timeout=30, capture_output=True)
+    for f in files:
+        uid, expected = dataset_bytes(f)
+        assert received.datasets[uid] == expected
+    assert received.nodelay and all(received.nodelay)
+
+
+def test_pynetdicom_scu_byte_identical_and_nodelay(scp, data: Path) -> None:
+    port, received, _ = scp
+    assoc = client_ae().associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    client_sock = assoc.dul.socket.socket
+    assert client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    files = sorted((data / "ct").glob("*.dcm")) + sorted((data / "small").glob("*.dcm"))[:2]
+    for f in files:
+        status = assoc.send_c_store(f)  # sends the file's dataset bytes as they are
+        assert status.Status == 0x0000
+        uid, expected = dataset_bytes(f)
+        assert received.datasets[uid] == expected
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_c_echo_pynetdicom_and_dcmtk(scp) -> None:
+    port, _, _ = scp
+    assoc = client_ae().associate("127.0.0.1", port, ae_title="PACS")
+    t0 = time.perf_counter()
+    for _ in range(20):
+        assert assoc.send_c_echo().Status == 0x0000
+    per_echo = (time.perf_counter() - t0) / 20
+    assoc.release()
+    assert per_echo < 0.02  # stock pynetdicom without TCP_NODELAY: ~40 ms
+    if shutil.which("echoscu"):
+        subprocess.run(["echoscu", "-aec", "PACS", "127.0.0.1", str(port)], check=True, timeout=10)
+
+
+def wait_no_associations(server: transport.TunedAssociationServer, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.active_associations:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_release_and_abort(scp) -> None:
+    port, _, server = scp
+    assert wait_no_associations(server)
+    assoc = client_ae().associate("127.0.0.1", port, ae_title="PACS")
+    t0 = time.perf_counter()
+    assoc.release()
+    assert assoc.is_released and time.perf_counter() - t0 < 0.5
+    assert wait_no_associations(server)
+
+    assoc = client_ae().associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    assoc.abort()
+    assert assoc.is_aborted
+    assert wait_no_associations(server)
+
+
+def test_idle_does_not_burn_cpu(scp) -> None:
+    port, _, _ = scp
+    assoc = client_ae().associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    time.sleep(0.2)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    time.sleep(2.0)
+    cpu = time.process_time() - cpu0
+    wall = time.monotonic() - t0
+    assoc.release()
+    # Server and client reactors for one open association, plus the listener.
+    assert cpu / wall < 0.05, f"idle CPU {100 * cpu / wall:.1f}%"
