@@ -175,6 +175,10 @@ def store_dicom_part(part: Part, outcome: Outcome) -> None:
     except ArchiveError as exc:
         outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
         return
+    except Exception:  # noqa: BLE001 - this part fails alone; details only in the server log
+        log.exception("STOW-RS: storing a part failed")
+        outcome.fail(sop_class, sop_uid, PROCESSING_FAILURE, "internal error while storing")
+        return
     outcome.ok(result)
 
 
@@ -306,6 +310,11 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
     except ArchiveError as exc:
         outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                      reason_of(exc), str(exc))
+        return
+    except Exception:  # noqa: BLE001 - this item fails alone; details only in the server log
+        log.exception("STOW-RS: storing a JSON item failed")
+        outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
+                     PROCESSING_FAILURE, "internal error while storing")
         return
     outcome.ok(result)
 
