@@ -23,14 +23,14 @@ _lock = threading.Lock()
 
 
 def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
-    """Write the received dataset (with a file meta header) and fsync it."""
+    """Write the received dataset as received (no file meta) and fsync it."""
     with _lock:
         n = next(_counter)
     path = out / f"{os.getpid()}-{n}.dcm"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(event.encoded_dataset(include_meta=True))
+            f.write(event.encoded_dataset(include_meta=False))
             f.flush()
             if fsync:
                 os.fsync(fd)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers > 1:
         from pacs import workers
 
-        workers.prefork(serve, args.workers)
+        raise SystemExit(workers.prefork(serve, args.workers))
     else:
         serve()
 
