@@ -1,0 +1,188 @@
+"""STOW-RS (PS3.18 10.5) against a real ``pacs serve``: dicomweb-client, raw HTTP, findscu, QIDO."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+
+from dicomweb.multipart import Part, encode
+from tests.conftest import Server, require, start_server
+from tests.data_artifacts import make_mp4, make_pdf
+from tests.dicomgen import make_image
+
+MAX_UPLOAD = 3_000_000
+DICOM_JSON = "application/dicom+json"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("stow"), PACS_MAX_UPLOAD_BYTES=str(MAX_UPLOAD))
+    yield s
+    s.stop()
+
+
+def p10(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def post(srv: Server, parts: list[Part], path: str = "/studies", media_type: str = "application/dicom"
+         ) -> requests.Response:
+    ct, chunks = encode(parts, media_type=media_type)
+    return requests.post(srv.dicomweb_url + path, data=b"".join(chunks),
+                         headers={"Content-Type": ct, "Accept": DICOM_JSON}, timeout=60)
+
+
+def findscu(srv: Server, *keys: str) -> str:
+    tool = require("findscu")
+    p = subprocess.run([tool, "-S", "-aec", srv.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                        *[a for k in keys for a in ("-k", k)], "127.0.0.1", str(srv.dicom_port)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return (p.stdout + p.stderr).decode("latin-1")
+
+
+def qido_instances(srv: Server, study: str) -> list[dict]:
+    r = requests.get(f"{srv.dicomweb_url}/studies/{study}/instances", timeout=30,
+                     headers={"Accept": DICOM_JSON})
+    assert r.status_code in (200, 204), r.text
+    return r.json() if r.status_code == 200 else []
+
+
+def seq(body: dict, tag: str) -> list[dict]:
+    return body.get(tag, {}).get("Value", [])
+
+
+def test_dicomweb_client_bad_part_fails_alone(srv: Server) -> None:
+    study = generate_uid()
+    good = [make_image(patient_id="STOW1", study_uid=study, instance_number=i) for i in range(1, 4)]
+    client = DICOMwebClient(srv.dicomweb_url)
+    reply = client.store_instances(good)  # parses the reply: needs exactly application/dicom+json
+    assert len(reply.ReferencedSOPSequence) == 3
+    assert reply.RetrieveURL.endswith(f"/studies/{study}")
+
+    more = [make_image(patient_id="STOW1", study_uid=study, instance_number=i) for i in (4, 5)]
+    bad = p10(make_image(patient_id="STOW1", study_uid=study))[:400]  # truncated
+    parts = [Part.make(p10(more[0]), "application/dicom"), Part.make(bad, "application/dicom"),
+             Part.make(p10(more[1]), "application/dicom")]
+    r = post(srv, parts)
+    assert r.status_code == 202, r.text
+    assert r.headers["Content-Type"] == DICOM_JSON
+    body = r.json()
+    failed = seq(body, "00081198")
+    assert len(failed) == 1 and failed[0]["00081197"]["Value"][0] in (0xC000, 0xA900)
+    stored = {i["00081155"]["Value"][0] for i in seq(body, "00081199")}
+    assert stored == {str(d.SOPInstanceUID) for d in more}
+    for item in seq(body, "00081199"):
+        url = item["00081190"]["Value"][0]
+        assert url.startswith(srv.dicomweb_url + f"/studies/{study}/series/")
+
+    found = {i["00080018"]["Value"][0] for i in qido_instances(srv, study)}
+    assert found == {str(d.SOPInstanceUID) for d in good + more}
+    out = findscu(srv, f"StudyInstanceUID={study}", "NumberOfStudyRelatedInstances")
+    assert study in out and "[5]" in out.replace(" ", "")
+
+
+def test_study_uid_mismatch_refused_for_that_part(srv: Server) -> None:
+    url_study, other = generate_uid(), generate_uid()
+    ok = make_image(patient_id="STOW2", study_uid=url_study)
+    wrong = make_image(patient_id="STOW2", study_uid=other)
+    r = post(srv, [Part.make(p10(ok), "application/dicom"), Part.make(p10(wrong), "application/dicom")],
+             path=f"/studies/{url_study}")
+    assert r.status_code == 202, r.text
+    failed = seq(r.json(), "00081198")
+    assert [f["00081155"]["Value"][0] for f in failed] == [str(wrong.SOPInstanceUID)]
+    assert failed[0]["00081197"]["Value"][0] == 0xC409
+    assert qido_instances(srv, other) == []
+    # all parts refused: 409
+    r = post(srv, [Part.make(p10(make_image(study_uid=other)), "application/dicom")],
+             path=f"/studies/{url_study}")
+    assert r.status_code == 409 and r.headers["Content-Type"] == DICOM_JSON
+
+
+def test_malformed_multipart_is_400(srv: Server) -> None:
+    r = requests.post(srv.dicomweb_url + "/studies", data=b"no boundary in here at all",
+                      headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=abc'},
+                      timeout=30)
+    assert r.status_code == 400, r.text
+    assert "boundary" in r.text
+    r = requests.post(srv.dicomweb_url + "/studies", data=b"--abc\r\nContent-Type: application/dicom\r\n\r\nxx",
+                      headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=abc'},
+                      timeout=30)
+    assert r.status_code == 400, r.text
+
+
+def test_unsupported_type_is_415(srv: Server) -> None:
+    r = requests.post(srv.dicomweb_url + "/studies", data=p10(make_image()),
+                      headers={"Content-Type": "application/dicom"}, timeout=30)
+    assert r.status_code == 415, r.text
+    r = requests.post(srv.dicomweb_url + "/studies", data=b"--a\r\n\r\nx\r\n--a--",
+                      headers={"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=a'},
+                      timeout=30)
+    assert r.status_code == 415, r.text
+
+
+def test_over_size_is_413_and_nothing_stored(srv: Server) -> None:
+    study = generate_uid()
+    big = make_image(study_uid=study, rows=1100, columns=1400)  # ~3 MB > limit
+    r = post(srv, [Part.make(p10(big), "application/dicom")])
+    assert r.status_code == 413, r.text
+    assert qido_instances(srv, study) == []
+
+
+def test_json_with_pdf_and_mp4_bulk_data(srv: Server) -> None:
+    study = generate_uid()
+    pdf, mp4 = make_pdf("STOW letter"), make_mp4(seconds=0.4, size="160x120")
+    patient = {"00100020": {"vr": "LO", "Value": ["STOWJ"]},
+               "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Json^Jay"}]},
+               "0020000D": {"vr": "UI", "Value": [study]},
+               "00081030": {"vr": "LO", "Value": ["Uploaded by STOW JSON"]}}
+    meta = [
+        {**patient, "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.104.1"]},
+         "00420010": {"vr": "ST", "Value": ["Referral letter"]},
+         "00420011": {"vr": "OB", "BulkDataURI": "http://client/bulk/1"}},
+        {**patient, "7FE00010": {"vr": "OB", "BulkDataURI": "http://client/bulk/2"}},
+    ]
+    parts = [Part.make(json.dumps(meta).encode(), DICOM_JSON),
+             Part.make(pdf, "application/pdf", "http://client/bulk/1"),
+             Part.make(mp4, "video/mp4", "http://client/bulk/2")]
+    r = post(srv, parts, path=f"/studies/{study}", media_type=DICOM_JSON)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == DICOM_JSON
+    refs = seq(r.json(), "00081199")
+    assert sorted(i["00081150"]["Value"][0] for i in refs) == [
+        "1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.77.1.4.1"]
+    found = qido_instances(srv, study)
+    assert {i["00080018"]["Value"][0] for i in found} == {i["00081155"]["Value"][0] for i in refs}
+    r = requests.get(f"{srv.dicomweb_url}/studies", params={"PatientID": "STOWJ"}, timeout=30,
+                     headers={"Accept": DICOM_JSON})
+    assert r.status_code == 200 and r.json()[0]["0020000D"]["Value"] == [study]
+
+    # the originals come back byte for byte from the stored objects
+    from storage.artifacts import extract_original
+
+    archive = srv.archive()
+    try:
+        back = {extract_original(archive.dataset(i)).data for i in archive.instances(study_uid=study)}
+    finally:
+        archive.close()
+    assert back == {pdf, mp4}
+
+
+def test_json_bulk_uri_missing_fails_that_item(srv: Server) -> None:
+    meta = [{"00100020": {"vr": "LO", "Value": ["STOWJ2"]},
+             "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Json^Kay"}]},
+             "00420011": {"vr": "OB", "BulkDataURI": "http://client/missing"}}]
+    r = post(srv, [Part.make(json.dumps(meta).encode(), DICOM_JSON)], media_type=DICOM_JSON)
+    assert r.status_code == 409, r.text
+    assert r.headers["Content-Type"] == DICOM_JSON
+    assert "BulkDataURI" in json.dumps(r.json())
