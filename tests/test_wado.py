@@ -29,7 +29,7 @@ from dicomweb.multipart import decode_bytes
 from storage.artifacts import PatientInfo, StudyInfo, encapsulate
 from tests.conftest import require
 from tests.data_artifacts import make_jpeg, make_pdf
-from tests.dicomgen import make_image, make_study, write
+from tests.dicomgen import make_image, make_study
 
 ELE = "1.2.840.10008.1.2.1"
 
@@ -72,8 +72,7 @@ def data(server, tmp_path_factory) -> Data:
     item.RadionuclideTotalDose = "370000000"
     implicit.RadiopharmaceuticalInformationSequence = [item]
     implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    jpeg_bytes = make_jpeg() if "width" not in make_jpeg.__code__.co_varnames else make_jpeg(
-        width=48, height=32)
+    jpeg_bytes = make_jpeg(48, 32)
     patient = PatientInfo(patient_id="PAT002", patient_name="Doe^John")
     jpeg = encapsulate(jpeg_bytes, patient=patient, study=StudyInfo(study_instance_uid=misc),
                        filename="photo.jpg")
