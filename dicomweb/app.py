@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -47,7 +48,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["archive"] = archive or Archive(settings)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    if settings.trust_proxy_headers:
+    if not settings.trust_proxy_headers:
+        app.wsgi_app = HostPort(app.wsgi_app)  # type: ignore[method-assign]
+    else:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1,  # type: ignore[method-assign]
                                 x_prefix=1)
     errors.register(app)
@@ -71,6 +74,30 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         return "ok\n", 200
 
     return app
+
+
+class HostPort:
+    """WSGI middleware: a ``Host`` header without a port gets the port the request really came to.
+
+    dicomweb-client sends ``Host: 127.0.0.1`` (no port) to a server on another port, which would put
+    a wrong port into every RetrieveURL and BulkDataURI. Without a trusted proxy the connection's own
+    port (``SERVER_PORT``, from the listening socket under gunicorn) is the authoritative one.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        host = environ.get("HTTP_HOST", "")
+        port = str(environ.get("SERVER_PORT", ""))
+        default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
+        if host and port.isdigit() and port != default and not _has_port(host):
+            environ["HTTP_HOST"] = f"{host}:{port}"
+        return self.app(environ, start_response)
+
+
+def _has_port(host: str) -> bool:
+    return host.rsplit("]", 1)[-1].count(":") == 1 if host.startswith("[") else ":" in host
 
 
 def _patient_pages(app: Flask) -> None:

@@ -1,0 +1,106 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2) against a real ``pacs serve``, and the series cache."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from storage.metadata import series_metadata
+from tests.dicomgen import make_image, make_study, write
+
+
+@pytest.fixture(scope="module")
+def study(server, tmp_path_factory) -> dict:
+    """A study of two series (3 + 2 instances), one instance with a sequence holding bulk data."""
+    folder = tmp_path_factory.mktemp("meta-in")
+    paths = make_study(folder, n_series=2, per_series=3, rows=8, columns=8, patient_id="META-P1")
+    extra = make_image(patient_id="META-P1", rows=8, columns=8, instance_number=9,
+                       study_uid=pydicom.dcmread(paths[0]).StudyInstanceUID,
+                       series_uid=pydicom.dcmread(paths[-1]).SeriesInstanceUID)
+    item = Dataset()
+    item.RedPaletteColorLookupTableData = b"\x01\x02" * 1024  # OW, 2 KiB: bulk data in a sequence
+    extra.IconImageSequence = [item]
+    extra.add_new(0x00090010, "LO", "PACS TEST")
+    extra.add_new(0x00091010, "OB", b"\x00" * 4000)  # private bulk data
+    paths.append(write(extra, folder))
+    archive = server.archive()
+    try:
+        results = [archive.store(p) for p in paths]
+    finally:
+        archive.close()
+    series = list(dict.fromkeys(r.series_uid for r in results))
+    return {"study": results[0].study_uid, "series": series, "extra": results[-1].sop_instance_uid}
+
+
+@pytest.fixture(scope="module")
+def client(server) -> DICOMwebClient:
+    return DICOMwebClient(server.dicomweb_url)
+
+
+def test_series_metadata(client, study, server):
+    meta = client.retrieve_series_metadata(study["study"], study["series"][0])
+    assert len(meta) == 3
+    assert [m["00200013"]["Value"][0] for m in meta] == [1, 2, 3]
+    ds = pydicom.Dataset.from_json(meta[0], bulk_data_uri_handler=lambda uri: b"")  # parses as DICOM JSON
+    assert ds.PatientID == "META-P1" and ds.Rows == 8
+    pixel = meta[0]["7FE00010"]
+    sop = meta[0]["00080018"]["Value"][0]
+    assert pixel == {"vr": "OW", "BulkDataURI": f"{server.dicomweb_url}/studies/{study['study']}/series/"
+                     f"{study['series'][0]}/instances/{sop}/bulkdata/7fe00010"}
+
+
+def test_nested_and_private_bulk_data_uris(client, study, server):
+    meta = [client.retrieve_instance_metadata(study["study"], study["series"][1], study["extra"])]
+    base = (f"{server.dicomweb_url}/studies/{study['study']}/series/{study['series'][1]}/instances/"
+            f"{study['extra']}/bulkdata/")
+    icon = meta[0]["00880200"]["Value"][0]
+    assert icon["00281201"]["BulkDataURI"] == base + "00880200/0/00281201"
+    assert meta[0]["00091010"]["BulkDataURI"] == base + "00091010"
+    assert meta[0]["00100020"]["Value"] == ["META-P1"]
+
+
+def test_study_metadata_and_cache_invalidation(client, study, server, tmp_path):
+    meta = client.retrieve_study_metadata(study["study"])
+    assert len(meta) == 7
+    assert {m["0020000E"]["Value"][0] for m in meta} == set(study["series"])
+    # the cache is filled; a new instance in the series clears it and shows up
+    archive = server.archive()
+    try:
+        assert series_metadata(archive, study["study"], study["series"][0]).count("00080018") == 3
+        new = make_image(patient_id="META-P1", rows=8, columns=8, instance_number=4,
+                         study_uid=study["study"], series_uid=study["series"][0])
+        archive.store(write(new, tmp_path))
+    finally:
+        archive.close()
+    meta = client.retrieve_series_metadata(study["study"], study["series"][0])
+    assert [m["00200013"]["Value"][0] for m in meta] == [1, 2, 3, 4]
+
+
+def test_bulk_data_uris_follow_the_request_host(study, server):
+    # a client reaching the server as "localhost" gets URIs it can use (no fixed host)
+    url = server.dicomweb_url.replace("127.0.0.1", "localhost")
+    r = requests.get(f"{url}/studies/{study['study']}/series/{study['series'][0]}/metadata")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/dicom+json"
+    assert r.json()[0]["7FE00010"]["BulkDataURI"].startswith(url + "/studies/")
+
+
+def test_unknown_uids_are_404(study, server):
+    for path in ("/studies/1.2.3.4/metadata", f"/studies/{study['study']}/series/1.2.3/metadata",
+                 f"/studies/{study['study']}/series/{study['series'][0]}/instances/1.2/metadata"):
+        r = requests.get(server.dicomweb_url + path)
+        assert r.status_code == 404, path
+        assert "Traceback" not in r.text
+
+
+def test_series_of_another_study_is_404(study, server, tmp_path):
+    other = make_image(patient_id="META-P2", rows=8, columns=8)
+    archive = server.archive()
+    try:
+        res = archive.store(write(other, tmp_path))
+    finally:
+        archive.close()
+    r = requests.get(f"{server.dicomweb_url}/studies/{res.study_uid}/series/{study['series'][0]}/metadata")
+    assert r.status_code == 404
