@@ -196,7 +196,8 @@ class Archive:
             blob_size = self.blobs.size(blob_key)
             if replaced is not None:
                 self._delete_instances([replaced.id], audit=False)
-            self._index(ds, patient_ref, key_id, blob_key, blob_size, writer.plain_size, content_type)
+            self._index(ds, patient_ref, key_id, blob_key, blob_size, writer.plain_size, content_type,
+                        audit={"actor": actor, "source": origin})
         except IntegrityError:
             self.blobs.delete(blob_key)
             raise Duplicate(f"SOP Instance {sop_uid} was stored concurrently") from None
@@ -204,8 +205,6 @@ class Archive:
             fh.close()
             self.blobs.delete(blob_key)
             raise
-        self.audit.record("store", actor=actor, source=origin, patient_ref=patient_ref,
-                          study_uid=study_uid, detail=sop_uid)
         return StoreResult("replaced" if replaced is not None else "stored", str(ds.SOPClassUID),
                            sop_uid, study_uid, series_uid, patient_ref, ts)
 
@@ -214,13 +213,14 @@ class Archive:
         issuer = str(ds.get("IssuerOfPatientID", "") or "")
         pid = str(ds.get("PatientID", "") or "")
         pid_hash = self.vault.blind("pid", f"{issuer}|{pid}")
+        with self.sessions() as s:  # the common case reads only: no write lock, no commit
+            known = self._known_patient(s, pid_hash, study_uid)
+        if known is not None:
+            return known
         with self.write_sessions.begin() as s:
-            study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-            patient = s.scalars(select(Patient).where(Patient.pid_hash == pid_hash)).first()
-            if study is not None and (patient is None or study.patient_id != patient.id):
-                raise Conflict("StudyInstanceUID is already stored under a different patient")
-            if patient is not None:
-                return patient.id, patient.key_id
+            known = self._known_patient(s, pid_hash, study_uid)
+            if known is not None:
+                return known
             key_id, _ = self.vault.new_patient_key(s)
             s.flush()
             patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
@@ -232,8 +232,17 @@ class Archive:
             s.flush()
             return patient.id, key_id
 
+    @staticmethod
+    def _known_patient(s: Session, pid_hash: bytes, study_uid: str) -> tuple[int, str] | None:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+        patient = s.scalars(select(Patient).where(Patient.pid_hash == pid_hash)).first()
+        if study is not None and (patient is None or study.patient_id != patient.id):
+            raise Conflict("StudyInstanceUID is already stored under a different patient")
+        return (patient.id, patient.key_id) if patient is not None else None
+
     def _index(self, ds: Dataset, patient_ref: int, key_id: str, blob_key: str, blob_size: int,
-               size: int, content_type: str) -> None:
+               size: int, content_type: str, audit: dict[str, str]) -> None:
+        """Index one stored blob, with its audit event, in one transaction."""
         now = _utcnow()
         seal = self.vault.seal
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
@@ -297,6 +306,8 @@ class Archive:
                            content_type=content_type, blob_key=blob_key, blob_size=blob_size,
                            size=size, phi=seal(key_id, f"IMAGE|{sop_uid}", _values(ds, PHI_BY_LEVEL["IMAGE"])),
                            received_at=now))
+            self.audit.add(s, "store", patient_ref=patient_ref, study_uid=study_uid, detail=sop_uid,
+                           **audit)
 
     # -- queries --------------------------------------------------------------------------------------
 

@@ -22,14 +22,23 @@ class AuditLog:
     def __init__(self, sessions: sessionmaker[Session]):
         self._sessions = sessions
 
+    @staticmethod
+    def add(session: Session, action: str, *, actor: str = "", source: str = "",
+            outcome: str = "success", patient_ref: int | None = None, study_uid: str = "",
+            detail: str = "") -> None:
+        """Add an event to the caller's transaction (it commits or rolls back with the operation)."""
+        session.add(AuditEvent(at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128],
+                               action=action[:32], outcome=outcome[:16], patient_ref=patient_ref,
+                               study_uid=study_uid[:64], source=source[:128], detail=detail))
+
     def record(self, action: str, *, actor: str = "", source: str = "", outcome: str = "success",
                patient_ref: int | None = None, study_uid: str = "", detail: str = "") -> None:
+        """Record an event in its own transaction; a failure is logged, never raised."""
         try:
             with self._sessions.begin() as s:
-                s.add(AuditEvent(at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128],
-                                 action=action[:32], outcome=outcome[:16], patient_ref=patient_ref,
-                                 study_uid=study_uid[:64], source=source[:128], detail=detail))
-        except Exception:  # noqa: BLE001 - an audit failure must not fail the store; it is logged
+                self.add(s, action, actor=actor, source=source, outcome=outcome,
+                         patient_ref=patient_ref, study_uid=study_uid, detail=detail)
+        except Exception:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
             log.exception("could not write an audit event (%s)", action)
 
     def events(self, *, patient_ref: int | None = None, since: datetime | None = None,
