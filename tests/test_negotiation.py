@@ -1,0 +1,156 @@
+"""Content negotiation of WADO-RS (PS3.18 8.7) with raw Accept headers over http.client.
+
+OHIF's frame header (type quoted and unquoted), ``*/*``, an explicit transfer syntax that needs
+transcoding, one that cannot be met (406 with a reason), q-values, single-part frames, video that
+cannot be transcoded, and malformed Accept headers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+from urllib.parse import urlsplit
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000Lossless
+
+from dicomweb.multipart import decode_bytes
+from storage.artifacts import PatientInfo, StudyInfo, encapsulate
+from tests.data_artifacts import make_jpeg, make_mp4
+from tests.dicomgen import make_image
+
+ELE = "1.2.840.10008.1.2.1"
+J2K = "1.2.840.10008.1.2.4.90"
+OHIF_QUOTED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+OHIF_UNQUOTED = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def _part10(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def objs(server) -> dict[str, Dataset]:
+    native = make_image(rows=64, columns=64, patient_id="NEG1")
+    j2k = make_image(rows=64, columns=64, frames=2, patient_id="NEG1",
+                     study_uid=native.StudyInstanceUID)
+    j2k.compress(JPEG2000Lossless)
+    patient = PatientInfo(patient_id="NEG1", patient_name="Neg^One")
+    study = StudyInfo(study_instance_uid=native.StudyInstanceUID)
+    jpeg = encapsulate(make_jpeg(40, 30), patient=patient, study=study, filename="p.jpg")
+    video = encapsulate(make_mp4(0.2, "64x48"), patient=patient, study=study, filename="v.mp4")
+    archive = server.archive()
+    try:
+        for ds in (native, j2k, jpeg, video):
+            archive.store(_part10(ds), actor="test", origin="test")
+    finally:
+        archive.close()
+    return {"native": native, "j2k": j2k, "jpeg": jpeg, "video": video}
+
+
+def _get(server, path: str, accept: str | None) -> tuple[int, str, bytes]:
+    url = urlsplit(server.dicomweb_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("GET", url.path + path, headers={"Accept": accept} if accept else {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+def _inst(ds: Dataset) -> str:
+    return (f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
+
+
+@pytest.mark.parametrize("accept", [OHIF_QUOTED, OHIF_UNQUOTED])
+def test_ohif_frame_header_passes_compressed_frames_through(server, objs, accept):
+    ds = objs["j2k"]
+    status, ctype, body = _get(server, _inst(ds) + "/frames/2", accept)
+    assert status == 200, body
+    assert ctype.startswith('multipart/related; type="application/octet-stream"; boundary=')
+    (part,) = decode_bytes(body, ctype)
+    assert part.content_type == f"application/octet-stream; transfer-syntax={J2K}"
+    assert part.read() == bytes(list(generate_frames(ds.PixelData, number_of_frames=2))[1])
+
+
+@pytest.mark.parametrize("accept", [OHIF_QUOTED, OHIF_UNQUOTED])
+def test_ohif_frame_header_on_native_frames(server, objs, accept):
+    ds = objs["native"]
+    status, ctype, body = _get(server, _inst(ds) + "/frames/1", accept)
+    assert status == 200
+    (part,) = decode_bytes(body, ctype)
+    assert part.transfer_syntax == ELE and part.read() == ds.PixelData
+
+
+def test_any_type_gives_multipart_dicom(server, objs):
+    status, ctype, body = _get(server, _inst(objs["native"]), "*/*")
+    assert status == 200 and 'type="application/dicom"' in ctype
+    (part,) = decode_bytes(body, ctype)
+    assert pydicom.dcmread(io.BytesIO(part.read())).SOPInstanceUID == objs["native"].SOPInstanceUID
+
+
+def test_explicit_le_on_jpeg_instance_is_transcoded(server, objs):
+    ds = objs["jpeg"]
+    status, ctype, body = _get(server, _inst(ds), f"application/dicom; transfer-syntax={ELE}")
+    assert status == 200, body
+    assert ctype == f"application/dicom; transfer-syntax={ELE}"  # single part, as asked
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.file_meta.TransferSyntaxUID == ELE
+    assert got.pixel_array.shape == (30, 40, 3)
+
+
+def test_impossible_transfer_syntax_is_406_with_reason(server, objs):
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'
+    status, _, body = _get(server, _inst(objs["native"]), accept)
+    assert status == 406 and b"1.2.840.10008.1.2.4.80" in body
+    status, _, body = _get(server, _inst(objs["j2k"]) + "/frames/1",
+                           'multipart/related; type="image/jls"')
+    assert status == 406 and body.strip()
+
+
+def test_q_values_choose_between_alternatives(server, objs):
+    path = _inst(objs["j2k"])
+    prefer_stored = (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}; q=0.5, '
+                     'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.9')
+    status, ctype, body = _get(server, path, prefer_stored)
+    assert status == 200 and decode_bytes(body, ctype)[0].transfer_syntax == J2K
+    prefer_le = prefer_stored.replace("q=0.5", "q=1.0")
+    status, ctype, body = _get(server, path, prefer_le)
+    assert status == 200 and decode_bytes(body, ctype)[0].transfer_syntax == ELE
+    status, ctype, _ = _get(server, path, "application/zip, application/dicom; q=0.1")
+    assert status == 200 and ctype == "application/zip"
+
+
+def test_single_part_frame_when_asked(server, objs):
+    status, ctype, body = _get(server, _inst(objs["native"]) + "/frames/1",
+                               "application/octet-stream")
+    assert status == 200
+    assert ctype == f"application/octet-stream; transfer-syntax={ELE}"
+    assert body == objs["native"].PixelData
+
+
+def test_video_cannot_be_transcoded_but_comes_as_stored(server, objs):
+    ds = objs["video"]
+    status, _, body = _get(server, _inst(ds), f'multipart/related; type="application/dicom"; '
+                                              f"transfer-syntax={ELE}")
+    assert status == 406 and b"cannot" in body
+    status, ctype, body = _get(server, _inst(ds),
+                               'multipart/related; type="application/dicom"; transfer-syntax=*')
+    assert status == 200
+    assert decode_bytes(body, ctype)[0].transfer_syntax == str(ds.file_meta.TransferSyntaxUID)
+    study = f"/studies/{ds.StudyInstanceUID}"
+    status, _, body = _get(server, study, f"application/dicom; transfer-syntax={ELE}")
+    assert status == 406 and ds.SOPInstanceUID.encode() in body
+
+
+@pytest.mark.parametrize("accept", ["garbage", "application/dicom; q=5", "text/html"])
+def test_bad_or_unsatisfiable_accept(server, objs, accept):
+    status, _, body = _get(server, _inst(objs["native"]), accept)
+    assert status in (400, 406) and body.strip()
