@@ -4,7 +4,7 @@ Pure module, no Flask.  :func:`encode` turns parts whose bodies are bytes,
 iterators of chunks or readable files into an iterator of chunks, so a whole
 study is never held in memory.  :func:`decode` reads a request body from a
 file object or chunk iterator and yields each part with its body spooled to a
-``SpooledTemporaryFile`` (memory up to a threshold, then disk), enforcing
+``storage.spool.EncryptedSpool`` (memory up to a threshold, then encrypted disk), enforcing
 per-part and total size limits.
 
 Why hand-written: werkzeug's ``sansio.multipart.MultipartDecoder`` is for
@@ -23,10 +23,10 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
 
 from dicomweb.mediatypes import UnsupportedMediaType, parse_content_type
+from storage.spool import EncryptedSpool
 
 __all__ = ["MultipartError", "Part", "PayloadTooLarge", "decode", "encode", "new_boundary"]
 
@@ -365,7 +365,7 @@ def decode(
             headers["content-type"] = default_type
         del buf[:body_start]
 
-        spool: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(max_size=spool_size)  # noqa: SIM115 (handed to the caller)
+        spool = EncryptedSpool(max_size=spool_size)  # plaintext never on disk; handed to the caller
         size = 0
         search = 0
         try:

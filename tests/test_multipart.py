@@ -127,7 +127,7 @@ def test_large_part_spools_to_disk_and_streams() -> None:
     parts = decode(io.BytesIO(body), content_type, max_part_size=len(big), max_total=len(body),
                    spool_size=1 << 20)
     for p in parts:
-        assert p.body._rolled  # type: ignore[union-attr]  # went to a temporary file
+        assert p.body.rolled  # type: ignore[union-attr]  # went to an encrypted temporary file
         assert p.read() == big
         p.close()
 

@@ -1,0 +1,106 @@
+"""A temporary spool that never puts plaintext on disk.
+
+Received objects (a STOW-RS part, an upload, a large C-STORE) must be held somewhere between the
+socket and the archive. ``tempfile.SpooledTemporaryFile`` would write them to /tmp in clear once they
+outgrow memory, which breaks "nothing that identifies a patient is readable on disk". This spool
+keeps up to ``max_size`` bytes in memory and past that writes to an unlinked temporary file,
+encrypted (storage.crypto segments) under a random key that exists only in this process's memory.
+
+Use it like SpooledTemporaryFile: ``write()`` everything, then ``seek(0)`` and ``read()``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import BinaryIO
+
+from .crypto import DecryptingReader, EncryptingWriter
+
+_ID = "spool"
+
+
+class EncryptedSpool(io.RawIOBase):
+    def __init__(self, max_size: int = 1 << 20, dir: str | os.PathLike | None = None):  # noqa: A002
+        super().__init__()
+        self._max = max_size
+        self._dir = dir
+        self._mem: io.BytesIO | None = io.BytesIO()
+        self._file: BinaryIO | None = None
+        self._writer: EncryptingWriter | None = None
+        self._key = b""
+        self._reader: BinaryIO | None = None
+
+    @property
+    def rolled(self) -> bool:
+        """True once the content went to (encrypted) disk."""
+        return self._file is not None
+
+    def writable(self) -> bool:
+        return self._reader is None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        if self._reader is not None:
+            raise io.UnsupportedOperation("spool is being read; writes are over")
+        if self._writer is not None:
+            return self._writer.write(data)
+        assert self._mem is not None
+        n = self._mem.write(data)
+        if self._mem.tell() > self._max:
+            self._roll()
+        return n
+
+    def _roll(self) -> None:
+        assert self._mem is not None
+        self._key = os.urandom(32)
+        self._file = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115 - unlinked, closed by us
+        self._writer = EncryptingWriter(self._file, self._key, _ID)
+        self._writer.write(self._mem.getbuffer())
+        self._mem = None
+
+    def _start_reading(self) -> BinaryIO:
+        if self._reader is None:
+            if self._writer is not None:
+                assert self._file is not None
+                self._writer.close()
+                self._file.flush()
+                size = self._file.tell()
+                self._reader = io.BufferedReader(
+                    DecryptingReader(self._file, self._key, _ID, blob_size=size), 1 << 20)
+            else:
+                assert self._mem is not None
+                self._mem.seek(0)
+                self._reader = self._mem
+        return self._reader
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._start_reading().seek(offset, whence)
+
+    def tell(self) -> int:
+        if self._reader is not None:
+            return self._reader.tell()
+        return self._writer.plain_size if self._writer is not None else self._mem.tell()  # type: ignore[union-attr]
+
+    def read(self, size: int = -1) -> bytes:
+        return self._start_reading().read(size)
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._reader is not None:
+                self._reader.close()
+            if self._file is not None:
+                self._file.close()
+            self._key = b""
+        super().close()
