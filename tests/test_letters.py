@@ -48,6 +48,12 @@ def record(server, tmp_path_factory) -> dict:  # noqa: ANN001
         "p1": [*p1a, *p1b], "p2": p2}}
 
 
+@pytest.fixture(scope="module")
+def letter(server, record) -> dict[str, str]:  # noqa: ANN001
+    """One letter for P1, shared by the read-only tests (each CLI run costs seconds)."""
+    return issue(server, "LETTER-P1")
+
+
 def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> None:  # noqa: ANN001
     pdf = tmp_path / "letter.pdf"
     letter = issue(server, "LETTER-P1", "--pdf", str(pdf))
@@ -66,10 +72,9 @@ def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> Non
     assert letter["passcode"].encode() not in db
 
 
-def test_dicomweb_client_with_basic_sees_only_this_patient(server, record) -> None:  # noqa: ANN001
+def test_dicomweb_client_with_basic_sees_only_this_patient(server, record, letter) -> None:  # noqa: ANN001
     from dicomweb_client.api import DICOMwebClient
 
-    letter = issue(server, "LETTER-P1")
     session = requests.Session()
     session.auth = (letter["selector"], letter["access code"])
     client = DICOMwebClient(f"{server.http_url}/letters/{letter['selector']}/dicom-web", session=session)
@@ -88,8 +93,7 @@ def test_dicomweb_client_with_basic_sees_only_this_patient(server, record) -> No
     assert client.search_for_studies(search_filters={"PatientID": "LETTER-P2"}) == []
 
 
-def test_wrong_code_is_401_with_basic_challenge(server, record) -> None:  # noqa: ANN001
-    letter = issue(server, "LETTER-P1")
+def test_wrong_code_is_401_with_basic_challenge(server, record, letter) -> None:  # noqa: ANN001
     url = f"{server.http_url}/letters/{letter['selector']}/dicom-web/studies"
     r = requests.get(url, timeout=10)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
@@ -129,8 +133,7 @@ def _endpoints(study: str, series: str, sop: str) -> list[tuple[str, dict]]:
     ]
 
 
-def test_other_patients_uids_are_404_at_every_endpoint(server, record) -> None:  # noqa: ANN001
-    letter = issue(server, "LETTER-P1")
+def test_other_patients_uids_are_404_at_every_endpoint(server, record, letter) -> None:  # noqa: ANN001
     root = f"{server.http_url}/letters/{letter['selector']}/dicom-web"
     auth = (letter["selector"], letter["access code"])
     mine, other = record["p1"][0], record["p2"][0]
@@ -158,9 +161,8 @@ def test_other_patients_uids_are_404_at_every_endpoint(server, record) -> None: 
         assert r.status_code in (200, 204) and other.StudyInstanceUID not in r.text
 
 
-def test_curl_with_the_letter_alone(server, record, tmp_path: Path) -> None:  # noqa: ANN001
+def test_curl_with_the_letter_alone(server, record, letter, tmp_path: Path) -> None:  # noqa: ANN001
     curl = require("curl")
-    letter = issue(server, "LETTER-P1")
     one = record["p1"][0]
     out = tmp_path / "one.dcm"
     url = (f"{server.http_url}/letters/{letter['selector']}/dicom-web/wado?requestType=WADO"
