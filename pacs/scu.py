@@ -32,15 +32,16 @@ MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context ids 1..255
 
 
 def proposed_contexts(infos: Iterable[InstanceInfo]) -> list[PresentationContext]:
-    """One context per (SOP class, stored transfer syntax): the stored syntax first, then the
-    uncompressed little-endian ones, so a peer that refuses the stored one can still get the
-    object decompressed. Falls back to one uncompressed context per SOP class past 128 contexts."""
+    """One context per (SOP class, stored transfer syntax) proposing only that syntax, so the peer
+    gets the object as stored when it can take it (PS3.8 9.3.2.2: the acceptor picks one syntax per
+    context), plus one uncompressed context per SOP class to fall back on (decompression).
+    Past 128 contexts, only the uncompressed ones."""
     pairs = list(dict.fromkeys((i.sop_class_uid, i.transfer_syntax) for i in infos))
-    if len(pairs) <= MAX_CONTEXTS:
-        return [build_context(sop, list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
-                for sop, ts in pairs]
-    classes = list(dict.fromkeys(sop for sop, _ in pairs))[:MAX_CONTEXTS]
-    return [build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop in classes]
+    classes = list(dict.fromkeys(sop for sop, _ in pairs))
+    fallback = [build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for sop in classes]
+    if len(pairs) + len(classes) > MAX_CONTEXTS:
+        return fallback[:MAX_CONTEXTS]
+    return [*(build_context(sop, ts) for sop, ts in pairs), *fallback]
 
 
 class AssociationHolder:
@@ -99,7 +100,7 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
         return ds  # pynetdicom converts between uncompressed syntaxes itself
     if ts.is_compressed and uncompressed:  # to Explicit VR LE; pynetdicom re-encodes if need be
         try:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # same instance, another encoding
             return ds
         except Exception as exc:  # noqa: BLE001 - no decoder for this syntax
             log.warning("cannot decompress %s (%s): %s", info.sop_uid, ts.name, type(exc).__name__)
