@@ -218,12 +218,17 @@ def _frame_numbers(text: str) -> list[int]:
 
 def _frame_reader(info: InstanceInfo) -> Callable[[int], bytes]:
     """Frame n as stored; for objects without byte-addressable frames, from the whole dataset."""
-    from storage.frames import FramesUnavailable
+    from storage.frames import FramesUnavailable, read_frame
 
     archive = ctx.archive()
     try:
-        archive.frame_index(info)
-        return lambda n: archive.read_frame(info, n)
+        index = archive.frame_index(info)
+
+        def stored(n: int) -> bytes:  # one index lookup per request, not per frame
+            with archive.open(info) as reader:
+                return read_frame(reader, index, n)
+
+        return stored
     except FramesUnavailable:
         if not is_native(info.transfer_syntax):
             raise
