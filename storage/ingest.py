@@ -43,7 +43,7 @@ from .query import Query
 
 __all__ = ["ArtifactError", "attach", "patient_info", "study_info", "resolve_references"]
 
-_UID_IN_TEXT = re.compile(r"(?<![0-9.])([0-2](?:\.(?:0|[1-9][0-9]*)){3,})(?![0-9.])")
+_UID_IN_TEXT = re.compile(r"(?<![0-9.])([0-2](?:\.(?:0|[1-9][0-9]*)){3,})(?!\.?[0-9])")
 _STUDY_KEYS = ("StudyDescription", "AccessionNumber", "StudyDate", "StudyTime", "StudyID")
 _REFERABLE = ("application/pdf", "text/plain", "text/rtf")
 
