@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from storage.archive import StoreResult
-from storage.artifacts import ArtifactError
-from storage.errors import ArchiveError
+if TYPE_CHECKING:
+    from storage.archive import StoreResult
 
 
 def _is_note(path: Path) -> bool:
@@ -42,6 +42,8 @@ def cli(ctx, files: tuple[Path, ...], patient_id: str, patient_name: str | None,
         birth_date: str, sex: str, study_uid: str | None, new_study: bool, description: str,
         title: str | None, references: tuple[str, ...]) -> None:  # noqa: ANN001
     """Store FILE... (PDF, JPEG/PNG, MP4, WAV, text, RTF) for a patient, each stored or refused."""
+    from storage.artifacts import ArtifactError  # imported here: keeps other `pacs` verbs fast
+    from storage.errors import ArchiveError
     from storage.ingest import attach
 
     if study_uid and new_study:
