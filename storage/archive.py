@@ -455,7 +455,8 @@ class Archive:
             key_id = patient.key_id
             blob_keys = s.scalars(select(Instance.blob_key).join(Series).join(Study)
                                   .where(Study.patient_id == patient_ref)).all()
-            s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
+            # the wrapped key is destroyed now (patients.key_id references the row: it goes below)
+            s.execute(update(PatientKey).where(PatientKey.key_id == key_id).values(wrapped=b""))
         self.vault.forget(key_id)
         with self.write_sessions.begin() as s:
             study_ids = select(Study.id).where(Study.patient_id == patient_ref).scalar_subquery()
@@ -464,6 +465,7 @@ class Archive:
             s.execute(delete(Series).where(Series.study_id.in_(study_ids)))
             s.execute(delete(Study).where(Study.patient_id == patient_ref))
             s.execute(delete(Patient).where(Patient.id == patient_ref))
+            s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
         for key in blob_keys:
             self.blobs.delete(key)
         self.audit.record("shred", actor=actor, source=origin, patient_ref=patient_ref,
