@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -64,25 +64,54 @@ def _pn(text: str) -> dict[str, str]:
 
 def element(vr: str, value: Any) -> dict[str, Any]:
     """One DICOM JSON attribute object (F.2.2) for a stored value."""
-    if value is None or value == "":
-        return {"vr": vr}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {"vr": vr, "Value": [value]}
-    text = str(value)
-    parts = [text] if vr in _SINGLE_VALUED_VRS else text.split("\\")
+    return converter(vr)(value)
+
+
+@functools.lru_cache(maxsize=64)
+def converter(vr: str) -> Callable[[Any], dict[str, Any]]:
+    """A fast value -> DICOM JSON attribute function for one VR (the common single value first)."""
+    empty = {"vr": vr}
+
+    def generic(value: Any) -> dict[str, Any]:
+        if value is None or value == "":
+            return dict(empty)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"vr": vr, "Value": [value]}
+        text = str(value)
+        parts = [text] if vr in _SINGLE_VALUED_VRS else text.split("\\")
+        if vr == "PN":
+            return {"vr": vr, "Value": [_pn(p) if p else {} for p in parts]}
+        if vr in _INT_VRS or vr in _FLOAT_VRS:
+            return {"vr": vr, "Value": [_number(p, vr) if p else None for p in parts]}
+        return {"vr": vr, "Value": [p if p else None for p in parts]}
+
     if vr == "PN":
-        return {"vr": vr, "Value": [_pn(p) if p else {} for p in parts]}
+        def pn(value: Any) -> dict[str, Any]:
+            if isinstance(value, str) and value and "=" not in value and "\\" not in value:
+                return {"vr": "PN", "Value": [{"Alphabetic": value}]}
+            return generic(value)
+        return pn
     if vr in _INT_VRS or vr in _FLOAT_VRS:
-        return {"vr": vr, "Value": [_number(p, vr) if p else None for p in parts]}
-    return {"vr": vr, "Value": [p if p else None for p in parts]}
+        return generic
+
+    def text(value: Any) -> dict[str, Any]:
+        if isinstance(value, str) and value and "\\" not in value:
+            return {"vr": vr, "Value": [value]}
+        return generic(value)
+    return text
+
+
+def plan(keywords: Iterable[str]) -> list[tuple[str, str, Callable[[Any], dict[str, Any]]]]:
+    """(tag, keyword, converter) for each DICOM keyword, in tag order, computed once per request."""
+    out = []
+    for kw in dict.fromkeys(keywords):
+        tv = tag_and_vr(kw)
+        if tv is not None:
+            out.append((tv[0], kw, converter(tv[1])))
+    out.sort(key=lambda item: item[0])
+    return out
 
 
 def to_json(record: Mapping[str, Any], keywords: Iterable[str]) -> dict[str, Any]:
     """The DICOM JSON object of a record, with ``keywords`` in tag order (unknown ones skipped)."""
-    items = []
-    for kw in keywords:
-        tv = tag_and_vr(kw)
-        if tv is not None:
-            items.append((tv[0], element(tv[1], record.get(kw))))
-    items.sort(key=lambda item: item[0])
-    return dict(items)
+    return {tag: conv(record.get(kw)) for tag, kw, conv in plan(keywords)}

@@ -28,7 +28,7 @@ from storage.query import Query
 
 from . import context
 from .auth import audit_read
-from .dicomjson import element, keyword_of, to_json
+from .dicomjson import keyword_of, plan
 from .mediatypes import metadata_offers, negotiate
 
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
@@ -188,17 +188,27 @@ def _includefields(values: Iterable[str], visible: tuple[Level, ...]) -> list[st
 
 def render(level: Level, rows: Iterable[dict[str, Any]], keywords: list[str], root: str
            ) -> tuple[str, int]:
-    """The JSON array text of the matches (PS3.18 F.2) with absolute RetrieveURLs, and their count."""
+    """The JSON array text of the matches (PS3.18 F.2) with absolute RetrieveURLs, and their count.
+
+    The attribute order (by tag) is planned once per request; constants are shared objects."""
     visible = levels_up_to(level)
-    known = [k for k in keywords if k in ATTRIBUTES and ATTRIBUTES[k].level in visible]
-    extras = [_EXTRA[k] for k in _EXTRA_BY_LEVEL[level]]
+    steps: list[tuple[str, Any]] = [
+        (tag, (kw, conv)) for tag, kw, conv in plan(k for k in keywords
+                                                    if k in ATTRIBUTES and ATTRIBUTES[k].level in visible)]
+    steps += [(tag, value) for tag, value in (_EXTRA[k] for k in _EXTRA_BY_LEVEL[level])]
+    steps.append((_RETRIEVE_URL, None))
+    steps.sort(key=lambda step: step[0])
     out = []
     for rec in rows:
-        obj = to_json(rec, known)
-        for tag, value in extras:
-            obj[tag] = value
-        obj[_RETRIEVE_URL] = element("UR", _retrieve_url(level, rec, root))
-        out.append(dict(sorted(obj.items())))
+        obj: dict[str, Any] = {}
+        for tag, how in steps:
+            if how is None:
+                obj[tag] = {"vr": "UR", "Value": [_retrieve_url(level, rec, root)]}
+            elif isinstance(how, tuple):
+                obj[tag] = how[1](rec.get(how[0]))
+            else:
+                obj[tag] = how
+        out.append(obj)
     return json.dumps(out, separators=(",", ":"), ensure_ascii=False), len(out)
 
 
