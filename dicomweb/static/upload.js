@@ -13,9 +13,12 @@
     return typeof v === "object" ? (v.Alphabetic || "") : String(v);
   }
 
+  let lookups = 0;
+
   async function findPatient() {
     const id = $("patient-id").value.trim();
     const select = $("study");
+    const mine = ++lookups;  // a later lookup (change + click) wins; earlier answers are dropped
     select.length = 1;
     $("patient-found").textContent = "";
     if (!id) return;
@@ -24,6 +27,8 @@
     try {
       const r = await fetch(url, { headers: { Accept: "application/dicom+json" } });
       const studies = r.status === 200 ? await r.json() : [];
+      if (mine !== lookups) return;
+      select.length = 1;
       if (!studies.length) {
         $("patient-found").textContent = "No patient with this ID yet: enter the name to add them.";
         $("new-patient").hidden = false;
