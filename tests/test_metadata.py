@@ -8,6 +8,8 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from storage.archive import Scope
+from storage.errors import NotFound
 from storage.metadata import series_metadata
 from tests.dicomgen import make_image, make_study, write
 
@@ -104,3 +106,28 @@ def test_series_of_another_study_is_404(study, server, tmp_path):
         archive.close()
     r = requests.get(f"{server.dicomweb_url}/studies/{res.study_uid}/series/{study['series'][0]}/metadata")
     assert r.status_code == 404
+
+
+def test_series_cache_is_sealed_and_invalidated(archive, tmp_path):
+    """storage.metadata on SQLite and PostgreSQL: cached sealed, cleared by a change, recomputed."""
+    from sqlalchemy import select
+
+    from storage.index.models import Series
+
+    first = make_image(patient_id="CACHE-SECRET-ID", rows=8, columns=8, instance_number=1)
+    res = archive.store(write(first, tmp_path))
+    text = series_metadata(archive, res.study_uid, res.series_uid)
+    assert "CACHE-SECRET-ID" in text and text.count('"00080018"') == 1
+    with archive.sessions() as s:
+        sealed = s.scalar(select(Series.metadata_cache).where(Series.series_uid == res.series_uid))
+    assert sealed and b"CACHE-SECRET-ID" not in sealed
+    assert series_metadata(archive, res.study_uid, res.series_uid) == text  # from the cache
+    second = make_image(patient_id="CACHE-SECRET-ID", rows=8, columns=8, instance_number=2,
+                        study_uid=res.study_uid, series_uid=res.series_uid)
+    archive.store(write(second, tmp_path))
+    with archive.sessions() as s:
+        assert s.scalar(select(Series.metadata_cache).where(Series.series_uid == res.series_uid)) is None
+    assert series_metadata(archive, res.study_uid, res.series_uid).count('"00080018"') == 2
+    other = archive.store(write(make_image(patient_id="CACHE-OTHER", rows=8, columns=8), tmp_path))
+    with pytest.raises(NotFound):  # out of scope: another patient's series
+        series_metadata(archive, res.study_uid, res.series_uid, Scope(other.patient_ref))
