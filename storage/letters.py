@@ -62,6 +62,7 @@ class AccessDenied(ArchiveError):
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+        self.patient_ref: int | None = None  # set when the letter is known (for the audit trail)
 
 
 class WrongCode(AccessDenied):
@@ -311,6 +312,8 @@ class Letters:
     def _check(self, selector: str, code: str, client_id: str, now: datetime) -> Grant:
         with self.archive.write_sessions.begin() as s:
             outcome = self._decide(s, selector, code, client_id, now)
+            if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
+                outcome.patient_ref = s.scalar(select(Letter.patient_ref).where(Letter.selector == selector))
         if isinstance(outcome, AccessDenied):  # raised after the commit: failures must be kept
             raise outcome
         return outcome
@@ -371,7 +374,7 @@ class Letters:
     def _refused(self, exc: AccessDenied, client: str, now: datetime) -> None:
         """Audit a refusal and raise the global alarm when refusals come too fast."""
         self.archive.audit.record("letter-access", actor="patient-letter", source=client,
-                                  outcome=exc.reason, detail=str(exc)[:200])
+                                  outcome=exc.reason, patient_ref=exc.patient_ref, detail=str(exc)[:200])
         with self.archive.sessions() as s:
             recent = s.scalar(select(func.count(AuditEvent.id)).where(
                 AuditEvent.action == "letter-access", AuditEvent.outcome.in_(_REFUSED),
