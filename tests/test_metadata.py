@@ -131,3 +131,11 @@ def test_series_cache_is_sealed_and_invalidated(archive, tmp_path):
     other = archive.store(write(make_image(patient_id="CACHE-OTHER", rows=8, columns=8), tmp_path))
     with pytest.raises(NotFound):  # out of scope: another patient's series
         series_metadata(archive, res.study_uid, res.series_uid, Scope(other.patient_ref))
+
+
+def test_bulk_data_uris_resolve(client, study):
+    """The contract with WADO-RS bulk data: the URIs in metadata fetch the element's bytes."""
+    meta = client.retrieve_instance_metadata(study["study"], study["series"][1], study["extra"])
+    nested = meta["00880200"]["Value"][0]["00281201"]["BulkDataURI"]
+    assert client.retrieve_bulkdata(nested) == [b"\x01\x02" * 1024]
+    assert client.retrieve_bulkdata(meta["00091010"]["BulkDataURI"]) == [b"\x00" * 4000]
