@@ -12,10 +12,11 @@ import argparse
 import itertools
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
-from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom import AE, StoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
 _counter = itertools.count()
@@ -30,7 +31,12 @@ def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(event.encoded_dataset(include_meta=False))
+            if _config.STORE_RECV_CHUNKED_DATASET:
+                # pynetdicom streamed the dataset to a temporary file: copy it.
+                with open(event.dataset_path, "rb") as src:
+                    shutil.copyfileobj(src, f, 1024 * 1024)
+            else:
+                f.write(event.encoded_dataset(include_meta=False))
             f.flush()
             if fsync:
                 os.fsync(fd)
@@ -57,9 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-pdu", type=int, default=None)
     ap.add_argument("--no-fsync", action="store_true", help="measure the transport alone")
+    ap.add_argument("--chunked", action="store_true", help="STORE_RECV_CHUNKED_DATASET")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.dir.mkdir(parents=True, exist_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = args.chunked
 
     if args.no_tune:
         ae, handlers = make_ae(args.dir, not args.no_fsync)

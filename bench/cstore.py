@@ -183,13 +183,14 @@ def pacs_server(name: str, cmd: str, extra_env: dict[str, str]) -> Server:
     return Server(name, start)
 
 
-def bare_server(name: str, *flags: str) -> Server:
+def bare_server(name: str, *flags: str, env: dict[str, str] | None = None) -> Server:
     """The bench's own bare SCP (write + fsync only)."""
+    extra = env or {}
 
     def start(tmp: Path, port: int) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "bench.bare_scp", "--port", str(port)]
         cmd += ["--dir", str(tmp / "data"), *flags]
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), **extra)
         return _popen(cmd, env, tmp / "server.log")
 
     return Server(name, start)
@@ -333,21 +334,32 @@ def main(argv: list[str] | None = None) -> None:
         "bare-stock": bare_server("bare-stock", "--no-tune"),
         "bare": bare_server("bare"),
         "bare-2w": bare_server("bare-2w", "--workers", "2"),
+        "bare-chunked": bare_server("bare-chunked", "--chunked"),
         "bare-stock-nofsync": bare_server("bare-stock-nofsync", "--no-tune", "--no-fsync"),
         "bare-nofsync": bare_server("bare-nofsync", "--no-fsync"),
+        "bare-nofsync-si5": bare_server(
+            "bare-nofsync-si5", "--no-fsync", env={"PACS_SWITCH_INTERVAL": "0.005"}
+        ),
+        "bare-2w-nofsync": bare_server("bare-2w-nofsync", "--workers", "2", "--no-fsync"),
         "pacs": pacs_server("pacs", args.pacs_cmd, {}),
         "pacs-noenc": pacs_server("pacs-noenc", args.pacs_cmd, {"PACS_BENCH_NO_ENCRYPTION": "1"}),
     }
     results = []
+    servers = args.servers.split(",")
     for scen in args.scenarios.split(","):
         files, par = scenario_files(args.data, scen, args.small_count, args.ct_count)
-        for name in args.servers.split(","):
-            runs = [measure(known[name], scen, files, par, args.timeout) for _ in range(args.repeat)]
-            best = sorted(runs, key=lambda r: (r.ok, r.rate))[len(runs) // 2]
-            best.peak_rss_mb = max(r.peak_rss_mb for r in runs)
-            best.rss_growth_mb = max(r.rss_growth_mb for r in runs)
-            results.append(best)
-            print(f"# {name} {scen}: {best.rate:.0f}/s ok={best.ok}", file=sys.stderr, flush=True)
+        runs: dict[str, list[Result]] = {name: [] for name in servers}
+        for _ in range(args.repeat):  # interleaved, so load drift hits every server alike
+            for name in servers:
+                r = measure(known[name], scen, files, par, args.timeout)
+                runs[name].append(r)
+                print(f"# {name} {scen}: {r.rate:.0f}/s ok={r.ok}", file=sys.stderr, flush=True)
+        for name in servers:
+            rs = runs[name]
+            median = sorted(rs, key=lambda r: (r.ok, r.rate))[len(rs) // 2]
+            median.peak_rss_mb = max(r.peak_rss_mb for r in rs)
+            median.rss_growth_mb = max(r.rss_growth_mb for r in rs)
+            results.append(median)
     print_table(results)
 
 
