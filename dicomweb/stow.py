@@ -211,7 +211,7 @@ def stow(study: str | None = None) -> Response:
     if not outcome.stored and not outcome.failed:
         abort(400, "the request holds no instances")
     body = json.dumps(outcome.body()).encode()
-    resp = Response(io.BytesIO(body).getvalue(), status=outcome.status())
+    resp = Response(body, status=outcome.status())
     resp.headers["Content-Type"] = DICOM_JSON  # exactly: dicomweb-client parses nothing else
     return resp
 
