@@ -24,21 +24,25 @@ def studies_of(server: Server, pid: str) -> list[dict]:
     return r.json() if r.status_code == 200 else []
 
 
-@pytest.mark.parametrize(("name", "content", "reason"), [
-    ("empty.pdf", b"", "empty"),
-    ("truncated.pdf", make_pdf()[:700], "PDF"),
-    ("photo.pdf", make_jpeg(), "says application/pdf but the content is image/jpeg"),
-    ("program.exe", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00" + bytes(range(256)) * 4, "support"),
-])
-def test_bad_files_refused_nothing_stored(server: Server, tmp_path: Path, name: str, content: bytes,
-                                          reason: str) -> None:
-    pid = f"BAD-{Path(name).stem}"
-    (tmp_path / name).write_bytes(content)
-    p = server.pacs("attach", str(tmp_path / name), "--patient-id", pid, "--patient-name", "Bad^Bo",
-                    check=False)
+BAD_FILES = {  # name -> (content, the reason's words)
+    "empty.pdf": (b"", "empty"),
+    "truncated.pdf": (make_pdf()[:700], "PDF"),
+    "photo.pdf": (make_jpeg(), "says application/pdf but the content is image/jpeg"),
+    "program.exe": (b"MZ\x90\x00\x03\x00\x00\x00\x04\x00" + bytes(range(256)) * 4, "support"),
+}
+
+
+def test_bad_files_refused_nothing_stored(server: Server, tmp_path: Path) -> None:
+    for name, (content, _) in BAD_FILES.items():
+        (tmp_path / name).write_bytes(content)
+    p = server.pacs("attach", *(str(tmp_path / n) for n in BAD_FILES), "--patient-id", "BAD1",
+                    "--patient-name", "Bad^Bo", check=False)
     assert p.returncode != 0
-    assert "refused" in p.stdout and reason.lower() in p.stdout.lower(), p.stdout
-    assert studies_of(server, pid) == []
+    lines = {line.split(": ", 1)[0].rsplit("/", 1)[-1]: line for line in p.stdout.splitlines()}
+    for name, (_, reason) in BAD_FILES.items():
+        assert "refused" in lines[name] and reason.lower() in lines[name].lower(), lines[name]
+    assert "stored 0, refused 4" in p.stdout
+    assert studies_of(server, "BAD1") == []
 
 
 def test_over_size_refused(server: Server, tmp_path: Path) -> None:
