@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from dicomweb.auth import create_token, list_tokens, revoke_token
+from storage.errors import BadInput, Conflict, NotFound
 from tests.conftest import Server, start_server
 from tests.dicomgen import make_image, make_study
 
@@ -27,12 +29,12 @@ def srv(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def tokens(srv) -> dict[str, str]:
-    out = {}
-    for scope in ("read", "write", "admin"):
-        res = srv.pacs("token", "create", "--name", f"t-{scope}", "--scope", scope)
-        out[scope] = res.stdout.strip().splitlines()[0]
-        assert len(out[scope]) > 30
-    return out
+    """One token per scope, made in-process (the CLI is tested once below: it is slow to start)."""
+    archive = srv.archive()
+    try:
+        return {scope: create_token(archive, f"t-{scope}", scope) for scope in ("read", "write", "admin")}
+    finally:
+        archive.close()
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +101,29 @@ def test_admin_token_deletes(srv, tokens, tmp_path):
     assert events and events[-1].study_uid == res.study_uid
 
 
-def test_token_list_and_revoke(srv, tokens):
-    listed = srv.pacs("token", "list").stdout
-    assert "t-read\tread" in listed and tokens["read"] not in listed
+def test_pacs_token_create_list_revoke(srv, tokens):
     name = "t-short-lived"
     token = srv.pacs("token", "create", "--name", name, "--scope", "read").stdout.split()[0]
     assert requests.get(f"{srv.dicomweb_url}/studies", headers=_bearer(token)).status_code == 200
+    listed = srv.pacs("token", "list").stdout
+    assert f"{name}\tread" in listed and "t-admin\tadmin" in listed and token not in listed
     srv.pacs("token", "revoke", name)
     assert requests.get(f"{srv.dicomweb_url}/studies", headers=_bearer(token)).status_code == 401
-    assert srv.pacs("token", "revoke", "no-such-token", check=False).returncode != 0
-    dup = srv.pacs("token", "create", "--name", "t-read", check=False)
-    assert dup.returncode != 0 and "exists" in dup.stderr
+
+
+def test_token_store_refuses_duplicates_and_unknown_names(srv, tokens):
+    archive = srv.archive()
+    try:
+        with pytest.raises(Conflict):
+            create_token(archive, "t-read", "read")
+        with pytest.raises(NotFound):
+            revoke_token(archive, "no-such-token")
+        with pytest.raises(BadInput):
+            create_token(archive, "t-bad", "root")
+        stored = {t.name: t.scope for t in list_tokens(archive)}
+        assert stored["t-write"] == "write"
+    finally:
+        archive.close()
 
 
 def test_cors_preflight_without_credentials(srv):
