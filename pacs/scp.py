@@ -26,9 +26,32 @@ from .find import handle_find
 from .retrieve import handle_get, handle_move
 from .store import handle_store
 
-#: Explicit VR LE first: pynetdicom picks the first of *our* syntaxes the peer proposes, so a peer
-#: offering both (dcmtk's default) gets Explicit VR, which keeps the VRs (C-STORE and C-GET alike).
+#: pynetdicom accepts, per presentation context, the first of *our* syntaxes that the peer proposes
+#: (PS3.8 9.3.2.2 leaves the choice to the acceptor). Default: Explicit VR LE first, so a peer that
+#: offers several syntaxes in one context never has to lossy-compress for us, and VRs are kept.
 STORAGE_SYNTAXES = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
+
+_VIDEO_CLASSES = {"1.2.840.10008.5.1.4.1.1.77.1.1.1", "1.2.840.10008.5.1.4.1.1.77.1.2.1",
+                  "1.2.840.10008.5.1.4.1.1.77.1.4.1"}
+_PHOTO_CLASSES = {"1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.1",
+                  "1.2.840.10008.5.1.4.1.1.77.1.2", "1.2.840.10008.5.1.4.1.1.77.1.3"}
+_VIDEO_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts.startswith("1.2.840.10008.1.2.4.10")]
+_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def storage_syntaxes(sop_class: str) -> list[str]:
+    """Our preference for one storage SOP class.
+
+    Video objects exist only as MPEG/HEVC bitstreams (nothing decodes them back), so those come
+    first; visible-light photographs arrive from cameras as JPEG, so JPEG Baseline comes first and a
+    C-GET hands the provider's original bitstream back unchanged. Everything else: the default.
+    """
+    if sop_class in _VIDEO_CLASSES:
+        return [*_VIDEO_SYNTAXES, *(ts for ts in STORAGE_SYNTAXES if ts not in _VIDEO_SYNTAXES)]
+    if sop_class in _PHOTO_CLASSES:
+        return [_JPEG_BASELINE, *(ts for ts in STORAGE_SYNTAXES if ts != _JPEG_BASELINE)]
+    return STORAGE_SYNTAXES
+
 
 QR_MODELS = (
     PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
@@ -50,7 +73,8 @@ def make_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         # scp_role/scu_role: accept storage from peers, and send on C-GET associations (role selection)
-        ae.add_supported_context(cx.abstract_syntax, STORAGE_SYNTAXES, scu_role=False, scp_role=True)
+        ae.add_supported_context(cx.abstract_syntax, storage_syntaxes(cx.abstract_syntax),
+                                 scu_role=False, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
     return ae
