@@ -21,16 +21,16 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,9 +39,9 @@ from .audit import AuditLog
 from .blobstore import FileBlobStore
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
-from .errors import BadInput, Conflict, Duplicate, NotFound
+from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
 from .frames import FrameIndex, index_frames, read_frame
-from .index.db import make_engine, sessions, upgrade
+from .index.db import make_engine, purge_deleted, sessions, upgrade
 from .index.models import Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_where
@@ -63,6 +63,25 @@ class StoreResult:
     series_uid: str
     patient_ref: int
     transfer_syntax: str
+
+
+@dataclass
+class _Pending:
+    """An object whose blob is written and fsynced, waiting to be indexed."""
+
+    ds: Dataset
+    patient_ref: int
+    key_id: str
+    blob_key: str
+    blob_size: int
+    size: int
+    content_type: str
+    replaced: int | None
+    outcome: StoreResult | ArchiveError
+    failed: bool = False
+
+    def fail(self, exc: ArchiveError) -> None:
+        self.outcome, self.failed = exc, True
 
 
 @dataclass(frozen=True)
@@ -159,20 +178,41 @@ class Archive:
     def store(self, source: bytes | BinaryIO | os.PathLike | str, *, actor: str = "",
               origin: str = "", content_type: str = "") -> StoreResult:
         """Store one DICOM Part 10 object exactly as received. Raises BadInput, Duplicate, Conflict."""
-        fp, close = _open_source(source)
-        try:
-            return self._store(fp, actor=actor, origin=origin, content_type=content_type)
-        finally:
-            if close:
-                fp.close()
+        [result] = self.store_many([source], actor=actor, origin=origin, content_type=content_type)
+        if isinstance(result, ArchiveError):
+            raise result
+        return result
 
-    def _store(self, fp: BinaryIO, *, actor: str, origin: str, content_type: str) -> StoreResult:
+    def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike | str], *, actor: str = "",
+                   origin: str = "", content_type: str = "") -> list[StoreResult | ArchiveError]:
+        """Store several objects; their blobs are written one by one, then indexed in one transaction.
+
+        One commit for a whole STOW-RS request instead of one per instance. Each source gets its own
+        result: a StoreResult, or the ArchiveError that refused it (the others are still stored).
+        ``sources`` may be a generator: each source is consumed before the next is asked for.
+        """
+        results: list[StoreResult | ArchiveError | _Pending] = []
+        for source in sources:
+            fp, close = _open_source(source)
+            try:
+                results.append(self._write_blob(fp, content_type))
+            except ArchiveError as exc:
+                results.append(exc)
+            finally:
+                if close:
+                    fp.close()
+        pending = [r for r in results if isinstance(r, _Pending)]
+        if pending:
+            self._commit(pending, actor=actor, origin=origin)
+        return [r.outcome if isinstance(r, _Pending) else r for r in results]
+
+    def _write_blob(self, fp: BinaryIO, content_type: str) -> StoreResult | _Pending:
+        """Check the object, apply the duplicate policy, write its encrypted blob (fsynced)."""
         ds = _read_header(fp)
-        ts = str(ds.file_meta.TransferSyntaxUID)
         sop_uid = str(ds.SOPInstanceUID)
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         policy = self.settings.duplicate_policy
-        replaced: Instance | None = None
+        replaced: int | None = None
         with self.sessions() as s:
             old = s.scalars(select(Instance).where(Instance.sop_uid == sop_uid)).first()
             if old is not None:
@@ -182,7 +222,7 @@ class Archive:
                     info = self._info(s, old)
                     return StoreResult("duplicate", info.sop_class_uid, sop_uid, info.study_uid,
                                        info.series_uid, info.patient_ref, info.transfer_syntax)
-                replaced = old
+                replaced = old.id
         patient_ref, key_id = self._patient_for(ds, study_uid)
         dek = self.vault.dek(key_id) if self.settings.encrypt else None
         blob_key = self.blobs.new_key()
@@ -193,20 +233,54 @@ class Archive:
             shutil.copyfileobj(fp, writer, CHUNK)
             writer.close()
             self.blobs.commit(fh, durable=self.settings.fsync)
-            blob_size = self.blobs.size(blob_key)
-            if replaced is not None:
-                self._delete_instances([replaced.id], audit=False)
-            self._index(ds, patient_ref, key_id, blob_key, blob_size, writer.plain_size, content_type,
-                        audit={"actor": actor, "source": origin})
-        except IntegrityError:
-            self.blobs.delete(blob_key)
-            raise Duplicate(f"SOP Instance {sop_uid} was stored concurrently") from None
         except BaseException:
             fh.close()
             self.blobs.delete(blob_key)
             raise
-        return StoreResult("replaced" if replaced is not None else "stored", str(ds.SOPClassUID),
-                           sop_uid, study_uid, series_uid, patient_ref, ts)
+        outcome = StoreResult("replaced" if replaced is not None else "stored", str(ds.SOPClassUID),
+                              sop_uid, study_uid, series_uid, patient_ref,
+                              str(ds.file_meta.TransferSyntaxUID))
+        return _Pending(ds, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
+                        writer.plain_size, content_type, replaced, outcome)
+
+    def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
+        """Index the written blobs in one transaction; if that fails, one by one, so a bad object
+        fails alone. Whatever is not indexed loses its blob (pending.outcome becomes the error)."""
+        for p in pending:
+            if p.replaced is not None:
+                self._delete_instances([p.replaced], audit=False)
+        try:
+            with self.write_sessions.begin() as s:
+                for p in pending:
+                    self._index(s, p, actor=actor, origin=origin)
+            return
+        except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
+            log.debug("batch index transaction failed; indexing one by one", exc_info=True)
+        for p in pending:
+            for attempt in range(2):  # a concurrent creator of the same study/series: retry once
+                try:
+                    with self.write_sessions.begin() as s:
+                        self._index(s, p, actor=actor, origin=origin)
+                    break
+                except IntegrityError:
+                    if self._has_instance(p.outcome.sop_instance_uid):
+                        p.fail(Duplicate(f"SOP Instance {p.outcome.sop_instance_uid} was stored concurrently"))
+                        break
+                    if attempt == 1:
+                        p.fail(Conflict("the index refused the object (concurrent change); send it again"))
+                except ArchiveError as exc:
+                    p.fail(exc)
+                    break
+                except Exception:  # noqa: BLE001 - e.g. the database is gone: refuse, keep serving
+                    log.exception("could not index an object")
+                    p.fail(ArchiveError("the index could not be written"))
+                    break
+            if p.failed:
+                self.blobs.delete(p.blob_key)
+
+    def _has_instance(self, sop_uid: str) -> bool:
+        with self.sessions() as s:
+            return s.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid)) is not None
 
     def _patient_for(self, ds: Dataset, study_uid: str) -> tuple[int, str]:
         """The patient row and key for this object, created if new (own transaction)."""
@@ -240,74 +314,74 @@ class Archive:
             raise Conflict("StudyInstanceUID is already stored under a different patient")
         return (patient.id, patient.key_id) if patient is not None else None
 
-    def _index(self, ds: Dataset, patient_ref: int, key_id: str, blob_key: str, blob_size: int,
-               size: int, content_type: str, audit: dict[str, str]) -> None:
-        """Index one stored blob, with its audit event, in one transaction."""
-        now = _utcnow()
-        seal = self.vault.seal
-        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    def _index(self, s: Session, p: _Pending, *, actor: str, origin: str) -> None:
+        """Add one stored blob's rows (and its audit event) to the caller's transaction.
+
+        Rows are locked in one order (study, patient, series) so PostgreSQL writers never deadlock;
+        SQLite write transactions are serialised already (BEGIN IMMEDIATE).
+        """
+        ds, now, seal = p.ds, _utcnow(), self.vault.seal
+        study_uid, series_uid = p.outcome.study_uid, p.outcome.series_uid
+        sop_uid, sop_class = p.outcome.sop_instance_uid, p.outcome.sop_class_uid
         modality = str(ds.get("Modality", "") or "")
-        sop_class = str(ds.SOPClassUID)
-        with self.write_sessions.begin() as s:
-            study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-            if study is None:
-                values = _values(ds, PHI_BY_LEVEL["STUDY"])
-                study = Study(patient_id=patient_ref, study_uid=study_uid,
-                              study_date=str(ds.get("StudyDate", "") or ""),
-                              study_time=str(ds.get("StudyTime", "") or ""),
-                              accession_hash=(self.vault.blind("AccessionNumber", values["AccessionNumber"])
-                                              if values.get("AccessionNumber") else None),
-                              phi=seal(key_id, f"STUDY|{study_uid}", values), updated_at=now)
-                s.add(study)
-                s.flush()
-                s.execute(update(Patient).where(Patient.id == patient_ref)
-                          .values(num_studies=Patient.num_studies + 1))
-            elif study.patient_id != patient_ref:
-                raise Conflict("StudyInstanceUID is already stored under a different patient")
-            series = s.scalars(select(Series).where(Series.series_uid == series_uid)).first()
-            if series is None:
-                series = Series(study_id=study.id, series_uid=series_uid, modality=modality,
-                                series_number=_int(ds.get("SeriesNumber")),
-                                series_date=str(ds.get("SeriesDate", "") or ""),
-                                series_time=str(ds.get("SeriesTime", "") or ""),
-                                body_part=str(ds.get("BodyPartExamined", "") or "")[:16],
-                                phi=seal(key_id, f"SERIES|{series_uid}", _values(ds, PHI_BY_LEVEL["SERIES"])),
-                                updated_at=now)
-                s.add(series)
-                s.flush()
-                s.execute(update(Study).where(Study.id == study.id).values(num_series=Study.num_series + 1))
-                s.execute(update(Patient).where(Patient.id == patient_ref)
-                          .values(num_series=Patient.num_series + 1))
-            elif series.study_id != study.id:
-                raise Conflict("SeriesInstanceUID is already stored in a different study")
-            modalities = [m for m in study.modalities.split("\\") if m]
-            classes = [c for c in study.sop_classes.split("\\") if c]
-            changes: dict[str, Any] = {"num_instances": Study.num_instances + 1, "updated_at": now}
-            if modality and modality not in modalities:
-                changes["modalities"] = "\\".join(sorted([*modalities, modality]))
-            if sop_class not in classes:
-                changes["sop_classes"] = "\\".join([*classes, sop_class])
-            s.execute(update(Study).where(Study.id == study.id).values(**changes))
-            s.execute(update(Series).where(Series.id == series.id)
-                      .values(num_instances=Series.num_instances + 1, metadata_cache=None, updated_at=now))
-            visit = max(str(ds.get("StudyDate", "") or "")[:8], date.today().strftime("%Y%m%d")
-                        if not ds.get("StudyDate") else "")
-            s.execute(update(Patient).where(Patient.id == patient_ref)
-                      .values(num_instances=Patient.num_instances + 1,
-                              last_visit=func.max(Patient.last_visit, visit)
-                              if self.engine.dialect.name == "sqlite"
-                              else func.greatest(Patient.last_visit, visit)))
-            sop_uid = str(ds.SOPInstanceUID)
-            s.add(Instance(series_id=series.id, sop_uid=sop_uid, sop_class_uid=sop_class,
-                           transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                           instance_number=_int(ds.get("InstanceNumber")),
-                           number_of_frames=_int(ds.get("NumberOfFrames")),
-                           rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
-                           content_type=content_type, blob_key=blob_key, blob_size=blob_size,
-                           size=size, phi=seal(key_id, f"IMAGE|{sop_uid}", _values(ds, PHI_BY_LEVEL["IMAGE"])),
-                           received_at=now))
-            self.audit.add(s, "store", patient_ref=patient_ref, study_uid=study_uid, detail=sop_uid,
-                           **audit)
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).first()
+        patient = s.get(Patient, p.patient_ref, with_for_update=True)
+        if patient is None:
+            raise NotFound("the patient was removed while the object was being stored")
+        if study is None:
+            values = _values(ds, PHI_BY_LEVEL["STUDY"])
+            accession = values.get("AccessionNumber")
+            study = Study(patient_id=p.patient_ref, study_uid=study_uid,
+                          study_date=str(ds.get("StudyDate", "") or ""),
+                          study_time=str(ds.get("StudyTime", "") or ""),
+                          accession_hash=self.vault.blind("AccessionNumber", accession) if accession else None,
+                          modalities="", sop_classes="", num_series=0, num_instances=0,
+                          phi=seal(p.key_id, f"STUDY|{study_uid}", values), updated_at=now)
+            s.add(study)
+            s.flush()
+            patient.num_studies += 1
+        elif study.patient_id != p.patient_ref:
+            raise Conflict("StudyInstanceUID is already stored under a different patient")
+        series = s.scalars(select(Series).where(Series.series_uid == series_uid).with_for_update()).first()
+        if series is None:
+            series = Series(study_id=study.id, series_uid=series_uid, modality=modality,
+                            series_number=_int(ds.get("SeriesNumber")),
+                            series_date=str(ds.get("SeriesDate", "") or ""),
+                            series_time=str(ds.get("SeriesTime", "") or ""),
+                            body_part=str(ds.get("BodyPartExamined", "") or "")[:16], num_instances=0,
+                            phi=seal(p.key_id, f"SERIES|{series_uid}", _values(ds, PHI_BY_LEVEL["SERIES"])),
+                            updated_at=now)
+            s.add(series)
+            s.flush()
+            study.num_series += 1
+            patient.num_series += 1
+        elif series.study_id != study.id:
+            raise Conflict("SeriesInstanceUID is already stored in a different study")
+        modalities = [m for m in study.modalities.split("\\") if m]
+        if modality and modality not in modalities:
+            study.modalities = "\\".join(sorted([*modalities, modality]))
+        classes = [c for c in study.sop_classes.split("\\") if c]
+        if sop_class not in classes:
+            study.sop_classes = "\\".join([*classes, sop_class])
+        study.num_instances += 1
+        study.updated_at = now
+        series.num_instances += 1
+        series.metadata_cache = None
+        series.updated_at = now
+        patient.num_instances += 1
+        visit = str(ds.get("StudyDate", "") or "")[:8] or now.strftime("%Y%m%d")
+        patient.last_visit = max(patient.last_visit or "", visit)
+        s.add(Instance(series_id=series.id, sop_uid=sop_uid, sop_class_uid=sop_class,
+                       transfer_syntax=p.outcome.transfer_syntax,
+                       instance_number=_int(ds.get("InstanceNumber")),
+                       number_of_frames=_int(ds.get("NumberOfFrames")),
+                       rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
+                       content_type=p.content_type, blob_key=p.blob_key, blob_size=p.blob_size,
+                       size=p.size, phi=seal(p.key_id, f"IMAGE|{sop_uid}", _values(ds, PHI_BY_LEVEL["IMAGE"])),
+                       received_at=now))
+        self.audit.add(s, "store", actor=actor, source=origin, patient_ref=p.patient_ref,
+                       study_uid=study_uid, detail=sop_uid)
+        s.flush()
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -466,6 +540,8 @@ class Archive:
             s.execute(delete(Study).where(Study.patient_id == patient_ref))
             s.execute(delete(Patient).where(Patient.id == patient_ref))
             s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
+        self.engine.dispose()  # idle readers would hold the WAL open
+        purge_deleted(self.write_engine)
         for key in blob_keys:
             self.blobs.delete(key)
         self.audit.record("shred", actor=actor, source=origin, patient_ref=patient_ref,

@@ -9,7 +9,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from storage.archive import Archive, Scope
-from storage.errors import BadInput, Conflict, Duplicate, NotFound
+from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
 from storage.query import Query
 from tests.dicomgen import make_image
 
@@ -195,7 +195,7 @@ def test_failed_index_write_leaves_no_blob(archive: Archive, monkeypatch):
         raise RuntimeError("simulated crash during the index transaction")
 
     monkeypatch.setattr(archive, "_index", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ArchiveError, match="index could not be written"):
         archive.store(part10(make_image()))
     assert list(archive.blobs.keys()) == []
 

@@ -139,3 +139,18 @@ def test_serve_refuses_to_start_with_wrong_or_missing_key(tmp_path):
     proc = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "refusing to start" in proc.stderr
     assert not key_file.exists(), "a missing key must not be replaced by a new one beside old data"
+
+
+def test_shredded_key_leaves_no_trace_in_database_files(archive: Archive):
+    if archive.engine.dialect.name != "sqlite":
+        pytest.skip("file-level check is for the SQLite index")
+    ref = archive.store(part10(make_image(patient_id="SHRED1"))).patient_ref
+    with archive.sessions() as s:
+        key_row = s.query(PatientKey).one()
+        wrapped = key_row.wrapped
+    archive.shred_patient(ref)
+    db = archive.settings.data_dir.parent / "index.sqlite"
+    files = [p for p in db.parent.iterdir() if p.name.startswith("index.sqlite")]
+    assert files
+    for path in files:
+        assert wrapped[12:40] not in path.read_bytes(), f"wrapped key still in {path.name}"

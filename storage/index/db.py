@@ -22,6 +22,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we answer Success
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows (shredded keys) are zeroed
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
@@ -43,3 +44,27 @@ def upgrade(engine: Engine) -> None:
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def purge_deleted(engine: Engine) -> None:
+    """Make deleted rows unrecoverable from the database files (after crypto-shredding).
+
+    SQLite: ``secure_delete`` already zeroes freed pages; a TRUNCATE checkpoint also empties the WAL,
+    which still holds the old page images. PostgreSQL: VACUUM the key table so dead tuples holding
+    the wrapped key are reclaimed (their bytes may linger in free space until reused; the wrapped key
+    is useless without the master key, which rotation replaces).
+    """
+    raw = engine.raw_connection()  # outside SQLAlchemy's transaction handling
+    try:
+        cur = raw.cursor()
+        if engine.dialect.name == "sqlite":
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif engine.dialect.name == "postgresql":
+            raw.driver_connection.autocommit = True
+            try:
+                cur.execute("VACUUM patient_keys")
+            finally:
+                raw.driver_connection.autocommit = False
+        cur.close()
+    finally:
+        raw.close()
