@@ -22,7 +22,6 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
-from tempfile import SpooledTemporaryFile
 from typing import Any
 
 import pydicom
@@ -30,6 +29,7 @@ from flask import Blueprint, Response, abort, request
 
 from storage.archive import StoreResult
 from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull
+from storage.spool import EncryptedSpool
 
 from .auth import require_scope
 from .context import (
@@ -149,7 +149,7 @@ def with_preamble(fp: Any) -> Any:
     fp.seek(0)
     if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00") or not head[4:6].isalpha():
         return fp
-    out = SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - closed by the caller
+    out = EncryptedSpool(max_size=1 << 20)  # closed by the caller; plaintext never on disk
     out.write(b"\0" * 128 + b"DICM")
     shutil.copyfileobj(fp, out, 1 << 20)
     out.seek(0)
@@ -157,29 +157,39 @@ def with_preamble(fp: Any) -> Any:
     return out
 
 
-def store_dicom_part(part: Part, outcome: Outcome) -> None:
-    """Store one ``application/dicom`` part as received (PS3.18 10.5.1.2.1)."""
-    part.body = with_preamble(part.body)
-    sop_class, sop_uid, study_uid = _uids_of(part.body)
-    media = part.media_type
-    if media != DICOM:
-        outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND, f"part is {media}, not {DICOM}")
-        return
-    if outcome.url_study and study_uid and study_uid != outcome.url_study:
-        outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
-                     "StudyInstanceUID differs from the study in the URL")
-        return
-    try:
-        part.body.seek(0)  # type: ignore[union-attr]
-        result = archive().store(part.body, actor=actor(), origin=client_address())  # type: ignore[arg-type]
-    except ArchiveError as exc:
-        outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
-        return
-    except Exception:  # noqa: BLE001 - this part fails alone; details only in the server log
-        log.exception("STOW-RS: storing a part failed")
-        outcome.fail(sop_class, sop_uid, PROCESSING_FAILURE, "internal error while storing")
-        return
-    outcome.ok(result)
+def store_dicom_parts(parts: Iterator[Part], outcome: Outcome) -> None:
+    """Store ``application/dicom`` parts as received (PS3.18 10.5.1.2.1), indexed in one transaction.
+
+    Parts stream: each is checked, handed to ``archive.store_many`` and closed before the next one
+    is read from the request body.
+    """
+    accepted: list[tuple[str, str]] = []
+
+    def bodies() -> Iterator[Any]:
+        for part in parts:
+            try:
+                part.body = with_preamble(part.body)
+                sop_class, sop_uid, study_uid = _uids_of(part.body)
+                if part.media_type != DICOM:
+                    outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND,
+                                 f"part is {part.media_type}, not {DICOM}")
+                    continue
+                if outcome.url_study and study_uid and study_uid != outcome.url_study:
+                    outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
+                                 "StudyInstanceUID differs from the study in the URL")
+                    continue
+                part.body.seek(0)  # type: ignore[union-attr]
+                accepted.append((sop_class, sop_uid))
+                yield part.body
+            finally:
+                part.close()
+
+    results = archive().store_many(bodies(), actor=actor(), origin=client_address())
+    for (sop_class, sop_uid), result in zip(accepted, results, strict=True):
+        if isinstance(result, ArchiveError):
+            outcome.fail(sop_class, sop_uid, reason_of(result), str(result))
+        else:
+            outcome.ok(result)
 
 
 def _parts() -> Iterator[Part]:
@@ -201,11 +211,7 @@ def stow(study: str | None = None) -> Response:
             f"multipart type {root_type or '(none)'} is not supported: use {DICOM} or {DICOM_JSON}")
     outcome = Outcome(study)
     if root_type == DICOM:
-        for part in _parts():
-            try:
-                store_dicom_part(part, outcome)
-            finally:
-                part.close()
+        store_dicom_parts(_parts(), outcome)
     else:
         store_json_request(list(_parts()), outcome, study)
     if not outcome.stored and not outcome.failed:

@@ -198,6 +198,9 @@ class Archive:
                 results.append(self._write_blob(fp, content_type))
             except ArchiveError as exc:
                 results.append(exc)
+            except Exception:  # noqa: BLE001 - one object fails alone; details in the server log
+                log.exception("storing an object failed")
+                results.append(ArchiveError("internal error while storing this object"))
             finally:
                 if close:
                     fp.close()
