@@ -18,7 +18,6 @@ import functools
 import hashlib
 import ipaddress
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -106,10 +105,7 @@ def lookup_token(archive: Archive, token: str) -> tuple[str, str] | None:
 def loopback_open() -> bool:
     """Is the loopback exemption on? (``PACS_OPEN_LOOPBACK``, default true; off behind a proxy.)"""
     settings = context.settings()
-    value = getattr(settings, "open_loopback", None)
-    if value is None:
-        value = os.environ.get("PACS_OPEN_LOOPBACK", "true").strip().lower() not in ("0", "false", "no", "off")
-    return bool(value) and not settings.trust_proxy_headers
+    return settings.open_loopback and not settings.trust_proxy_headers
 
 
 def _is_loopback(addr: str | None) -> bool:

@@ -54,6 +54,7 @@ class Settings:
     dicomweb_root: str = "/dicom-web"
     cors_origins: list[str] = field(default_factory=list)
     trust_proxy_headers: bool = False
+    open_loopback: bool = True  # requests from this machine need no token (embedded default)
     max_upload_bytes: int = 4 * 1024**3
     public_url: str = ""  # base URL printed in patient letters; default from the request / http_port
 
