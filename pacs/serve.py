@@ -1,18 +1,19 @@
 """``pacs serve``: the DIMSE SCP and the DICOMweb application (gunicorn) on one archive.
 
-Start-up order: open the archive once here (creates the master key on first start, upgrades the
-schema, refuses a wrong key, sweeps orphan blobs), then start gunicorn workers and the SCP
-processes; each opens its own archive after forking.
+Start-up: open the archive once here (creates the master key on first start, upgrades the schema,
+refuses a wrong key, sweeps orphan blobs); then start gunicorn, the retention schedule (a spawned
+process) and ``dimse_workers`` SCP processes sharing the DICOM port (SO_REUSEPORT). Each process
+opens its own archive after it starts. The parent supervises: a dead SCP worker is restarted, and
+SIGTERM/SIGINT stops everything.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from storage.archive import Archive
@@ -44,42 +45,53 @@ def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env)
 
 
-def run_dimse(settings: Settings) -> None:
-    """Serve DIMSE in this process until SIGTERM/SIGINT."""
-    from .scp import handlers, make_ae
+def _retention_loop(settings: Settings) -> None:
+    from storage.retention import start_scheduler
 
-    _tune()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    start_scheduler(settings).wait()
+
+
+def start_retention(settings: Settings) -> multiprocessing.Process:
+    """The daily retention run, in a fresh interpreter (no threads in the forking parent)."""
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_retention_loop, args=(settings,), name="pacs-retention", daemon=True)
+    proc.start()
+    return proc
+
+
+def dimse_worker(settings: Settings, reuse_port: bool) -> None:
+    """One SCP process: its own archive, the tuned transport, until SIGTERM."""
+    from .scp import handlers, make_ae
+    from .transport import serve_forever
+
     archive = Archive(settings)
-    ae = make_ae(settings)
-    server = ae.start_server((settings.dicom_host, settings.dicom_port), block=False,
-                             evt_handlers=handlers(archive, settings))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("DICOM %s listening on %s:%d", settings.ae_title, settings.dicom_host, settings.dicom_port)
-    stop.wait()
-    server.shutdown()
-    archive.close()
+    try:
+        serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,
+                      reuse_port=reuse_port, evt_handlers=handlers(archive, settings))
+    finally:
+        archive.close()
 
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
+    from .workers import prefork
+
     prepare(settings)
     http = start_http(settings, config_path)
+    retention = start_retention(settings)
     log.info("DICOMweb on http://%s:%d%s", settings.http_host, settings.http_port, settings.dicomweb_root)
+    log.info("DICOM %s on %s:%d (%d processes)", settings.ae_title, settings.dicom_host,
+             settings.dicom_port, settings.dimse_workers)
     try:
-        run_dimse(settings)
+        if settings.dimse_workers <= 1:
+            dimse_worker(settings, reuse_port=False)
+            return 0
+        return prefork(lambda: dimse_worker(settings, reuse_port=True), settings.dimse_workers)
     finally:
+        retention.terminate()
         http.terminate()
         try:
             http.wait(timeout=15)
         except subprocess.TimeoutExpired:
             http.kill()
-    return 0
-
-
-def _tune() -> None:
-    try:
-        from .transport import tune
-    except ImportError:
-        return
-    tune()
