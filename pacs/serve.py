@@ -63,9 +63,11 @@ def start_retention(settings: Settings) -> multiprocessing.Process:
 
 def dimse_worker(settings: Settings, reuse_port: bool) -> None:
     """One SCP process: its own archive, the tuned transport, until SIGTERM."""
+    from . import receive
     from .scp import handlers, make_ae
     from .transport import serve_forever
 
+    receive.enable(settings.data_dir / "tmp")  # bounded memory, ciphertext only on disk
     archive = Archive(settings)
     try:
         serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,

@@ -10,6 +10,7 @@ from pynetdicom.events import Event
 from storage.archive import Archive
 from storage.errors import ArchiveError
 
+from . import receive
 from .status import SUCCESS, status, status_for_error
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,11 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     actor = event.assoc.requestor.ae_title
     origin = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
     try:
-        path = getattr(event, "dataset_path", None) if _chunked() else None
-        source = path if path is not None else event.encoded_dataset(include_meta=True)
-        result = archive.store(source, actor=actor, origin=origin)
+        if receive.is_enabled():  # the data set arrived in an encrypted spool file
+            with receive.open_received(event.dataset_path) as source:
+                result = archive.store(source, actor=actor, origin=origin)
+        else:
+            result = archive.store(event.encoded_dataset(include_meta=True), actor=actor, origin=origin)
     except ArchiveError as exc:
         log.info("C-STORE from %s refused: %s", actor, exc)
         return status_for_error(exc)
@@ -32,9 +35,3 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     if result.status == "duplicate":
         log.info("C-STORE from %s: instance already stored, kept the first copy", actor)
     return status(SUCCESS)
-
-
-def _chunked() -> bool:
-    from pynetdicom import _config
-
-    return bool(getattr(_config, "STORE_RECV_CHUNKED_DATASET", False))

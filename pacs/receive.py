@@ -1,0 +1,90 @@
+"""Large C-STOREs spooled to disk in bounded memory, encrypted: never plaintext on disk.
+
+pynetdicom can write a received data set to a temporary file as it arrives
+(``_config.STORE_RECV_CHUNKED_DATASET``), so a 1 GB object never sits in memory. Its file is a
+plain ``NamedTemporaryFile``: PHI in clear on disk. :func:`enable` replaces that file (pynetdicom
+3.0's ``dimse_messages.NamedTemporaryFile``, the only thing it opens) with one that encrypts what
+is written (storage.crypto segments) under a random key held only in this process's memory. The
+C-STORE handler opens the spool with :func:`open_received`; pynetdicom closes and unlinks it after
+the handler returns, as before.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pynetdicom import _config, dimse_messages
+
+from storage.crypto import DecryptingReader, EncryptingWriter
+
+_SPOOLS: dict[str, _EncryptedTempFile] = {}
+_LOCK = threading.Lock()
+_DIR: list[Path | None] = [None]
+
+
+class _EncryptedTempFile:
+    """The part of ``NamedTemporaryFile`` pynetdicom uses: ``name``, ``write``, ``file.flush``, ``close``."""
+
+    def __init__(self, directory: Path | None):
+        fd, self.name = tempfile.mkstemp(suffix=".spool", dir=directory)
+        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._key = os.urandom(32)
+        self._writer: EncryptingWriter | None = EncryptingWriter(self._raw, self._key, "recv")
+        self.file = self  # pynetdicom calls ``.file.flush()``
+        with _LOCK:
+            _SPOOLS[self.name] = self
+
+    def write(self, data: bytes) -> int:
+        assert self._writer is not None
+        return self._writer.write(data)
+
+    def flush(self) -> None:
+        """Nothing to do: whole segments are written as they fill."""
+
+    def finish(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._raw.close()
+
+    def open(self) -> BinaryIO:
+        self.finish()
+        return io.BufferedReader(DecryptingReader(open(self.name, "rb"), self._key, "recv"), 1 << 20)
+
+    def close(self) -> None:
+        self.finish()
+        with _LOCK:
+            _SPOOLS.pop(self.name, None)
+
+
+def _factory(*_args: Any, **_kwargs: Any) -> _EncryptedTempFile:
+    return _EncryptedTempFile(_DIR[0])
+
+
+def enable(directory: Path | None = None) -> None:
+    """Receive every C-STORE data set into an encrypted spool file in ``directory``."""
+    if not hasattr(dimse_messages, "NamedTemporaryFile"):
+        raise RuntimeError("pynetdicom's chunked receive changed: pacs.receive needs updating")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    _DIR[0] = directory
+    dimse_messages.NamedTemporaryFile = _factory  # type: ignore[attr-defined]
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def is_enabled() -> bool:
+    return dimse_messages.NamedTemporaryFile is _factory  # type: ignore[attr-defined]
+
+
+def open_received(path: str | os.PathLike) -> BinaryIO:
+    """The plaintext of a received spool file (preamble, file meta and data set)."""
+    with _LOCK:
+        spool = _SPOOLS.get(str(path))
+    if spool is None:
+        raise FileNotFoundError("no encrypted spool for this C-STORE")
+    return spool.open()

@@ -1,0 +1,21 @@
+"""C-STORE spool files hold ciphertext only, and read back as written."""
+
+from pathlib import Path
+
+from pacs import receive
+
+
+def test_spool_is_encrypted_and_reads_back(tmp_path: Path):
+    receive.enable(tmp_path)
+    spool = receive._factory(delete=False, mode="wb", suffix=".dcm")
+    data = b"\0" * 128 + b"DICM" + b"PATIENT^SECRET " * 200_000  # ~3 MB over several segments
+    for i in range(0, len(data), 16384):
+        spool.write(data[i: i + 16384])
+        spool.file.flush()
+    with receive.open_received(spool.name) as fh:
+        assert fh.read() == data
+    on_disk = Path(spool.name).read_bytes()
+    assert b"PATIENT^SECRET" not in on_disk and len(on_disk) > len(data)
+    spool.close()
+    Path(spool.name).unlink()
+    assert list(tmp_path.iterdir()) == []
