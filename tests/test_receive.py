@@ -2,10 +2,14 @@
 
 from pathlib import Path
 
+from pynetdicom import _config, dimse_messages
+
 from pacs import receive
 
 
-def test_spool_is_encrypted_and_reads_back(tmp_path: Path):
+def test_spool_is_encrypted_and_reads_back(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     receive.enable(tmp_path)
     spool = receive._factory(delete=False, mode="wb", suffix=".dcm")
     data = b"\0" * 128 + b"DICM" + b"PATIENT^SECRET " * 200_000  # ~3 MB over several segments
