@@ -266,6 +266,7 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
     port = free_port()
     proc = server.start(tmp, port)
+    ok = False
     try:
         wait_listening(port, proc)
         time.sleep(0.3)
@@ -282,6 +283,10 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
         )
     finally:
         stop(proc)
+        if not ok:
+            keep = Path(tempfile.gettempdir()) / f"bench-failed-{server.name}-{scenario}-{port}.log"
+            shutil.copyfile(tmp / "server.log", keep)
+            print(f"# server log kept: {keep}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "bare": bare_server("bare"),
         "bare-2w": bare_server("bare-2w", "--workers", "2"),
         "bare-chunked": bare_server("bare-chunked", "--chunked"),
+        "bare-pdu16k": bare_server("bare-pdu16k", "--max-pdu", "16382"),
         "bare-stock-nofsync": bare_server("bare-stock-nofsync", "--no-tune", "--no-fsync"),
         "bare-nofsync": bare_server("bare-nofsync", "--no-fsync"),
         "bare-nofsync-si5": bare_server(
