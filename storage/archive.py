@@ -13,6 +13,7 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import Connection, bindparam, case, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,7 +44,7 @@ from .crypto import DecryptingReader, EncryptingWriter
 from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
 from .frames import FrameIndex, index_frames, read_frame
 from .index.db import make_engine, purge_deleted, sessions, upgrade
-from .index.models import Instance, Patient, PatientKey, Series, Study, SystemKey
+from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_where
 from .vault import Vault
@@ -50,6 +52,7 @@ from .vault import Vault
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_INDEXED = list(dict.fromkeys([*_REQUIRED, *ATTRIBUTES]))
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class _Pending:
     """An object whose blob is written and fsynced, waiting to be indexed."""
 
     ds: Dataset
+    values: dict[str, Any]  # every indexed attribute of ds, decoded once
     patient_ref: int
     key_id: str
     blob_key: str
@@ -132,13 +136,21 @@ def _plain(elem: Any) -> Any:
     return str(v)
 
 
+@functools.cache
+def _tag(keyword: str) -> int:
+    return int(tag_for_keyword(keyword))  # type: ignore[arg-type]
+
+
 def _values(ds: Dataset, keywords: list[str]) -> dict[str, Any]:
+    """The values of these attributes present in ``ds`` (looked up by tag: this runs per store)."""
     out = {}
+    present = ds.keys()
     for kw in keywords:
-        elem = ds.data_element(kw) if kw in ds else None
-        val = _plain(elem)
-        if val not in (None, ""):
-            out[kw] = val
+        tag = _tag(kw)
+        if tag in present:
+            val = _plain(ds[tag])
+            if val not in (None, ""):
+                out[kw] = val
     return out
 
 
@@ -146,6 +158,9 @@ class Archive:
     """One per process (per gunicorn worker, per SCP process); thread-safe."""
 
     def __init__(self, settings: Settings, *, create_key: bool = False):
+        # Objects are stored as received; their values are read for the index, not judged.
+        # pydicom's per-value validation on read (regex checks, warnings) cost ~3 ms per store.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.database_url)
@@ -168,6 +183,8 @@ class Archive:
         self._tmp = settings.data_dir / "tmp"
         self._tmp.mkdir(exist_ok=True)
         self._lock = threading.Lock()
+        self._patients: dict[bytes, tuple[int, str]] = {}  # pid hash -> (row id, key id)
+        self._study_owner: dict[str, int] = {}  # study UID -> patient row id
 
     def close(self) -> None:
         self.engine.dispose()
@@ -211,14 +228,16 @@ class Archive:
 
     def _write_blob(self, fp: BinaryIO, content_type: str) -> StoreResult | _Pending:
         """Check the object, apply the duplicate policy, write its encrypted blob (fsynced)."""
-        ds = _read_header(fp)
-        sop_uid = str(ds.SOPInstanceUID)
-        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        ds, v = _read_header(fp)
+        sop_uid = v["SOPInstanceUID"]
+        study_uid, series_uid = v["StudyInstanceUID"], v["SeriesInstanceUID"]
         policy = self.settings.duplicate_policy
         replaced: int | None = None
-        with self.sessions() as s:
-            old = s.scalars(select(Instance).where(Instance.sop_uid == sop_uid)).first()
-            if old is not None:
+        with self.engine.connect() as c:
+            old_id = c.execute(_SQL.select_instance, {"uid": sop_uid}).scalar()
+        if old_id is not None:
+            with self.sessions() as s:
+                old = s.get(Instance, old_id)
                 if policy == "reject":
                     raise Duplicate(f"SOP Instance {sop_uid} is stored already")
                 if policy == "keep":
@@ -226,7 +245,7 @@ class Archive:
                     return StoreResult("duplicate", info.sop_class_uid, sop_uid, info.study_uid,
                                        info.series_uid, info.patient_ref, info.transfer_syntax)
                 replaced = old.id
-        patient_ref, key_id = self._patient_for(ds, study_uid)
+        patient_ref, key_id = self._patient_for(v, study_uid)
         dek = self.vault.dek(key_id) if self.settings.encrypt else None
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
@@ -240,10 +259,10 @@ class Archive:
             fh.close()
             self.blobs.delete(blob_key)
             raise
-        outcome = StoreResult("replaced" if replaced is not None else "stored", str(ds.SOPClassUID),
+        outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
                               sop_uid, study_uid, series_uid, patient_ref,
                               str(ds.file_meta.TransferSyntaxUID))
-        return _Pending(ds, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
+        return _Pending(ds, v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
                         writer.plain_size, content_type, replaced, outcome)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
@@ -253,17 +272,17 @@ class Archive:
             if p.replaced is not None:
                 self._delete_instances([p.replaced], audit=False)
         try:
-            with self.write_sessions.begin() as s:
+            with self.write_engine.begin() as c:
                 for p in pending:
-                    self._index(s, p, actor=actor, origin=origin)
+                    self._index(c, p, actor=actor, origin=origin)
             return
         except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
             log.debug("batch index transaction failed; indexing one by one", exc_info=True)
         for p in pending:
             for attempt in range(2):  # a concurrent creator of the same study/series: retry once
                 try:
-                    with self.write_sessions.begin() as s:
-                        self._index(s, p, actor=actor, origin=origin)
+                    with self.write_engine.begin() as c:
+                        self._index(c, p, actor=actor, origin=origin)
                     break
                 except IntegrityError:
                     if self._has_instance(p.outcome.sop_instance_uid):
@@ -285,106 +304,131 @@ class Archive:
         with self.sessions() as s:
             return s.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid)) is not None
 
-    def _patient_for(self, ds: Dataset, study_uid: str) -> tuple[int, str]:
-        """The patient row and key for this object, created if new (own transaction)."""
-        issuer = str(ds.get("IssuerOfPatientID", "") or "")
-        pid = str(ds.get("PatientID", "") or "")
+    def _patient_for(self, v: dict[str, Any], study_uid: str) -> tuple[int, str]:
+        """The patient row and key for this object, created if new (own transaction).
+
+        Known patients are cached in memory (pid hash -> row, key id): a patient row never changes
+        its key, and a shredded one makes the index transaction fail (rowcount 0), which evicts it.
+        """
+        issuer = str(v.get("IssuerOfPatientID", ""))
+        pid = str(v.get("PatientID", ""))
         pid_hash = self.vault.blind("pid", f"{issuer}|{pid}")
-        with self.sessions() as s:  # the common case reads only: no write lock, no commit
-            known = self._known_patient(s, pid_hash, study_uid)
+        known = self._patients.get(pid_hash)
+        if known is None:
+            with self.sessions() as s:  # the common case reads only: no write lock, no commit
+                known = self._known_patient(s, pid_hash)
         if known is not None:
+            self._check_study_owner(study_uid, known[0])
+            self._patients[pid_hash] = known
             return known
         with self.write_sessions.begin() as s:
-            known = self._known_patient(s, pid_hash, study_uid)
-            if known is not None:
-                return known
-            key_id, _ = self.vault.new_patient_key(s)
-            s.flush()
-            patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
-                              phi=b"", created_at=_utcnow(), last_visit="")
-            s.add(patient)
-            s.flush()
-            patient.phi = self.vault.seal(key_id, phi_where("PATIENT", patient),
-                                          _values(ds, PHI_BY_LEVEL["PATIENT"]))
-            s.flush()
-            return patient.id, key_id
+            known = self._known_patient(s, pid_hash)
+            if known is None:
+                key_id, _ = self.vault.new_patient_key(s)
+                s.flush()
+                patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
+                                  phi=b"", created_at=_utcnow(), last_visit="")
+                s.add(patient)
+                s.flush()
+                patient.phi = self.vault.seal(key_id, phi_where("PATIENT", patient),
+                                              _subset(v, "PATIENT"))
+                s.flush()
+                known = (patient.id, key_id)
+        self._check_study_owner(study_uid, known[0])
+        self._patients[pid_hash] = known
+        return known
 
     @staticmethod
-    def _known_patient(s: Session, pid_hash: bytes, study_uid: str) -> tuple[int, str] | None:
-        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-        patient = s.scalars(select(Patient).where(Patient.pid_hash == pid_hash)).first()
-        if study is not None and (patient is None or study.patient_id != patient.id):
-            raise Conflict("StudyInstanceUID is already stored under a different patient")
-        return (patient.id, patient.key_id) if patient is not None else None
+    def _known_patient(s: Session, pid_hash: bytes) -> tuple[int, str] | None:
+        row = s.execute(select(Patient.id, Patient.key_id).where(Patient.pid_hash == pid_hash)).first()
+        return (row.id, row.key_id) if row is not None else None
 
-    def _index(self, s: Session, p: _Pending, *, actor: str, origin: str) -> None:
+    def _check_study_owner(self, study_uid: str, patient_ref: int) -> None:
+        """Refuse a study UID that belongs to another patient (cached; a mismatch is re-read)."""
+        if self._study_owner.get(study_uid) == patient_ref:
+            return
+        with self.engine.connect() as c:
+            owner = c.execute(_SQL.study_owner, {"uid": study_uid}).scalar()
+        if owner is not None and owner != patient_ref:
+            raise Conflict("StudyInstanceUID is already stored under a different patient")
+        if owner is not None:
+            if len(self._study_owner) > 100_000:
+                self._study_owner.clear()
+            self._study_owner[study_uid] = owner
+
+    def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str) -> None:
         """Add one stored blob's rows (and its audit event) to the caller's transaction.
 
-        Rows are locked in one order (study, patient, series) so PostgreSQL writers never deadlock;
+        Prepared Core statements (``_SQL``), not ORM objects: this runs per stored instance.
+        Measured per store: ORM 10 ms, fresh Core statements 6 ms, prepared statements ~1 ms.
+        Rows are locked in one order (study, series, patient) so PostgreSQL writers never deadlock;
         SQLite write transactions are serialised already (BEGIN IMMEDIATE).
         """
-        ds, now, seal = p.ds, _utcnow(), self.vault.seal
-        study_uid, series_uid = p.outcome.study_uid, p.outcome.series_uid
-        sop_uid, sop_class = p.outcome.sop_instance_uid, p.outcome.sop_class_uid
-        modality = str(ds.get("Modality", "") or "")
-        study = s.scalars(select(Study).where(Study.study_uid == study_uid).with_for_update()).first()
-        patient = s.get(Patient, p.patient_ref, with_for_update=True)
-        if patient is None:
-            raise NotFound("the patient was removed while the object was being stored")
+        v, now, seal = p.values, _utcnow(), self.vault.seal
+        o = p.outcome
+        assert isinstance(o, StoreResult)
+        modality = str(v.get("Modality", ""))
+        study = c.execute(_SQL.select_study, {"uid": o.study_uid}).first()
         if study is None:
-            values = _values(ds, PHI_BY_LEVEL["STUDY"])
+            values = _subset(v, "STUDY")
             accession = values.get("AccessionNumber")
-            study = Study(patient_id=p.patient_ref, study_uid=study_uid,
-                          study_date=str(ds.get("StudyDate", "") or ""),
-                          study_time=str(ds.get("StudyTime", "") or ""),
-                          accession_hash=self.vault.blind("AccessionNumber", accession) if accession else None,
-                          modalities="", sop_classes="", num_series=0, num_instances=0,
-                          phi=seal(p.key_id, f"STUDY|{study_uid}", values), updated_at=now)
-            s.add(study)
-            s.flush()
-            patient.num_studies += 1
+            study_id = c.execute(_SQL.insert_study, {
+                "patient_id": p.patient_ref, "study_uid": o.study_uid,
+                "study_date": str(v.get("StudyDate", "")),
+                "study_time": str(v.get("StudyTime", "")),
+                "accession_hash": self.vault.blind("AccessionNumber", accession) if accession else None,
+                "modalities": "", "sop_classes": "", "num_series": 0, "num_instances": 0,
+                "phi": seal(p.key_id, f"STUDY|{o.study_uid}", values), "updated_at": now,
+            }).scalar_one()
+            modalities: list[str] = []
+            classes: list[str] = []
         elif study.patient_id != p.patient_ref:
             raise Conflict("StudyInstanceUID is already stored under a different patient")
-        series = s.scalars(select(Series).where(Series.series_uid == series_uid).with_for_update()).first()
+        else:
+            study_id = study.id
+            modalities = [m for m in study.modalities.split("\\") if m]
+            classes = [c_ for c_ in study.sop_classes.split("\\") if c_]
+        series = c.execute(_SQL.select_series, {"uid": o.series_uid}).first()
         if series is None:
-            series = Series(study_id=study.id, series_uid=series_uid, modality=modality,
-                            series_number=_int(ds.get("SeriesNumber")),
-                            series_date=str(ds.get("SeriesDate", "") or ""),
-                            series_time=str(ds.get("SeriesTime", "") or ""),
-                            body_part=str(ds.get("BodyPartExamined", "") or "")[:16], num_instances=0,
-                            phi=seal(p.key_id, f"SERIES|{series_uid}", _values(ds, PHI_BY_LEVEL["SERIES"])),
-                            updated_at=now)
-            s.add(series)
-            s.flush()
-            study.num_series += 1
-            patient.num_series += 1
-        elif series.study_id != study.id:
+            series_id = c.execute(_SQL.insert_series, {
+                "study_id": study_id, "series_uid": o.series_uid, "modality": modality,
+                "series_number": _int(v.get("SeriesNumber")),
+                "series_date": str(v.get("SeriesDate", "")),
+                "series_time": str(v.get("SeriesTime", "")),
+                "body_part": str(v.get("BodyPartExamined", ""))[:16], "num_instances": 0,
+                "phi": seal(p.key_id, f"SERIES|{o.series_uid}", _subset(v, "SERIES")),
+                "updated_at": now,
+            }).scalar_one()
+        elif series.study_id != study_id:
             raise Conflict("SeriesInstanceUID is already stored in a different study")
-        modalities = [m for m in study.modalities.split("\\") if m]
+        else:
+            series_id = series.id
         if modality and modality not in modalities:
-            study.modalities = "\\".join(sorted([*modalities, modality]))
-        classes = [c for c in study.sop_classes.split("\\") if c]
-        if sop_class not in classes:
-            study.sop_classes = "\\".join([*classes, sop_class])
-        study.num_instances += 1
-        study.updated_at = now
-        series.num_instances += 1
-        series.metadata_cache = None
-        series.updated_at = now
-        patient.num_instances += 1
-        visit = str(ds.get("StudyDate", "") or "")[:8] or now.strftime("%Y%m%d")
-        patient.last_visit = max(patient.last_visit or "", visit)
-        s.add(Instance(series_id=series.id, sop_uid=sop_uid, sop_class_uid=sop_class,
-                       transfer_syntax=p.outcome.transfer_syntax,
-                       instance_number=_int(ds.get("InstanceNumber")),
-                       number_of_frames=_int(ds.get("NumberOfFrames")),
-                       rows=_int(ds.get("Rows")), columns=_int(ds.get("Columns")),
-                       content_type=p.content_type, blob_key=p.blob_key, blob_size=p.blob_size,
-                       size=p.size, phi=seal(p.key_id, f"IMAGE|{sop_uid}", _values(ds, PHI_BY_LEVEL["IMAGE"])),
-                       received_at=now))
-        self.audit.add(s, "store", actor=actor, source=origin, patient_ref=p.patient_ref,
-                       study_uid=study_uid, detail=sop_uid)
-        s.flush()
+            modalities = sorted([*modalities, modality])
+        if o.sop_class_uid not in classes:
+            classes = [*classes, o.sop_class_uid]
+        new_series = int(series is None)
+        c.execute(_SQL.update_study, {"sid": study_id, "new_series": new_series, "now": now,
+                                      "mods": "\\".join(modalities), "classes": "\\".join(classes)})
+        c.execute(_SQL.update_series, {"rid": series_id, "now": now})
+        visit = str(v.get("StudyDate", ""))[:8] or now.strftime("%Y%m%d")
+        done = c.execute(_SQL.update_patient, {"pid": p.patient_ref, "new_series": new_series,
+                                               "new_study": int(study is None), "visit": visit})
+        if done.rowcount != 1:
+            self._patients.clear()
+            raise NotFound("the patient was removed while the object was being stored")
+        c.execute(_SQL.insert_instance, {
+            "series_id": series_id, "sop_uid": o.sop_instance_uid, "sop_class_uid": o.sop_class_uid,
+            "transfer_syntax": o.transfer_syntax, "instance_number": _int(v.get("InstanceNumber")),
+            "number_of_frames": _int(v.get("NumberOfFrames")), "rows": _int(v.get("Rows")),
+            "columns": _int(v.get("Columns")), "content_type": p.content_type,
+            "blob_key": p.blob_key, "blob_size": p.blob_size, "size": p.size,
+            "phi": seal(p.key_id, f"IMAGE|{o.sop_instance_uid}", _subset(v, "IMAGE")),
+            "received_at": now, "frame_index": None})
+        c.execute(_SQL.insert_audit, {
+            "at": now, "actor": actor[:128], "action": "store", "outcome": "success",
+            "patient_ref": p.patient_ref, "study_uid": o.study_uid, "source": origin[:128],
+            "detail": o.sop_instance_uid})
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -566,6 +610,37 @@ class Archive:
         return n
 
 
+def _subset(values: dict[str, Any], level: str) -> dict[str, Any]:
+    """The values a level keeps encrypted in its ``phi`` column."""
+    return {k: values[k] for k in PHI_BY_LEVEL[level] if k in values}  # type: ignore[index]
+
+
+class _SQL:
+    """The statements of the ingest path, built once (see ``Archive._index``)."""
+
+    select_instance = select(Instance.id).where(Instance.sop_uid == bindparam("uid"))
+    study_owner = select(Study.patient_id).where(Study.study_uid == bindparam("uid"))
+    select_study = (select(Study.id, Study.patient_id, Study.modalities, Study.sop_classes)
+                    .where(Study.study_uid == bindparam("uid")).with_for_update())
+    insert_study = insert(Study).returning(Study.id)
+    select_series = (select(Series.id, Series.study_id)
+                     .where(Series.series_uid == bindparam("uid")).with_for_update())
+    insert_series = insert(Series).returning(Series.id)
+    update_study = update(Study).where(Study.id == bindparam("sid")).values(
+        num_instances=Study.num_instances + 1, num_series=Study.num_series + bindparam("new_series"),
+        updated_at=bindparam("now"), modalities=bindparam("mods"), sop_classes=bindparam("classes"))
+    update_series = update(Series).where(Series.id == bindparam("rid")).values(
+        num_instances=Series.num_instances + 1, metadata_cache=None, updated_at=bindparam("now"))
+    update_patient = update(Patient).where(Patient.id == bindparam("pid")).values(
+        num_instances=Patient.num_instances + 1,
+        num_series=Patient.num_series + bindparam("new_series"),
+        num_studies=Patient.num_studies + bindparam("new_study"),
+        last_visit=case((Patient.last_visit < bindparam("visit"), bindparam("visit")),
+                        else_=Patient.last_visit))
+    insert_instance = insert(Instance)
+    insert_audit = insert(AuditEvent)
+
+
 def _info(inst: Instance, series: Series, study: Study, patient: Patient) -> InstanceInfo:
     return InstanceInfo(inst.id, inst.sop_uid, inst.sop_class_uid, inst.transfer_syntax,
                         series.series_uid, study.study_uid, patient.id, patient.key_id,
@@ -588,28 +663,27 @@ def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO
     return source, False
 
 
-def _read_header(fp: BinaryIO) -> Dataset:
-    """Parse up to the pixel data and check what indexing needs; BadInput otherwise."""
+def _read_header(fp: BinaryIO) -> tuple[Dataset, dict[str, Any]]:
+    """Parse up to the pixel data and decode every indexed value once; BadInput if unfit.
+
+    Decoding everything here means a corrupt element fails now, not mid-transaction."""
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error) as exc:
         raise BadInput(f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
         raise BadInput("no File Meta Information with a Transfer Syntax UID")
+    try:
+        values = _values(ds, _INDEXED)
+    except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
+        raise BadInput("a header element cannot be decoded") from None
     for kw in _REQUIRED:
-        try:
-            value = ds.get(kw)
-        except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
-            raise BadInput(f"{kw} cannot be read") from None
+        value = values.get(kw)
         if not value:
             raise BadInput(f"{kw} is missing")
         if len(str(value)) > 64:
             raise BadInput(f"{kw} is longer than 64 characters")
-    try:  # touch every indexed value now: a corrupt element must fail here, not mid-transaction
-        _values(ds, [k for k in ATTRIBUTES if k in ds])
-    except Exception:  # noqa: BLE001
-        raise BadInput("a header element cannot be decoded") from None
-    return ds
+    return ds, values
 
 
 def _serialise_sqlite_writes(engine: Any) -> None:

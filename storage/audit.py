@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .index.models import AuditEvent
@@ -27,9 +27,10 @@ class AuditLog:
             outcome: str = "success", patient_ref: int | None = None, study_uid: str = "",
             detail: str = "") -> None:
         """Add an event to the caller's transaction (it commits or rolls back with the operation)."""
-        session.add(AuditEvent(at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128],
-                               action=action[:32], outcome=outcome[:16], patient_ref=patient_ref,
-                               study_uid=study_uid[:64], source=source[:128], detail=detail))
+        session.execute(insert(AuditEvent).values(
+            at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128], action=action[:32],
+            outcome=outcome[:16], patient_ref=patient_ref, study_uid=study_uid[:64],
+            source=source[:128], detail=detail))
 
     def record(self, action: str, *, actor: str = "", source: str = "", outcome: str = "success",
                patient_ref: int | None = None, study_uid: str = "", detail: str = "") -> None:
