@@ -174,7 +174,8 @@ class Archive:
             fresh = s.scalars(select(SystemKey).limit(1)).first() is None
         ring = load_master_keys(settings.master_key_file, settings.master_key,
                                 create=create_key and fresh)
-        self.vault = Vault(ring, self.write_sessions)
+        self.vault = Vault(ring, self.write_sessions, reload=lambda: load_master_keys(
+            settings.master_key_file, settings.master_key))
         self.vault.check_master_key()
         self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
         self.queries = QueryEngine(self.sessions, self.vault,

@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,9 +30,11 @@ _PLAIN_CACHE_MAX = 200_000
 
 
 class Vault:
-    def __init__(self, ring: MasterKeyRing, sessions: sessionmaker[Session]):
+    def __init__(self, ring: MasterKeyRing, sessions: sessionmaker[Session],
+                 reload: Callable[[], MasterKeyRing] | None = None):
         self.ring = ring
         self._sessions = sessions
+        self._reload = reload  # re-reads the key file: other processes may have rotated it
         self._deks: dict[str, bytes] = {}
         self._field_keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -83,8 +86,10 @@ class Vault:
             return dek
         with self._sessions() as s:
             row = s.get(PatientKey, key_id)
-        if row is None:
+        if row is None or not row.wrapped:
             raise NotFound("the patient's key no longer exists (shredded)")
+        if not self.ring.has(row.kek_version) and self._reload is not None:
+            self.ring = self._reload()  # `pacs keys rotate` ran in another process
         dek = self.ring.unwrap(key_id, WrappedKey(row.kek_version, row.wrapped))
         with self._lock:
             self._deks[key_id] = dek

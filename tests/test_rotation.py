@@ -80,3 +80,20 @@ def test_cli_rotate_with_key_from_environment(tmp_path: Path) -> None:
     status = subprocess.run([PACS, "keys", "status"], env=env, check=True, capture_output=True, text=True,
                             timeout=120).stdout
     assert "version 1: 0 wrapped key(s)" in status and "(current)" in status
+
+
+def test_running_process_follows_a_rotation(archive, tmp_path: Path) -> None:  # noqa: ANN001
+    """A worker started before `pacs keys rotate` reads keys wrapped under the new version."""
+    first = archive.store(make_study(tmp_path / "a", n_series=1, per_series=1, patient_id="RUN-1")[0])
+    running = Archive(archive.settings)  # e.g. a gunicorn worker, its ring holds version 1 only
+    try:
+        rotate(archive)  # another process rotates; new keys are now wrapped under version 2
+        path = make_study(tmp_path / "b", n_series=1, per_series=1, patient_id="RUN-2")[0]
+        second = archive.store(path)
+        assert running.vault.ring.versions == [1]
+        info = running.instances(sop_uid=second.sop_instance_uid)[0]
+        assert running.read_bytes(info) == path.read_bytes()
+        assert running.vault.ring.versions == [1, 2]
+        assert running.read_bytes(running.instances(sop_uid=first.sop_instance_uid)[0])
+    finally:
+        running.close()
