@@ -55,6 +55,7 @@ def scp() -> Iterator[tuple[int, Received, transport.TunedAssociationServer]]:
     ae = AE(ae_title="PACS")
     ae.supported_contexts = StoragePresentationContexts
     ae.add_supported_context(Verification)
+    ae.maximum_pdu_size = 0  # unlimited: CT slices arrive as one PDU > READ_CHUNK
     server = transport.make_server(
         ae, "127.0.0.1", 0, evt_handlers=[(evt.EVT_C_STORE, received.on_store)]
     )
