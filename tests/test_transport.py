@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -171,3 +172,32 @@ def test_idle_does_not_burn_cpu(scp) -> None:
     assoc.release()
     # Server and client reactors for one open association, plus the listener.
     assert cpu / wall < 0.05, f"idle CPU {100 * cpu / wall:.1f}%"
+
+
+@needs_dcmtk
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_forever_stops_on_sigterm(tmp_path: Path, data: Path, workers: int) -> None:
+    """bench.bare_scp runs transport.serve_forever (and pacs.workers.prefork for 2)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    cmd = ["python", "-m", "bench.bare_scp", "--port", str(port), "--dir", str(tmp_path / "d"),
+           "--workers", str(workers), "--no-fsync"]
+    proc = subprocess.Popen([sys.executable, *cmd[1:]],
+                            cwd=root)
+    try:
+        deadline = time.monotonic() + 15
+        while subprocess.run(["echoscu", "-aec", "PACS", "127.0.0.1", str(port)],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        files = [str(f) for f in sorted((data / "small").glob("*.dcm"))]
+        subprocess.run(["storescu", "-aec", "PACS", "127.0.0.1", str(port), *files],
+                       check=True, timeout=30, capture_output=True)
+        assert len(list((tmp_path / "d").iterdir())) == len(files)
+    finally:
+        t0 = time.monotonic()
+        proc.terminate()
+        assert proc.wait(15) == 0
+    assert time.monotonic() - t0 < 5
