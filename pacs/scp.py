@@ -67,7 +67,6 @@ def make_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
-    ae.maximum_pdu_size = 0  # unlimited: fewer, larger P-DATA PDUs
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)

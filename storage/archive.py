@@ -174,8 +174,8 @@ class Archive:
             fresh = s.scalars(select(SystemKey).limit(1)).first() is None
         ring = load_master_keys(settings.master_key_file, settings.master_key,
                                 create=create_key and fresh)
-        self.vault = Vault(ring, self.write_sessions, reload=lambda: load_master_keys(
-            settings.master_key_file, settings.master_key))
+        self.vault = Vault(ring, self.write_sessions, read_sessions=self.sessions,
+                           reload=lambda: load_master_keys(settings.master_key_file, settings.master_key))
         self.vault.check_master_key()
         self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
         self.queries = QueryEngine(self.sessions, self.vault,
@@ -270,6 +270,7 @@ class Archive:
         """Index the written blobs in one transaction; if that fails, one by one, so a bad object
         fails alone. Whatever is not indexed loses its blob (pending.outcome becomes the error)."""
         for p in pending:
+            self.vault.dek(p.key_id)  # keys are fetched before the write lock is taken, not under it
             if p.replaced is not None:
                 self._delete_instances([p.replaced], audit=False)
         try:

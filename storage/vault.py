@@ -31,9 +31,13 @@ _PLAIN_CACHE_MAX = 200_000
 
 class Vault:
     def __init__(self, ring: MasterKeyRing, sessions: sessionmaker[Session],
-                 reload: Callable[[], MasterKeyRing] | None = None):
+                 reload: Callable[[], MasterKeyRing] | None = None,
+                 read_sessions: sessionmaker[Session] | None = None):
         self.ring = ring
-        self._sessions = sessions
+        self._sessions = sessions  # writes (new keys)
+        # Reads go through the read engine: a key fetched while the caller holds the SQLite write
+        # lock (e.g. sealing inside the index transaction) must not wait for that same lock.
+        self._read = read_sessions or sessions
         self._reload = reload  # re-reads the key file: other processes may have rotated it
         self._deks: dict[str, bytes] = {}
         self._field_keys: dict[str, bytes] = {}
@@ -45,7 +49,7 @@ class Vault:
 
     def check_master_key(self) -> None:
         """Refuse a master key ring that does not open what the index holds."""
-        with self._sessions() as s:
+        with self._read() as s:
             rows = s.scalars(select(SystemKey)).all()
             for row in rows:
                 self.ring.unwrap(row.name, WrappedKey(row.kek_version, row.wrapped))
@@ -55,6 +59,10 @@ class Vault:
             raise KeyUnavailable(f"master key version(s) {missing} needed by patient keys are not loaded")
 
     def _system_key(self, name: str) -> bytes:
+        with self._read() as s:
+            row = s.get(SystemKey, name)
+            if row is not None:
+                return self.ring.unwrap(name, WrappedKey(row.kek_version, row.wrapped))
         with self._sessions.begin() as s:
             row = s.get(SystemKey, name)
             if row is None:
@@ -84,7 +92,7 @@ class Vault:
         dek = self._deks.get(key_id)
         if dek is not None:
             return dek
-        with self._sessions() as s:
+        with self._read() as s:
             row = s.get(PatientKey, key_id)
         if row is None or not row.wrapped:
             raise NotFound("the patient's key no longer exists (shredded)")

@@ -219,3 +219,38 @@ def test_frames_read_back(archive: Archive):
     frame_len = 32 * 32 * 2
     for n in (1, 2, 3):
         assert archive.read_frame(info, n) == ds.PixelData[(n - 1) * frame_len: n * frame_len]
+
+
+def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
+    """Encryption off (benchmarks only) must not fetch keys under the write lock (it hung once)."""
+    import threading
+    import time
+
+    from storage.config import load_settings
+
+    archive = Archive(load_settings(env={}, data_dir=tmp_path / "noenc", database_url=db_url,
+                                    encrypt=False), create_key=True)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            study = generate_uid()
+            for i in range(5):
+                archive.store(part10(make_image(patient_id=f"T{n}", study_uid=study, instance_number=i)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert time.monotonic() - started < 20
+        assert len(list(archive.find(Query("IMAGE")))) == 20
+        info = archive.instances(sop_uid=next(archive.find(Query("IMAGE")))["SOPInstanceUID"])[0]
+        assert b"DICM" in archive.read_bytes(info)[:200]
+    finally:
+        archive.close()
