@@ -17,7 +17,8 @@ Choices, with the standard's reasons:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -56,6 +57,7 @@ _EXTRA_BY_LEVEL: dict[Level, tuple[str, ...]] = {
     "IMAGE": ("SpecificCharacterSet", "InstanceAvailability"),
 }
 _RETRIEVE_URL = "00081190"
+_NUMBER_VRS = frozenset({"IS", "SL", "SS", "UL", "US", "SV", "UV", "DS", "FL", "FD"})
 
 
 def make_blueprint(name: str, authenticate: context.Authenticate, url_prefix: str) -> Blueprint:
@@ -190,26 +192,62 @@ def render(level: Level, rows: Iterable[dict[str, Any]], keywords: list[str], ro
            ) -> tuple[str, int]:
     """The JSON array text of the matches (PS3.18 F.2) with absolute RetrieveURLs, and their count.
 
-    The attribute order (by tag) is planned once per request; constants are shared objects."""
+    Written as text, not through ``json.dumps`` of nested dicts: the attribute order (by tag) and
+    each attribute's writer are planned once per request, constants are serialised once, and the
+    common single string value is one C-accelerated escape (measured on OHIF's 101-study page:
+    render + dumps 4 ms -> ~1 ms)."""
     visible = levels_up_to(level)
     steps: list[tuple[str, Any]] = [
-        (tag, (kw, conv)) for tag, kw, conv in plan(k for k in keywords
-                                                    if k in ATTRIBUTES and ATTRIBUTES[k].level in visible)]
-    steps += [(tag, value) for tag, value in (_EXTRA[k] for k in _EXTRA_BY_LEVEL[level])]
+        (tag, (kw, _writer(tag, conv))) for tag, kw, conv in plan(
+            k for k in keywords if k in ATTRIBUTES and ATTRIBUTES[k].level in visible)]
+    steps += [(tag, _const(tag, value)) for tag, value in (_EXTRA[k] for k in _EXTRA_BY_LEVEL[level])]
     steps.append((_RETRIEVE_URL, None))
     steps.sort(key=lambda step: step[0])
+    url_head = f'"{_RETRIEVE_URL}":{{"vr":"UR","Value":['
     out = []
     for rec in rows:
-        obj: dict[str, Any] = {}
-        for tag, how in steps:
+        parts = []
+        for _tag, how in steps:
             if how is None:
-                obj[tag] = {"vr": "UR", "Value": [_retrieve_url(level, rec, root)]}
+                parts.append(url_head + _string(_retrieve_url(level, rec, root)) + "]}")
             elif isinstance(how, tuple):
-                obj[tag] = how[1](rec.get(how[0]))
+                parts.append(how[1](rec.get(how[0])))
             else:
-                obj[tag] = how
-        out.append(obj)
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False), len(out)
+                parts.append(how)
+        out.append("{" + ",".join(parts) + "}")
+    return "[" + ",".join(out) + "]", len(out)
+
+
+_string = encode_basestring  # a str as a JSON string literal, quotes included (C speed-up)
+
+
+def _const(tag: str, value: dict[str, Any]) -> str:
+    return f'"{tag}":' + json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _writer(tag: str, conv: Callable[[Any], dict[str, Any]]) -> Callable[[Any], str]:
+    """value -> ``"tag":{...}`` text; the plain single string value without building a dict."""
+    vr = conv(None)["vr"]
+    head = f'"{tag}":'
+    empty = head + json.dumps({"vr": vr})
+    if vr == "PN":
+        value_head = head + '{"vr":"PN","Value":[{"Alphabetic":'
+        value_tail = "}]}"
+    else:
+        value_head = head + f'{{"vr":"{vr}","Value":['
+        value_tail = "]}"
+    simple = vr not in _NUMBER_VRS
+
+    def write(value: Any) -> str:
+        if value is None or value == "":
+            return empty
+        if simple and isinstance(value, str) and "\\" not in value and "=" not in value:
+            return value_head + _string(value) + value_tail
+        if not simple and type(value) is int:
+            return value_head + str(value) + value_tail
+        return head + json.dumps(conv(value), separators=(",", ":"), ensure_ascii=False)
+
+    return write
 
 
 def _retrieve_url(level: Level, rec: dict[str, Any], root: str) -> str:

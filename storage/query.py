@@ -57,9 +57,31 @@ class _Filter:
     matcher: Matcher
 
 
+_UID_COLUMN: dict[Level, str] = {"PATIENT": "pid_hash", "STUDY": "study_uid", "SERIES": "series_uid",
+                                  "IMAGE": "sop_uid"}
+_JOINS = {"STUDY": ("patient_id", "PATIENT"), "SERIES": ("study_id", "STUDY"),
+          "IMAGE": ("series_id", "SERIES")}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one query reads per row, worked out once: Core columns, not ORM objects.
+
+    Row layout: ``patient id, patient key id, *clear columns, *(phi, unique key) per sealed level``.
+    Only the clear columns the keys name are selected, and only the levels whose sealed values are
+    needed are decrypted (measured on a 10,000-study list: ~85 attribute lookups per row were half
+    of the time).
+    """
+
+    columns: tuple[Any, ...]
+    clear: tuple[tuple[str, int], ...]  # keyword -> index in the row
+    sealed: tuple[tuple[str, int, int, bool], ...]  # level, phi index, unique-key index, key is bytes
+
+
 class QueryEngine:
     def __init__(self, sessions: sessionmaker[Session], vault: Vault, pn_ignore_case: bool = True):
         self._sessions = sessions
+        self._engine = sessions.kw["bind"]
         self._vault = vault
         self._pn_ignore_case = pn_ignore_case
 
@@ -75,32 +97,34 @@ class QueryEngine:
                 continue
             f = _Filter(attr, m)
             (sql_filters if self._pushable(f) else py_filters).append(f)
-            if attr.where == "hashed" and m.kind != "single":
-                pass  # wildcard on an identifier: Python only
         keys = list(dict.fromkeys([*(UNIQUE_KEY[lvl] for lvl in visible if lvl != "PATIENT"),
                                    *q.filters, *q.return_keys]))
-        need_phi = {lvl for lvl in visible
-                    if any(ATTRIBUTES[k].where != "clear" for k in keys
-                           if k in ATTRIBUTES and ATTRIBUTES[k].level == lvl)
-                    or any(f.attr.where != "clear" and f.attr.level == lvl for f in py_filters)}
-
-        stmt = self._select(q, visible, sql_filters)
+        plan = _plan(visible, keys)
+        stmt = self._select(q, visible, sql_filters, plan)
         if not py_filters:
             stmt = stmt.offset(q.offset or None).limit(q.limit)
+            with self._engine.connect() as conn:  # read all, then give the connection back
+                rows = conn.execute(stmt).all()
+            for row in rows:
+                rec = self._record(row, plan)
+                out = {k: rec.get(k) for k in keys}
+                out["_patient_ref"] = row[0]
+                yield out
+            return
         skipped = returned = 0
-        with self._sessions() as s:
-            for row in s.execute(stmt.execution_options(yield_per=500)):
-                rec = self._record(row, visible, need_phi)
+        with self._engine.connect() as conn:
+            for row in conn.execution_options(yield_per=500).execute(stmt):
+                rec = self._record(row, plan)
                 if not all(f.matcher(rec.get(f.attr.keyword)) for f in py_filters):
                     continue
-                if py_filters and skipped < q.offset:
+                if skipped < q.offset:
                     skipped += 1
                     continue
                 out = {k: rec.get(k) for k in keys}
-                out["_patient_ref"] = rec["_patient_ref"]
+                out["_patient_ref"] = row[0]
                 yield out
                 returned += 1
-                if py_filters and q.limit is not None and returned >= q.limit:
+                if q.limit is not None and returned >= q.limit:
                     return
 
     def _pushable(self, f: _Filter) -> bool:
@@ -113,23 +137,22 @@ class QueryEngine:
             return kind == "single" and f.matcher.values[0].lstrip("-").isdigit()
         return kind in ("single", "list", "range")
 
-    def _select(self, q: Query, visible: tuple[Level, ...], filters: list[_Filter]) -> Select:
-        tables = [TABLES[lvl] for lvl in visible]
-        stmt = select(*tables)
-        joins = {"STUDY": Study.patient_id == Patient.id, "SERIES": Series.study_id == Study.id,
-                 "IMAGE": Instance.series_id == Series.id}
-        stmt = select(*tables).select_from(Patient)
+    def _select(self, q: Query, visible: tuple[Level, ...], filters: list[_Filter], plan: _Plan
+                ) -> Select:
+        t = {lvl: TABLES[lvl].__table__.c for lvl in visible}  # Core columns: no ORM per row
+        stmt = select(*plan.columns).select_from(TABLES["PATIENT"].__table__)
         for lvl in visible[1:]:
-            stmt = stmt.join(TABLES[lvl], joins[lvl])
+            fk, parent = _JOINS[lvl]
+            stmt = stmt.join(TABLES[lvl].__table__, t[lvl][fk] == t[parent]["id"])
         conds = []
         for f in filters:
-            table = TABLES[f.attr.level]
+            c = t[f.attr.level]
             m = f.matcher
             if f.attr.where == "hashed":
                 label = "pid" if f.attr.keyword == "PatientID" else f.attr.keyword
-                conds.append(getattr(table, f.attr.column) == self._vault.blind(label, m.values[0]))
+                conds.append(c[f.attr.column] == self._vault.blind(label, m.values[0]))
                 continue
-            col = getattr(table, f.attr.column)
+            col = c[f.attr.column]
             if m.kind == "single":
                 conds.append(col == (int(m.values[0]) if f.attr.column in _INT_COLUMNS else m.values[0]))
             elif m.kind == "list":
@@ -140,29 +163,52 @@ class QueryEngine:
                 if m.high is not None:
                     conds.append(col <= m.high + "~")
         if q.patient_scope is not None:
-            conds.append(Patient.id == q.patient_scope)
+            conds.append(t["PATIENT"]["id"] == q.patient_scope)
         if q.study_scope is not None and "STUDY" in visible:
-            conds.append(Study.study_uid.in_(sorted(q.study_scope)))
+            conds.append(t["STUDY"]["study_uid"].in_(sorted(q.study_scope)))
         if conds:
             stmt = stmt.where(and_(*conds))
-        order = {"PATIENT": [Patient.id], "STUDY": [Study.study_date.desc(), Study.study_time.desc(), Study.id.desc()],
-                 "SERIES": [Series.series_number, Series.id],
-                 "IMAGE": [Instance.instance_number, Instance.id]}[q.level]
-        if q.level != "STUDY" and "STUDY" in visible:
-            order = [Study.id, *order] if q.level == "SERIES" else [Series.id, *order]
+        # STUDY order matches ix_studies_listing (study_date, study_time, id): LIMIT needs no sort.
+        order = {"PATIENT": lambda: [t["PATIENT"]["id"]],
+                 "STUDY": lambda: [t["STUDY"]["study_date"].desc(), t["STUDY"]["study_time"].desc(),
+                                   t["STUDY"]["id"].desc()],
+                 "SERIES": lambda: [t["SERIES"]["series_number"], t["SERIES"]["id"]],
+                 "IMAGE": lambda: [t["IMAGE"]["instance_number"], t["IMAGE"]["id"]]}[q.level]()
+        if q.level == "SERIES":
+            order = [t["STUDY"]["id"], *order]
+        elif q.level == "IMAGE":
+            order = [t["SERIES"]["id"], *order]
         return stmt.order_by(*order)
 
-    def _record(self, row: Any, visible: tuple[Level, ...], need_phi: set[str]) -> dict[str, Any]:
-        rec: dict[str, Any] = {}
-        patient = row[0]
-        rec["_patient_ref"] = patient.id
-        for lvl, obj in zip(visible, row, strict=True):
-            for attr in ATTRIBUTES.values():
-                if attr.level == lvl and attr.where == "clear":
-                    rec[attr.keyword] = getattr(obj, attr.column)
-            if lvl in need_phi:
-                rec.update(self._vault.unseal(patient.key_id, phi_where(lvl, obj), obj.phi))
+    def _record(self, row: Any, plan: _Plan) -> dict[str, Any]:
+        rec = {kw: row[i] for kw, i in plan.clear}
+        if plan.sealed:
+            key_id, unseal = row[1], self._vault.unseal
+            for lvl, phi_i, uid_i, is_bytes in plan.sealed:
+                uid = row[uid_i].hex() if is_bytes else row[uid_i]
+                rec.update(unseal(key_id, f"{lvl}|{uid}", row[phi_i]))
         return rec
+
+
+def _plan(visible: tuple[Level, ...], keys: list[str]) -> _Plan:
+    """The columns and sealed levels a query needs for ``keys`` (filters and return keys)."""
+    wanted = [ATTRIBUTES[k] for k in keys if k in ATTRIBUTES and ATTRIBUTES[k].level in visible]
+    patient = TABLES["PATIENT"].__table__.c
+    columns: list[Any] = [patient["id"], patient["key_id"]]
+    clear: list[tuple[str, int]] = []
+    for lvl in visible:
+        c = TABLES[lvl].__table__.c
+        for a in wanted:
+            if a.level == lvl and a.where == "clear":
+                clear.append((a.keyword, len(columns)))
+                columns.append(c[a.column])
+    sealed: list[tuple[str, int, int, bool]] = []
+    for lvl in visible:
+        if any(a.level == lvl and a.where != "clear" for a in wanted):
+            c = TABLES[lvl].__table__.c
+            sealed.append((lvl, len(columns), len(columns) + 1, lvl == "PATIENT"))
+            columns += [c["phi"], c[_UID_COLUMN[lvl]]]
+    return _Plan(tuple(columns), tuple(clear), tuple(sealed))
 
 
 def phi_where(level: str, obj: Any) -> str:

@@ -183,3 +183,12 @@ class PatientSession(Base):
     letter_id: Mapped[int] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+# -- read path (migration 0003) ---------------------------------------------------------------------
+
+# QIDO's study list is ORDER BY study_date DESC, study_time DESC, id DESC LIMIT n: read in index order.
+Index("ix_studies_listing", Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
+# The metadata warmer's periodic question "which series have no cache yet?" reads only those rows.
+Index("ix_series_metadata_pending", Series.updated_at,
+      sqlite_where=Series.metadata_cache.is_(None), postgresql_where=Series.metadata_cache.is_(None))
