@@ -117,3 +117,7 @@ def _load_commands() -> None:
 
 
 _load_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,6 @@ SIGTERM/SIGINT stops everything.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -33,13 +32,18 @@ def prepare(settings: Settings) -> None:
         archive.close()
 
 
-def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
+def _child_env(settings: Settings, config_path: str | None) -> dict[str, str]:
     env = dict(os.environ)
     if config_path:
         env["PACS_CONFIG"] = str(Path(config_path).absolute())
     env["PACS_DATA_DIR"] = str(settings.data_dir)
     if settings.master_key_file and not settings.master_key:
         env["PACS_MASTER_KEY_FILE"] = str(settings.master_key_file)
+    return env
+
+
+def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
+    env = _child_env(settings, config_path)
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(settings.http_workers),
            "--bind", f"{settings.http_host}:{settings.http_port}", "--threads", "4",
            "--timeout", "300", "--graceful-timeout", "10", "--log-level", "warning",
@@ -47,20 +51,24 @@ def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env)
 
 
-def _retention_loop(settings: Settings) -> None:
-    from storage.retention import start_scheduler
+# A few lines of stdlib Python: it sleeps most of the day in ~10 MB, and the retention run itself is a
+# short-lived `pacs retention apply` (the whole archive code loaded only while it runs).
+_DAILY = """import os, subprocess, sys, time
+parent = os.getppid()
+while True:
+    subprocess.run(sys.argv[1:])
+    for _ in range(86400 // 5):
+        time.sleep(5)
+        if os.getppid() != parent:  # pacs serve is gone: so are we
+            sys.exit(0)
+"""
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    start_scheduler(settings).wait()
 
-
-def start_retention(settings: Settings) -> multiprocessing.Process:
-    """The daily retention run, in a fresh interpreter (no threads in the forking parent)."""
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_retention_loop, args=(settings,), name="pacs-retention", daemon=True)
-    proc.start()
-    return proc
+def start_retention(settings: Settings, config_path: str | None) -> subprocess.Popen:
+    """Apply retention now and then daily, in its own small process."""
+    cmd = [sys.executable, "-c", _DAILY, sys.executable, "-c", "from pacs.cli import main; main()",
+           "retention", "apply"]
+    return subprocess.Popen(cmd, env=_child_env(settings, config_path))
 
 
 def dimse_worker(settings: Settings, reuse_port: bool) -> None:
@@ -86,7 +94,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 
     prepare(settings)
     http = start_http(settings, config_path)
-    retention = start_retention(settings)
+    retention = start_retention(settings, config_path)
     log.info("DICOMweb on http://%s:%d%s", settings.http_host, settings.http_port, settings.dicomweb_root)
     log.info("DICOM %s on %s:%d (%d processes)", settings.ae_title, settings.dicom_host,
              settings.dicom_port, settings.dimse_workers)
