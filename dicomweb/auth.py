@@ -21,6 +21,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,17 +173,53 @@ def require_scope(level: str) -> Callable[[F], F]:
 _AUDIT_QUEUE: queue.Queue[tuple[Archive, str, dict[str, Any]]] = queue.Queue(maxsize=10_000)
 _AUDIT_LOCK = threading.Lock()
 _audit_thread: threading.Thread | None = None
+COALESCE_SECONDS = 60.0
+
+
+@dataclass
+class _Window:
+    """Reads of one kind by one caller in one series, counted for up to a minute."""
+
+    archive: Archive
+    opened: float
+    requests: int = 0
+    items: int = 0
+
+
+# (id(archive), action, actor, source, patient_ref, study UID, series UID, what) -> open window
+_WINDOWS: dict[tuple[Any, ...], _Window] = {}
 
 
 def _audit_worker() -> None:
     while True:
-        archive, action, kw = _AUDIT_QUEUE.get()
+        try:
+            archive, action, kw = _AUDIT_QUEUE.get(timeout=5)
+        except queue.Empty:
+            _close_windows(time.monotonic() - COALESCE_SECONDS)
+            continue
         try:
             archive.audit.record(action, **kw)
         except Exception:  # noqa: BLE001 - record() logs its own failures; never kill the thread
             log.exception("audit writer")
         finally:
             _AUDIT_QUEUE.task_done()
+        _close_windows(time.monotonic() - COALESCE_SECONDS)
+
+
+def _ensure_writer() -> None:
+    global _audit_thread
+    with _AUDIT_LOCK:
+        if _audit_thread is None or not _audit_thread.is_alive():
+            _audit_thread = threading.Thread(target=_audit_worker, name="pacs-audit", daemon=True)
+            _audit_thread.start()
+
+
+def _enqueue(archive: Archive, action: str, kw: dict[str, Any]) -> None:
+    _ensure_writer()
+    try:
+        _AUDIT_QUEUE.put_nowait((archive, action, kw))
+    except queue.Full:
+        archive.audit.record(action, **kw)
 
 
 def audit_read(action: str, *, study_uid: str = "", patient_ref: int | None = None,
@@ -193,22 +230,63 @@ def audit_read(action: str, *, study_uid: str = "", patient_ref: int | None = No
     ~6 ms, more than a cached series metadata answer); when the queue is full the request writes
     its event itself, so nothing is dropped. ``flush_audit()`` waits for the queue.
     """
-    global _audit_thread
     kw = {"actor": context.actor(), "source": context.client_address(), "study_uid": study_uid,
           "patient_ref": patient_ref, "detail": detail}
+    _enqueue(context.archive(), action, kw)
+
+
+def audit_read_coalesced(action: str, *, study_uid: str, series_uid: str, patient_ref: int | None,
+                         what: str, items: int = 1) -> None:
+    """Audit many small reads (frames, thumbnails) as few events (issue 6 part 8).
+
+    The first read of a kind by a caller in a series is queued at once (so the trail shows it
+    within a moment); the following ones in the next minute are only counted, and the count is
+    written as one event when that minute is over (``"<what>: N more request(s), M item(s)"``).
+    No read goes unrecorded, and a viewer scrolling 500 frames costs one or two inserts.
+    """
     archive = context.archive()
+    actor, source = context.actor(), context.client_address()
+    key = (id(archive), action, actor, source, patient_ref, study_uid, series_uid, what)
+    now = time.monotonic()
     with _AUDIT_LOCK:
-        if _audit_thread is None or not _audit_thread.is_alive():
-            _audit_thread = threading.Thread(target=_audit_worker, name="pacs-audit", daemon=True)
-            _audit_thread.start()
-    try:
-        _AUDIT_QUEUE.put_nowait((archive, action, kw))
-    except queue.Full:
-        archive.audit.record(action, **kw)
+        window = _WINDOWS.get(key)
+        if window is not None and now - window.opened < COALESCE_SECONDS:
+            window.requests += 1
+            window.items += items
+            return
+        _WINDOWS[key] = _Window(archive, now)
+    if window is not None and window.requests:
+        _enqueue(archive, action, _window_event(key, window))
+    _enqueue(archive, action, {"actor": actor, "source": source, "study_uid": study_uid,
+                               "patient_ref": patient_ref,
+                               "detail": f"{what}: {items} item(s) of series {series_uid}"[:500]})
+
+
+def _window_event(key: tuple[Any, ...], window: _Window) -> dict[str, Any]:
+    _, _, actor, source, patient_ref, study_uid, series_uid, what = key
+    return {"actor": actor, "source": source, "study_uid": study_uid, "patient_ref": patient_ref,
+            "detail": (f"{what}: {window.requests} more request(s), {window.items} item(s) of "
+                       f"series {series_uid} in {COALESCE_SECONDS:.0f} s")[:500]}
+
+
+def _close_windows(before: float) -> None:
+    """Write the counts of windows opened before ``before`` (monotonic seconds) and forget them."""
+    with _AUDIT_LOCK:
+        done = [(k, w) for k, w in _WINDOWS.items() if w.opened < before]
+        for k, _ in done:
+            del _WINDOWS[k]
+    for key, window in done:
+        if window.requests:
+            try:
+                _AUDIT_QUEUE.put_nowait((window.archive, key[1], _window_event(key, window)))
+            except queue.Full:
+                window.archive.audit.record(key[1], **_window_event(key, window))
 
 
 def flush_audit() -> None:
-    """Block until every queued audit event is written (tests, shutdown)."""
+    """Write every counted and queued audit event now, and wait for them (tests, shutdown)."""
+    _close_windows(float("inf"))
+    _ensure_writer()
     _AUDIT_QUEUE.join()
 
 

@@ -3,7 +3,9 @@
 Series metadata comes from the per-series cache of :mod:`storage.metadata` (computed once, sealed in
 the index); BulkDataURIs are kept relative there and made absolute here, per request, by one string
 replacement with this request's service root (so they stay right behind a proxy and under
-``/letters/<selector>/dicom-web``). Every read is audited once per request (who, which study).
+``/letters/<selector>/dicom-web``). Every read is audited once per request (who, which study),
+off the request path (:func:`dicomweb.auth.audit_read`). Registering the blueprint starts this
+process's :class:`storage.metadata.MetadataWarmer`, so caches are built before a viewer asks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, request
+from flask.blueprints import BlueprintSetupState
 
 from storage import metadata as cache
 
@@ -23,6 +26,10 @@ from .mediatypes import metadata_offers, negotiate
 def make_blueprint(name: str, authenticate: context.Authenticate, url_prefix: str) -> Blueprint:
     """Study, series and instance metadata resources (PS3.18 10.4.1.1.2) under ``url_prefix``."""
     bp = context.service_blueprint(name, __name__, authenticate, url_prefix)
+
+    @bp.record_once
+    def _warm(state: BlueprintSetupState) -> None:  # in the worker: gunicorn forks before create_app
+        cache.ensure_warmer(state.app.extensions["archive"])
 
     @bp.get("/studies/<study>/metadata")
     def study(study: str) -> Response:

@@ -4,6 +4,8 @@ Thin: parse the query string into one :class:`storage.Query`, run it, write DICO
 
 Choices, with the standard's reasons:
 
+* A study or series named in the path that does not exist, or is outside the caller's scope
+  -> 404 (``/studies/{unknown}/series``; issue 4). A search with nothing matching -> ``200 []``.
 * Nothing matches -> ``200 []``. PS3.18 10.6.3.2 allows 204, but 200 with an empty array is what
   every client parses (dicomweb-client pages with ``offset`` until an empty answer and handles both;
   OHIF's JS client expects JSON and Orthanc, which it is tested against, answers 200 ``[]``).
@@ -23,8 +25,9 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from storage.archive import Archive
 from storage.attributes import ATTRIBUTES, Level, levels_up_to
-from storage.errors import BadInput
+from storage.errors import BadInput, NotFound
 from storage.query import Query
 
 from . import context
@@ -99,8 +102,10 @@ def search(level: Level, fixed: dict[str, str]) -> Response:
     scope = context.scope()
     if scope is not None:
         q.patient_scope, q.study_scope = scope.patient_ref, scope.study_uids
-    rows = context.archive().find(q)
-    body, count = render(level, rows, include, context.service_root())
+    archive = context.archive()
+    body, count = render(level, archive.find(q), include, context.service_root())
+    if not count and fixed:
+        _check_parent(archive, q, fixed)
     # No filter values in the audit trail (they are PHI): the level, the keys and the count.
     audit_read("query", study_uid=fixed.get("StudyInstanceUID", ""),
                detail=f"{level} by {','.join(sorted(q.filters)) or '-'}: {count} match(es)"[:500])
@@ -109,6 +114,17 @@ def search(level: Level, fixed: dict[str, str]) -> Response:
         names = ", ".join(sorted(unsupported))
         resp.headers["Warning"] = f'299 {request.host}: "The following parameters are unsupported: {names}"'
     return resp
+
+
+def _check_parent(archive: Archive, q: Query, fixed: dict[str, str]) -> None:
+    """NotFound (404) when the study or series named in the path does not exist for this caller
+    (issue 4): ``/studies/{unknown}/series`` is no empty search result but a missing resource
+    (PS3.18 10.6.1, the resource is the study's series). Only asked when nothing matched."""
+    level: Level = "SERIES" if "SeriesInstanceUID" in fixed else "STUDY"
+    parent = Query(level=level, filters=dict(fixed), return_keys=(), limit=1,
+                   patient_scope=q.patient_scope, study_scope=q.study_scope)
+    if next(iter(archive.find(parent)), None) is None:
+        raise NotFound(f"no such {level.lower()}")
 
 
 def parse_query(level: Level, args: dict[str, list[str]], fixed: dict[str, str]

@@ -5,6 +5,10 @@ archive with the caller's scope, format. Study and series responses are generato
 at a time, each streamed from :meth:`storage.Archive.open` in 1 MiB chunks, so a study is never in
 memory. Objects stored in a transfer syntax the web may not carry (Implicit VR LE, Explicit VR BE,
 PS3.18 8.7.3) or not the one asked for are transcoded to Explicit VR LE one at a time.
+
+Every read is audited without a commit on the request path: instances, bulk data and rendered
+images as one event per request, frames and thumbnails counted per caller, series and minute
+(:mod:`dicomweb.auth`'s background writer).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from pydicom.tag import Tag
 from storage.archive import InstanceInfo
 from storage.errors import BadInput, NotFound
 
+from . import auth, multipart
 from . import context as ctx
-from . import multipart
 from .mediatypes import (
     AS_STORED,
     DICOM,
@@ -68,9 +72,15 @@ def instances_in_scope(study: str, series: str | None = None, sop: str | None = 
 
 
 def audit_read(infos: list[InstanceInfo], what: str) -> None:
-    ctx.archive().audit.record("retrieve", actor=ctx.actor(), source=ctx.client_address(),
-                               patient_ref=infos[0].patient_ref, study_uid=infos[0].study_uid,
-                               detail=f"{what}: {len(infos)} instance(s)")
+    """One ``retrieve`` event per request, written off the request path (dicomweb.auth)."""
+    auth.audit_read("retrieve", patient_ref=infos[0].patient_ref, study_uid=infos[0].study_uid,
+                    detail=f"{what}: {len(infos)} instance(s)")
+
+
+def _audit_small_read(info: InstanceInfo, what: str, items: int = 1) -> None:
+    """Frames and thumbnails: counted per caller, series and minute (dicomweb.auth)."""
+    auth.audit_read_coalesced("retrieve", study_uid=info.study_uid, series_uid=info.series_uid,
+                              patient_ref=info.patient_ref, what=what, items=items)
 
 
 def _stored_chunks(info: InstanceInfo) -> Iterator[bytes]:
@@ -470,6 +480,7 @@ def _rendered(info: InstanceInfo, frame: int | None, thumb: bool) -> Response:
     if info.sop_class_uid in ARTIFACT_CLASSES:
         if thumb:
             offer = negotiate(_accept(), rendered_offers())
+            _audit_small_read(info, "thumbnail")
             return Response(_icon(offer.media_type), content_type=offer.media_type)
         original = original_media_type(info)
         if original is None or frame is not None:
@@ -486,6 +497,7 @@ def _rendered(info: InstanceInfo, frame: int | None, thumb: bool) -> Response:
             data = thumbnail(ds, size, media_type=offer.media_type)
         else:
             data = render(ds, frame, media_type=offer.media_type, viewport=(size, size), quality=80)
+        _audit_small_read(info, "thumbnail")
     else:
         audit_read([info], "rendered")
         data = render(ds, frame or 1, media_type=offer.media_type, **_render_params())
@@ -531,7 +543,10 @@ def make_blueprint(name: str, authenticate: ctx.Authenticate, url_prefix: str) -
     @bp.get(inst + "/frames/<frames>")
     def frames(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
-        return _frames(instances_in_scope(study, series, sop)[0], numbers)
+        info = instances_in_scope(study, series, sop)[0]
+        resp = _frames(info, numbers)
+        _audit_small_read(info, "frames", len(numbers))
+        return resp
 
     @bp.get(inst + "/bulkdata/<path:tagpath>")
     def bulkdata(study: str, series: str, sop: str, tagpath: str) -> Response:

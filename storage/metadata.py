@@ -11,14 +11,31 @@ Bulk data (binary values over :data:`BULK_THRESHOLD` bytes, and PixelData) is re
 path being lowercase 8-hex tags joined by ``/`` with 0-based item numbers in between (``7fe00010``,
 ``00540016/0/00181074``). The web layer makes them absolute by one string replacement of
 :data:`BULK_KEY`. No URLs and no Flask here.
+
+Warming (:class:`MetadataWarmer`): building a 200-instance series costs ~2 s (every header is read
+and decrypted), which the first viewer used to pay. Stores only clear the column (ingest stays as
+fast as before); a background thread in each web process asks every ``interval`` seconds for series
+whose cache is NULL and whose ``updated_at`` is older than ``settle`` seconds (the series has stopped
+receiving: debounced, so a series arriving over a minute is built once, not 200 times), newest
+first (what a viewer opens next), ``batch`` at a time, and builds them with :func:`series_metadata`. The question reads the
+partial index ``ix_series_metadata_pending`` (only rows without a cache), so it costs well under a
+millisecond however large the archive. One process warms at a time (an advisory ``flock`` on
+``data_dir/metadata-warmer.lock``; the others stay idle and take over if it dies). A series that
+fails to build (e.g. an unreadable object) is skipped until it changes again. The thread holds
+plaintext only in memory, like a request; what it writes is the sealed cache.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import threading
+import weakref
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -30,6 +47,7 @@ from .errors import NotFound
 from .index.models import Patient, Series, Study
 from .keys import hkdf
 
+log = logging.getLogger(__name__)
 BULK_THRESHOLD = 1024
 BULK_KEY = '"BulkDataURI":"'
 _INFO = b"pacs/series-metadata/v1"
@@ -127,3 +145,101 @@ def _paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
         elif elem.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW"):
             out[id(elem)] = path
     return out
+
+
+class MetadataWarmer:
+    """Builds missing series metadata caches in the background (see the module docstring)."""
+
+    def __init__(self, archive: Archive, *, interval: float = 2.0, settle: float = 2.0,
+                 batch: int = 8) -> None:
+        self._archive = weakref.ref(archive)  # the thread ends when the archive is gone
+        self.interval, self.settle, self.batch = interval, settle, batch
+        self._stop = threading.Event()
+        self._failed: dict[int, datetime] = {}  # series id -> updated_at when building failed
+        self._lock_file: BinaryIO | None = None
+        self._lock_path = archive.settings.data_dir / "metadata-warmer.lock"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetadataWarmer:
+        self._thread = threading.Thread(target=self._loop, name="pacs-metadata-warmer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _loop(self) -> None:
+        wait = self.interval
+        while not self._stop.wait(wait):
+            archive = self._archive()
+            if archive is None:
+                return
+            try:
+                built = self.run_once(archive) if self._leader() else 0
+                wait = 0.05 if built >= self.batch else self.interval  # a backlog: keep going
+            except Exception:  # noqa: BLE001 - e.g. the database restarting: retry later
+                log.warning("metadata warmer: pass failed; retrying in 30 s", exc_info=True)
+                wait = 30
+            del archive
+
+    def _leader(self) -> bool:
+        """Is this process the one that warms? (non-blocking flock, kept once taken)"""
+        if self._lock_file is not None:
+            return True
+        f = open(self._lock_path, "ab")  # noqa: SIM115 - kept open while leading
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._lock_file = f
+        return True
+
+    def pending(self, archive: Archive) -> list[tuple[int, str, str, datetime]]:
+        """(series id, study UID, series UID, updated_at) of settled series without a cache."""
+        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=self.settle)
+        stmt = (select(Series.id, Study.study_uid, Series.series_uid, Series.updated_at)
+                .join(Study, Series.study_id == Study.id)
+                .where(Series.metadata_cache.is_(None), Series.updated_at < cutoff)
+                .order_by(Series.updated_at.desc()).limit(self.batch + len(self._failed)))
+        with archive.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [tuple(r) for r in rows if self._failed.get(r[0]) != r[3]][: self.batch]  # type: ignore[misc]
+
+    def run_once(self, archive: Archive) -> int:
+        """Build the caches of one batch of pending series; returns how many were built."""
+        built = 0
+        for series_id, study_uid, series_uid, updated_at in self.pending(archive):
+            if self._stop.is_set():
+                break
+            try:
+                series_metadata(archive, study_uid, series_uid)
+                built += 1
+            except NotFound:
+                pass  # deleted meanwhile
+            except Exception:  # noqa: BLE001 - one bad series must not stop the others
+                log.warning("metadata warmer: series %d could not be built", series_id, exc_info=True)
+                if len(self._failed) > 10_000:
+                    self._failed.clear()
+                self._failed[series_id] = updated_at
+        return built
+
+
+_WARMERS: dict[int, MetadataWarmer] = {}
+_WARMERS_LOCK = threading.Lock()
+
+
+def ensure_warmer(archive: Archive, **options: Any) -> MetadataWarmer:
+    """The one running warmer of this archive in this process (started on first call, after forks)."""
+    with _WARMERS_LOCK:
+        warmer = _WARMERS.get(id(archive))
+        if warmer is None or warmer._thread is None or not warmer._thread.is_alive() \
+                or warmer._archive() is not archive:
+            warmer = MetadataWarmer(archive, **options).start()
+            _WARMERS[id(archive)] = warmer
+        return warmer

@@ -139,3 +139,48 @@ def test_bulk_data_uris_resolve(client, study):
     nested = meta["00880200"]["Value"][0]["00281201"]["BulkDataURI"]
     assert client.retrieve_bulkdata(nested) == [b"\x01\x02" * 1024]
     assert client.retrieve_bulkdata(meta["00091010"]["BulkDataURI"]) == [b"\x00" * 4000]
+
+
+def test_warmer_builds_settled_series_only(archive, tmp_path):
+    """storage.metadata.MetadataWarmer on SQLite and PostgreSQL: builds caches of settled series."""
+    from sqlalchemy import select
+
+    from storage.index.models import Series
+    from storage.metadata import MetadataWarmer
+
+    res = archive.store(write(make_image(patient_id="WARM-1", rows=8, columns=8), tmp_path))
+    warmer = MetadataWarmer(archive, settle=3600)
+    assert warmer.run_once(archive) == 0  # stored just now: not settled yet
+    warmer.settle = 0
+    assert [p[2] for p in warmer.pending(archive)] == [res.series_uid]
+    assert warmer.run_once(archive) == 1
+    with archive.sessions() as s:
+        sealed = s.scalar(select(Series.metadata_cache).where(Series.series_uid == res.series_uid))
+    assert sealed and b"WARM-1" not in sealed
+    assert warmer.pending(archive) == []
+    assert "WARM-1" in series_metadata(archive, res.study_uid, res.series_uid)
+
+
+def test_server_warms_series_metadata_after_stores(server, tmp_path):
+    """The web worker's warmer builds a new series' cache a few seconds after its last store."""
+    import time
+
+    from sqlalchemy import select
+
+    from storage.index.models import Series
+
+    archive = server.archive()
+    try:
+        res = archive.store(write(make_image(patient_id="WARM-2", rows=8, columns=8), tmp_path))
+        requests.get(f"{server.dicomweb_url}/studies", params={"PatientID": "WARM-2"}, timeout=30)
+        cached = None
+        for _ in range(60):  # settle 2 s + a pass every 2 s
+            with archive.sessions() as s:
+                cached = s.scalar(select(Series.metadata_cache)
+                                  .where(Series.series_uid == res.series_uid))
+            if cached:
+                break
+            time.sleep(0.25)
+        assert cached, "the series metadata cache was not built in the background"
+    finally:
+        archive.close()

@@ -196,3 +196,51 @@ def test_storescu_objects_are_found(server, data, tmp_path):
     assert r.status_code == 200
     assert r.json()[0]["0020000D"]["Value"] == [str(study.StudyInstanceUID)]
     assert r.json()[0]["00081030"]["Value"] == ["via storescu"]
+
+
+def test_unknown_parent_is_404_known_parent_without_match_is_200(server, data):
+    """Issue 4: a study or series named in the path that does not exist is a 404, not ``[]``."""
+    from pydicom.uid import generate_uid
+
+    root, unknown = server.dicomweb_url, generate_uid()
+    a, a_series, c = data.studies["A"], data.series["A"][0], data.studies["C"]
+    for path in (f"/studies/{unknown}/series", f"/studies/{unknown}/instances",
+                 f"/studies/{a}/series/{unknown}/instances",
+                 f"/studies/{c}/series/{a_series}/instances"):  # a real series, in another study
+        r = requests.get(root + path, timeout=30)
+        assert r.status_code == 404, (path, r.status_code, r.text[:200])
+        assert "Traceback" not in r.text
+    r = requests.get(f"{root}/studies/{a}/series", params={"Modality": "XA"}, timeout=30)
+    assert r.status_code == 200 and r.json() == []  # the study exists: an empty search result
+    r = requests.get(f"{root}/studies/{a}/series/{a_series}/instances", params={"InstanceNumber": "99"},
+                     timeout=30)
+    assert r.status_code == 200 and r.json() == []
+    r = requests.get(f"{root}/studies", params={"StudyInstanceUID": unknown}, timeout=30)
+    assert r.status_code == 200 and r.json() == []
+
+
+def test_query_engine_returns_only_what_was_asked(archive, tmp_path):
+    """Core select of the needed columns: clear, hashed and sealed keys at every level, on both DBs."""
+    from storage.query import Query
+
+    paths = make_study(tmp_path, patient_id="QE-1", patient_name="Eng^Ine", study_date="20200202",
+                       accession="QE-ACC", study_description="Engine", modality="MR", n_series=2,
+                       per_series=2, rows=8, columns=8)
+    for p in paths:
+        archive.store(p)
+    [study] = archive.find(Query(level="STUDY", filters={"PatientID": "QE-1"},
+                                 return_keys=["StudyDate", "PatientName", "StudyDescription",
+                                              "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]))
+    assert study["StudyDate"] == "20200202" and study["PatientName"] == "Eng^Ine"
+    assert study["StudyDescription"] == "Engine" and study["ModalitiesInStudy"] == "MR"
+    assert study["NumberOfStudyRelatedInstances"] == 4 and study["PatientID"] == "QE-1"
+    assert isinstance(study["_patient_ref"], int)
+    images = list(archive.find(Query(level="IMAGE", filters={"AccessionNumber": "QE-ACC",
+                                                              "SeriesDescription": "*"},
+                                     return_keys=["InstanceNumber", "Rows", "PatientName"],
+                                     limit=3, offset=1)))
+    assert len(images) == 3 and images[0]["Rows"] == 8 and images[0]["PatientName"] == "Eng^Ine"
+    only_clear = next(iter(archive.find(Query(level="SERIES", filters={"Modality": "MR"},
+                                              return_keys=["SeriesNumber"]))))
+    assert set(only_clear) == {"StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+                               "_patient_ref"}

@@ -280,3 +280,38 @@ def test_thumbnails(server, data, level):
     assert status == 200 and headers["Content-Type"] == "image/jpeg", body[:200]
     img = Image.open(io.BytesIO(body))
     assert max(img.size) <= 64 and img.format == "JPEG"
+
+
+def _audit_details(server, study_uid: str, needle: str, want: int = 1) -> list[str]:
+    """The details of ``retrieve`` events of a study containing ``needle`` (written off the
+    request path: polled for a few seconds)."""
+    import time
+
+    archive = server.archive()
+    try:
+        found: list[str] = []
+        for _ in range(40):
+            found = [e.detail for e in archive.audit.events(action="retrieve", limit=100_000)
+                     if e.study_uid == study_uid and needle in e.detail]
+            if len(found) >= want:
+                break
+            time.sleep(0.25)
+        return found
+    finally:
+        archive.close()
+
+
+def test_frame_and_thumbnail_reads_are_audited_coalesced(server, data):
+    """Issue 6 part 8: frames and thumbnails are audited; repeated reads in a minute coalesce."""
+    ds = pydicom.dcmread(data.ct[1])
+    for _ in range(3):
+        status, _, body = _get(_url(server, ds) + "/frames/1",
+                               'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+        assert status == 200 and body
+    frames = _audit_details(server, str(ds.StudyInstanceUID), f"frames: 1 item(s) of series "
+                                                              f"{ds.SeriesInstanceUID}")
+    # the first read at once (per web worker process); the next ones are counted, not written
+    assert 1 <= len(frames) <= 2, frames
+    status, _, _ = _get(_url(server, ds) + "/thumbnail", "image/jpeg")
+    assert status == 200
+    assert _audit_details(server, str(ds.StudyInstanceUID), "thumbnail: 1 item(s)")
