@@ -46,7 +46,7 @@ def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
     env = _child_env(settings, config_path)
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(settings.http_workers),
            "--bind", f"{settings.http_host}:{settings.http_port}", "--threads", "4",
-           "--timeout", "300", "--graceful-timeout", "10", "--log-level", "warning",
+           "--timeout", "300", "--graceful-timeout", str(int(settings.shutdown_grace)), "--log-level", "warning",
            "dicomweb:create_app()"]
     return subprocess.Popen(cmd, env=env)
 
@@ -55,6 +55,7 @@ def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
 # short-lived `pacs retention apply` (the whole archive code loaded only while it runs).
 _DAILY = """import os, subprocess, sys, time
 parent = os.getppid()
+time.sleep(60)  # not while the server is starting
 while True:
     subprocess.run(sys.argv[1:])
     for _ in range(86400 // 5):
@@ -65,7 +66,7 @@ while True:
 
 
 def start_retention(settings: Settings, config_path: str | None) -> subprocess.Popen:
-    """Apply retention now and then daily, in its own small process."""
+    """Apply retention a minute after start, then daily, in its own small process."""
     cmd = [sys.executable, "-c", _DAILY, sys.executable, "-c", "from pacs.cli import main; main()",
            "retention", "apply"]
     return subprocess.Popen(cmd, env=_child_env(settings, config_path))
@@ -84,7 +85,8 @@ def dimse_worker(settings: Settings, reuse_port: bool) -> None:
     archive = Archive(settings)
     try:
         serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,
-                      reuse_port=reuse_port, evt_handlers=handlers(archive, settings))
+                      reuse_port=reuse_port, evt_handlers=handlers(archive, settings),
+                      drain_timeout=settings.shutdown_grace)
     finally:
         archive.close()
 

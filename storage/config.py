@@ -46,6 +46,7 @@ class Settings:
     destinations: dict[str, Destination] = field(default_factory=dict)
     duplicate_policy: str = "keep"  # keep | replace | reject  (a re-sent SOP Instance UID)
     network_timeout: float = 60.0
+    shutdown_grace: float = 10.0  # seconds running transfers get to finish on SIGTERM
 
     # HTTP / DICOMweb
     http_host: str = "0.0.0.0"

@@ -121,10 +121,10 @@ def start_server(base: Path, **env_overrides: str) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_") or k.startswith("PACS_TEST")}
     env.update(PACS_DATA_DIR=str(data), PACS_DICOM_PORT=str(dicom_port), PACS_HTTP_PORT=str(http_port),
                PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1", PACS_DIMSE_WORKERS="1",
-               PACS_HTTP_WORKERS="2")
+               PACS_HTTP_WORKERS="2", PACS_SHUTDOWN_GRACE="1")
     env.update(env_overrides)
     srv = Server(data, dicom_port, http_port, env)
-    log = open(base / "server.log", "ab")
+    log = open(base / "server.log", "ab")  # noqa: SIM115 - the server writes to it while it runs
     srv.proc = subprocess.Popen([PACS, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=base)
     deadline = time.monotonic() + 60

@@ -54,7 +54,7 @@ def findscu(srv: Server, *keys: str) -> str:
 def qido_instances(srv: Server, study: str) -> list[dict]:
     r = requests.get(f"{srv.dicomweb_url}/studies/{study}/instances", timeout=30,
                      headers={"Accept": DICOM_JSON})
-    assert r.status_code in (200, 204), r.text
+    assert r.status_code in (200, 204, 404), r.text  # 404: the study does not exist (nothing stored)
     return r.json() if r.status_code == 200 else []
 
 
