@@ -83,6 +83,8 @@ class _Pending:
     replaced: int | None
     outcome: StoreResult | ArchiveError
     failed: bool = False
+    actor: str = ""
+    origin: str = ""
 
     def fail(self, exc: ArchiveError) -> None:
         self.outcome, self.failed = exc, True
@@ -186,6 +188,9 @@ class Archive:
         self._lock = threading.Lock()
         self._patients: dict[bytes, tuple[int, str]] = {}  # pid hash -> (row id, key id)
         self._study_owner: dict[str, int] = {}  # study UID -> patient row id
+        self._commit_lock = threading.Lock()
+        self._commit_queue: list[tuple[list[_Pending], threading.Event]] = []
+        self._committing = False
 
     def close(self) -> None:
         self.engine.dispose()
@@ -267,16 +272,54 @@ class Archive:
                         writer.plain_size, content_type, replaced, outcome)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
-        """Index the written blobs in one transaction; if that fails, one by one, so a bad object
-        fails alone. Whatever is not indexed loses its blob (pending.outcome becomes the error)."""
+        """Index the written blobs; whatever is not indexed loses its blob (its outcome is the error).
+
+        Group commit (leader/follower, no extra thread): the caller who finds no commit running
+        indexes every batch queued meanwhile by other threads (other associations, other requests)
+        in one transaction, one WAL fsync, then wakes them. If that transaction fails, each object
+        is indexed alone, so a bad one fails alone.
+        """
         for p in pending:
+            p.actor, p.origin = actor, origin
             self.vault.dek(p.key_id)  # keys are fetched before the write lock is taken, not under it
             if p.replaced is not None:
                 self._delete_instances([p.replaced], audit=False)
+        done = threading.Event()
+        with self._commit_lock:
+            self._commit_queue.append((pending, done))
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            done.wait()
+            return
+        batches: list[tuple[list[_Pending], threading.Event]] = []
+        try:
+            while True:
+                with self._commit_lock:
+                    batches, self._commit_queue = self._commit_queue, []
+                    if not batches:
+                        self._committing = False
+                        return
+                self._index_all([p for batch, _ in batches for p in batch])
+                for _, event in batches:
+                    event.set()
+        except BaseException:
+            with self._commit_lock:  # let the next caller lead; wake everyone waiting on us
+                self._committing = False
+                batches += self._commit_queue
+                self._commit_queue = []
+            for batch, event in batches:
+                for p in batch:
+                    if p.outcome is not None and not p.failed and isinstance(p.outcome, StoreResult):
+                        p.fail(ArchiveError("the index could not be written"))
+                event.set()
+            raise
+
+    def _index_all(self, pending: list[_Pending]) -> None:
         try:
             with self.write_engine.begin() as c:
                 for p in pending:
-                    self._index(c, p, actor=actor, origin=origin)
+                    self._index(c, p, actor=p.actor, origin=p.origin)
             return
         except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
             log.debug("batch index transaction failed; indexing one by one", exc_info=True)
@@ -284,11 +327,11 @@ class Archive:
             for attempt in range(2):  # a concurrent creator of the same study/series: retry once
                 try:
                     with self.write_engine.begin() as c:
-                        self._index(c, p, actor=actor, origin=origin)
+                        self._index(c, p, actor=p.actor, origin=p.origin)
                     break
                 except IntegrityError:
-                    if self._has_instance(p.outcome.sop_instance_uid):
-                        p.fail(Duplicate(f"SOP Instance {p.outcome.sop_instance_uid} was stored concurrently"))
+                    if self._has_instance(p.outcome.sop_instance_uid):  # type: ignore[union-attr]
+                        p.fail(Duplicate("SOP Instance was stored concurrently"))
                         break
                     if attempt == 1:
                         p.fail(Conflict("the index refused the object (concurrent change); send it again"))
