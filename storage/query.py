@@ -8,10 +8,16 @@ identifiers with a keyed-hash column (PatientID, AccessionNumber) run in SQL; ev
 returns, with decryption cached in memory by ciphertext (see ``Vault.unseal``). Paging is pushed
 into SQL when no filter is left for Python; otherwise rows stream (``yield_per``) and are paged after
 matching, so ``offset``/``limit`` are always exact.
+
+Rows are read as Core tuples of only the columns the query needs (:class:`_Plan`, cached per level
+and key list), and a level's ``phi`` is decrypted only when one of its sealed attributes is asked
+for. The study list's ``ORDER BY study_date DESC, study_time DESC, id DESC`` is the order of the
+index ``ix_studies_listing``, so ``LIMIT 101`` reads 101 index entries instead of sorting them all.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +105,7 @@ class QueryEngine:
             (sql_filters if self._pushable(f) else py_filters).append(f)
         keys = list(dict.fromkeys([*(UNIQUE_KEY[lvl] for lvl in visible if lvl != "PATIENT"),
                                    *q.filters, *q.return_keys]))
-        plan = _plan(visible, keys)
+        plan = _plan(visible, tuple(keys))
         stmt = self._select(q, visible, sql_filters, plan)
         if not py_filters:
             stmt = stmt.offset(q.offset or None).limit(q.limit)
@@ -190,7 +196,8 @@ class QueryEngine:
         return rec
 
 
-def _plan(visible: tuple[Level, ...], keys: list[str]) -> _Plan:
+@functools.lru_cache(maxsize=256)
+def _plan(visible: tuple[Level, ...], keys: tuple[str, ...]) -> _Plan:
     """The columns and sealed levels a query needs for ``keys`` (filters and return keys)."""
     wanted = [ATTRIBUTES[k] for k in keys if k in ATTRIBUTES and ATTRIBUTES[k].level in visible]
     patient = TABLES["PATIENT"].__table__.c
