@@ -314,7 +314,18 @@ def _close_windows(before: float) -> None:
 def flush_audit() -> None:
     """Write every counted and queued audit event now, and wait for them (tests, shutdown)."""
     _close_windows(float("inf"))
-    _ensure_writer()
+    if not _AUDIT_QUEUE.unfinished_tasks:
+        return
+    try:
+        _ensure_writer()
+    except RuntimeError:  # interpreter shutdown: no new threads; write what is left here
+        while True:
+            try:
+                item = _AUDIT_QUEUE.get_nowait()
+            except queue.Empty:
+                return
+            _write_batch([item])
+            _AUDIT_QUEUE.task_done()
     _AUDIT_QUEUE.join()
 
 
