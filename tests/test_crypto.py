@@ -30,7 +30,7 @@ def test_segmented_stream_round_trip_and_random_access(size):
     w.write(data[size // 3:])
     w.close()
     blob = sink.getvalue()
-    assert data[:64] not in blob or size == 0
+    assert size < 16 or data[:64] not in blob  # a short run may occur in ciphertext by chance
     r = DecryptingReader(io.BytesIO(blob), dek, "obj1")
     assert r.size == size
     assert r.read() == data
