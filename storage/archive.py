@@ -43,7 +43,7 @@ from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
 from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
 from .frames import FrameIndex, index_frames, read_frame
-from .index.db import make_engine, purge_deleted, sessions, upgrade
+from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_where
@@ -189,6 +189,7 @@ class Archive:
         self._patients: dict[bytes, tuple[int, str]] = {}  # pid hash -> (row id, key id)
         self._study_owner: dict[str, int] = {}  # study UID -> patient row id
         self._commit_lock = threading.Lock()
+        self._write_lock = WriteLock(self.write_engine)
         self._commit_queue: list[tuple[list[_Pending], threading.Event]] = []
         self._committing = False
 
@@ -317,7 +318,7 @@ class Archive:
 
     def _index_all(self, pending: list[_Pending]) -> None:
         try:
-            with self.write_engine.begin() as c:
+            with self._write_lock, self.write_engine.begin() as c:
                 for p in pending:
                     self._index(c, p, actor=p.actor, origin=p.origin)
             return
@@ -326,7 +327,7 @@ class Archive:
         for p in pending:
             for attempt in range(2):  # a concurrent creator of the same study/series: retry once
                 try:
-                    with self.write_engine.begin() as c:
+                    with self._write_lock, self.write_engine.begin() as c:
                         self._index(c, p, actor=p.actor, origin=p.origin)
                     break
                 except IntegrityError:
