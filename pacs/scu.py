@@ -8,6 +8,7 @@ pynetdicom's Q/R service class runs the association and counts the sub-operation
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from storage.archive import Archive, InstanceInfo
+
+from . import send
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +90,16 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
     On failure (unreadable object, no usable context, no decoder) returns a dataset that
     pynetdicom's ``send_c_store`` refuses, so the sub-operation counts as failed and the
     instance's UID lands in FailedSOPInstanceUIDList. Memory: one instance at a time."""
+    ts = UID(info.transfer_syntax)
+    if ts in accepted:  # as stored, streamed from the encrypted blob (pacs.send)
+        send.enable()
+        return send.StoredObject(lambda: io.BufferedReader(archive.open(info), 1 << 20),
+                                 info.sop_class_uid, info.sop_uid)
     try:
         ds = archive.dataset(info)
     except Exception:  # noqa: BLE001 - e.g. shredded key: a failed sub-operation, not a crash
         log.warning("C-STORE sub-operation: instance %s cannot be read", info.sop_uid)
         return _unsendable(info)
-    ts = UID(info.transfer_syntax)
-    if ts in accepted:
-        return ds
     uncompressed = accepted & {str(t) for t in UNCOMPRESSED}
     if not ts.is_compressed and uncompressed:
         return ds  # pynetdicom converts between uncompressed syntaxes itself

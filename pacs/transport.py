@@ -58,6 +58,7 @@ from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dul as _dul
 from pynetdicom.ae import ApplicationEntity
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 LOGGER = logging.getLogger(__name__)
@@ -238,6 +239,43 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
         self._wake()
 
 
+#: Data PDUs one association may have queued for sending (at most 64 x the peer's max PDU).
+MAX_QUEUED_PDATA = 64
+
+
+class _SendQueue(_WakingQueue):
+    """The DUL's outgoing queue, with back-pressure on data PDUs.
+
+    pynetdicom's ``send_msg`` queues every P-DATA PDU of a message at once: sending a 1 GB object
+    put the whole object in memory. Here a thread other than the DUL's own waits while
+    ``MAX_QUEUED_PDATA`` data PDUs are already queued; control primitives never wait.
+    """
+
+    def __init__(self, wake: Callable[[], None], dul_thread: Callable[[], Any]) -> None:
+        super().__init__(wake)
+        self._dul_thread = dul_thread
+        self._pdata = 0
+        self._room = threading.Condition(self.mutex)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if isinstance(item, P_DATA) and threading.current_thread() is not self._dul_thread():
+            with self._room:
+                while self._pdata >= MAX_QUEUED_PDATA:
+                    self._room.wait(0.5)
+                self._pdata += 1
+        elif isinstance(item, P_DATA):
+            with self.mutex:
+                self._pdata += 1
+        super().put(item, block, timeout)
+
+    def _get(self) -> Any:  # called with self.mutex held
+        item = super()._get()
+        if isinstance(item, P_DATA):
+            self._pdata -= 1
+            self._room.notify()
+        return item
+
+
 class _WakingEvent(threading.Event):
     """An event that calls ``wake()`` when cleared (the reactor checkpoint)."""
 
@@ -319,7 +357,7 @@ def _patch_dul() -> None:
             if ev is not None:
                 ev.set()
 
-        self.to_provider_queue = _WakingQueue(wake)
+        self.to_provider_queue = _SendQueue(wake, lambda: self)  # the DUL is its own thread
         self.event_queue = _WakingQueue(wake)
         self.to_user_queue = _WakingQueue(wake_assoc)
 

@@ -1,0 +1,82 @@
+"""Send stored objects as they are stored, streamed: C-STORE sub-operations of C-GET and C-MOVE.
+
+pynetdicom's Q/R service sends what the handler yields with ``Association.send_c_store``, and that
+encodes a whole Dataset in memory (a 1 GB object took 4.2 GB). pynetdicom can instead send a Part 10
+*file* in PDU-sized reads (``_config.STORE_SEND_CHUNKED_DATASET``), but our objects are encrypted
+blobs, never plaintext files. So:
+
+* :class:`StoredObject` is a Dataset (so the Q/R service accepts it) that only names a stored
+  instance;
+* :func:`enable` wraps ``Association.send_c_store`` so that a StoredObject is sent as a virtual path,
+  and gives pynetdicom's two readers of such paths (``dsutils.split_dataset`` and the DIMSE message
+  encoder, pynetdicom 3.0) an ``open`` that returns the archive's decrypting reader for it.
+
+Memory per send: one decrypted 1 MiB segment and one PDU.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataset import Dataset
+from pynetdicom import _config, dimse_messages, dsutils
+from pynetdicom.association import Association
+
+_PREFIX = "/pacs-stored-object/"
+_OPENERS: dict[str, Callable[[], BinaryIO]] = {}
+_LOCK = threading.Lock()
+_COUNTER = itertools.count()
+_ENABLED: list[bool] = [False]
+
+
+class StoredObject(Dataset):
+    """A stored instance to send as stored: ``opener`` returns its plaintext Part 10 stream."""
+
+    def __init__(self, opener: Callable[[], BinaryIO], sop_class_uid: str, sop_instance_uid: str):
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        object.__setattr__(self, "_opener", opener)
+
+
+def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+    name = str(file)
+    if name.startswith(_PREFIX):
+        with _LOCK:
+            opener = _OPENERS.get(name)
+        if opener is None:
+            raise FileNotFoundError(name)
+        return opener()
+    return builtins.open(file, mode, *args, **kwargs)
+
+
+def enable() -> None:
+    """Install the wrapper once per process (idempotent)."""
+    if _ENABLED[0]:
+        return
+    for module in (dimse_messages, dsutils):
+        if not hasattr(module, "split_dataset") and module is dsutils:
+            raise RuntimeError("pynetdicom changed: pacs.send needs updating")
+        module.open = _open  # type: ignore[attr-defined]  # module global shadows the builtin
+    original = Association.send_c_store
+
+    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(dataset, StoredObject):
+            return original(self, dataset, *args, **kwargs)
+        name = f"{_PREFIX}{next(_COUNTER)}"
+        with _LOCK:
+            _OPENERS[name] = object.__getattribute__(dataset, "_opener")
+        try:
+            return original(self, Path(name), *args, **kwargs)
+        finally:
+            with _LOCK:
+                _OPENERS.pop(name, None)
+
+    Association.send_c_store = send_c_store  # type: ignore[method-assign]
+    _config.STORE_SEND_CHUNKED_DATASET = True  # only changes how *paths* are sent
+    _ENABLED[0] = True
