@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from dicomweb.auth import create_token, list_tokens, revoke_token
 from storage.errors import BadInput, Conflict, NotFound
+from storage.tokens import create_token, list_tokens, revoke_token
 from tests.conftest import Server, start_server
 from tests.dicomgen import make_image, make_study
 

@@ -20,7 +20,7 @@ def cli() -> None:
 @pass_ctx
 def create(ctx: Context, name: str, scope: str) -> None:
     """Create a token and print it once (only its SHA-256 is kept)."""
-    from dicomweb.auth import create_token
+    from storage.tokens import create_token
 
     try:
         token = create_token(ctx.archive(create_key=True), name, scope)
@@ -35,7 +35,7 @@ def create(ctx: Context, name: str, scope: str) -> None:
 @pass_ctx
 def list_(ctx: Context) -> None:
     """List tokens (names and scopes, never the tokens)."""
-    from dicomweb.auth import list_tokens
+    from storage.tokens import list_tokens
 
     for t in list_tokens(ctx.archive()):
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
@@ -47,7 +47,7 @@ def list_(ctx: Context) -> None:
 @pass_ctx
 def revoke(ctx: Context, name: str) -> None:
     """Revoke a token by name (takes effect on the next request)."""
-    from dicomweb.auth import revoke_token
+    from storage.tokens import revoke_token
 
     try:
         revoke_token(ctx.archive(), name)
