@@ -56,9 +56,13 @@ def _open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
 
 
 def enable() -> None:
-    """Install the wrapper once per process (idempotent)."""
-    if _ENABLED[0]:
-        return
+    """Install the wrapper once per process (idempotent, thread-safe)."""
+    with _LOCK:
+        if not _ENABLED[0]:
+            _install()
+
+
+def _install() -> None:
     for module in (dimse_messages, dsutils):
         if not hasattr(module, "split_dataset") and module is dsutils:
             raise RuntimeError("pynetdicom changed: pacs.send needs updating")

@@ -74,11 +74,12 @@ def start_retention(settings: Settings, config_path: str | None) -> subprocess.P
 
 def dimse_worker(settings: Settings, reuse_port: bool) -> None:
     """One SCP process: its own archive, the tuned transport, until SIGTERM."""
-    from . import receive
+    from . import receive, send
     from .scp import handlers, make_ae
     from .transport import serve_forever
 
     receive.enable(settings.data_dir / "tmp")  # bounded memory, ciphertext only on disk
+    send.enable()  # C-GET/C-MOVE stream stored objects from their blobs
     # Responses are built by us from valid values; pydicom re-validating each one on encode
     # cost ~1 ms per C-STORE response (measured with py-spy).
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
