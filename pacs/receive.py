@@ -12,6 +12,7 @@ the handler returns, as before.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tempfile
 import threading
@@ -25,23 +26,46 @@ from storage.crypto import DecryptingReader, EncryptingWriter
 _SPOOLS: dict[str, _EncryptedTempFile] = {}
 _LOCK = threading.Lock()
 _DIR: list[Path | None] = [None]
+_COUNTER = itertools.count()
+#: Received data sets up to this size stay in memory; larger ones spool to an encrypted file.
+MEMORY_LIMIT = 8 << 20
 
 
 class _EncryptedTempFile:
-    """The part of ``NamedTemporaryFile`` pynetdicom uses: ``name``, ``write``, ``file.flush``, ``close``."""
+    """The part of ``NamedTemporaryFile`` pynetdicom uses: ``name``, ``write``, ``file.flush``, ``close``.
+
+    Up to ``MEMORY_LIMIT`` bytes stay in memory (most objects: no file, no extra pass of AES);
+    past that the content moves to an encrypted file named ``name``, created only then.
+    """
 
     def __init__(self, directory: Path | None):
-        fd, self.name = tempfile.mkstemp(suffix=".spool", dir=directory)
-        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._key = os.urandom(32)
-        self._writer: EncryptingWriter | None = EncryptingWriter(self._raw, self._key, "recv")
+        self.name = os.path.join(directory or tempfile.gettempdir(),
+                                 f"pacs-recv-{os.getpid()}-{next(_COUNTER)}.spool")
+        self._mem: io.BytesIO | None = io.BytesIO()
+        self._raw: BinaryIO | None = None
+        self._key = b""
+        self._writer: EncryptingWriter | None = None
         self.file = self  # pynetdicom calls ``.file.flush()``
         with _LOCK:
             _SPOOLS[self.name] = self
 
     def write(self, data: bytes) -> int:
-        assert self._writer is not None
-        return self._writer.write(data)
+        if self._writer is not None:
+            return self._writer.write(data)
+        assert self._mem is not None
+        n = self._mem.write(data)
+        if self._mem.tell() > MEMORY_LIMIT:
+            self._roll()
+        return n
+
+    def _roll(self) -> None:
+        assert self._mem is not None
+        fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._key = os.urandom(32)
+        self._writer = EncryptingWriter(self._raw, self._key, "recv")
+        self._writer.write(self._mem.getbuffer())
+        self._mem = None
 
     def flush(self) -> None:
         """Nothing to do: whole segments are written as they fill."""
@@ -50,14 +74,18 @@ class _EncryptedTempFile:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            assert self._raw is not None
             self._raw.close()
 
     def open(self) -> BinaryIO:
+        if self._mem is not None:
+            return io.BytesIO(self._mem.getbuffer())
         self.finish()
         return io.BufferedReader(DecryptingReader(open(self.name, "rb"), self._key, "recv"), 1 << 20)
 
     def close(self) -> None:
         self.finish()
+        self._mem = None
         with _LOCK:
             _SPOOLS.pop(self.name, None)
 

@@ -11,6 +11,7 @@ def test_spool_is_encrypted_and_reads_back(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     receive.enable(tmp_path)
+    monkeypatch.setattr(receive, "MEMORY_LIMIT", 1 << 20)
     spool = receive._factory(delete=False, mode="wb", suffix=".dcm")
     data = b"\0" * 128 + b"DICM" + b"PATIENT^SECRET " * 200_000  # ~3 MB over several segments
     for i in range(0, len(data), 16384):
@@ -23,3 +24,15 @@ def test_spool_is_encrypted_and_reads_back(tmp_path: Path, monkeypatch):
     spool.close()
     Path(spool.name).unlink()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_small_data_sets_stay_in_memory(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    receive.enable(tmp_path)
+    spool = receive._factory(delete=False, mode="wb", suffix=".dcm")
+    spool.write(b"small object")
+    with receive.open_received(spool.name) as fh:
+        assert fh.read() == b"small object"
+    assert list(tmp_path.iterdir()) == []  # no file at all
+    spool.close()
