@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import Response, abort, g, has_request_context, request
@@ -180,6 +181,7 @@ def _ensure_writer() -> None:
 
 def _enqueue(archive: Archive, action: str, kw: dict[str, Any]) -> None:
     _ensure_writer()
+    kw.setdefault("at", datetime.now(UTC).replace(tzinfo=None))  # when it happened, not when written
     try:
         _AUDIT_QUEUE.put_nowait((archive, action, kw))
     except queue.Full:

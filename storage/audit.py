@@ -25,20 +25,23 @@ class AuditLog:
     @staticmethod
     def add(session: Session, action: str, *, actor: str = "", source: str = "",
             outcome: str = "success", patient_ref: int | None = None, study_uid: str = "",
-            detail: str = "") -> None:
-        """Add an event to the caller's transaction (it commits or rolls back with the operation)."""
+            detail: str = "", at: datetime | None = None) -> None:
+        """Add an event to the caller's transaction (it commits or rolls back with the operation).
+
+        ``at`` is when it happened (UTC, naive), for events written later in a batch; default now."""
         session.execute(insert(AuditEvent).values(
-            at=datetime.now(UTC).replace(tzinfo=None), actor=actor[:128], action=action[:32],
+            at=at or datetime.now(UTC).replace(tzinfo=None), actor=actor[:128], action=action[:32],
             outcome=outcome[:16], patient_ref=patient_ref, study_uid=study_uid[:64],
             source=source[:128], detail=detail))
 
     def record(self, action: str, *, actor: str = "", source: str = "", outcome: str = "success",
-               patient_ref: int | None = None, study_uid: str = "", detail: str = "") -> None:
+               patient_ref: int | None = None, study_uid: str = "", detail: str = "",
+               at: datetime | None = None) -> None:
         """Record an event in its own transaction; a failure is logged, never raised."""
         try:
             with self._sessions.begin() as s:
                 self.add(s, action, actor=actor, source=source, outcome=outcome,
-                         patient_ref=patient_ref, study_uid=study_uid, detail=detail)
+                         patient_ref=patient_ref, study_uid=study_uid, detail=detail, at=at)
         except Exception:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
             log.exception("could not write an audit event (%s)", action)
 
