@@ -41,7 +41,7 @@ from .audit import AuditLog
 from .blobstore import FileBlobStore
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
-from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
+from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound, StorageFull
 from .frames import FrameIndex, index_frames, read_frame
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
@@ -230,6 +230,13 @@ class Archive:
                     fp.close()
         pending = [r for r in results if isinstance(r, _Pending)]
         if pending:
+            if self.settings.fsync:  # every blob durable before its index row commits
+                try:
+                    self.blobs.sync([p.blob_key for p in pending])
+                except OSError as exc:
+                    for p in pending:
+                        self.blobs.delete(p.blob_key)
+                    raise StorageFull(f"stored objects could not be made durable ({exc.strerror})") from None
             self._commit(pending, actor=actor, origin=origin)
         return [r.outcome if isinstance(r, _Pending) else r for r in results]
 
@@ -261,7 +268,7 @@ class Archive:
             fp.seek(0)
             shutil.copyfileobj(fp, writer, CHUNK)
             writer.close()
-            self.blobs.commit(fh, durable=self.settings.fsync)
+            self.blobs.commit(fh, durable=False)  # made durable in store_many, one sync per batch
         except BaseException:
             fh.close()
             self.blobs.delete(blob_key)

@@ -7,19 +7,34 @@ derived from a UID that came off the network (style.md, point 5).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from .errors import NotFound, StorageFull
+
+
+def _load_syncfs() -> Any:
+    """Linux ``syncfs(2)`` through libc, or None where it is not there."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 class BlobStore(Protocol):
     def new_key(self) -> str: ...
     def create(self, key: str) -> BinaryIO: ...
     def commit(self, fh: BinaryIO, durable: bool = True) -> None: ...
+    def sync(self, keys: list[str]) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
@@ -63,6 +78,25 @@ class FileBlobStore:
             raise
         finally:
             fh.close()
+
+    def sync(self, keys: list[str]) -> None:
+        """Make written blobs durable: fsync one, or ``syncfs`` the store's filesystem once for many.
+
+        50 blobs of a STOW-RS request cost 50 journal commits with fsync each, one with syncfs.
+        """
+        if len(keys) > 1 and _syncfs is not None:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        for key in keys:
+            fd = os.open(self.path(key), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def open(self, key: str) -> BinaryIO:
         try:
