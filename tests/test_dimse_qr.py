@@ -18,7 +18,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from tests.conftest import require
+from tests.conftest import require, wait_for_port
 from tests.dicomgen import make_study
 
 #: patient id -> (name, [(study date, modality)])
@@ -200,7 +200,7 @@ def test_cancel_during_move(server, data, tmp_path):
     scp = subprocess.Popen(["storescp", "-aet", "MOVESCP", "--ignore", str(server.extra["move_port"])],
                            env={"TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)
+        wait_for_port(server.extra["move_port"])  # storescp listening before the C-MOVE
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = data["bulk_study"]

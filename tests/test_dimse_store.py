@@ -16,7 +16,6 @@ import io
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from storage.errors import NotFound
-from tests.conftest import free_port, require, start_server
+from tests.conftest import free_port, require, start_server, wait_for_port
 from tests.dicomgen import make_image, make_study, write
 
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm",
@@ -170,7 +169,7 @@ def test_movescu_to_storescp_is_byte_identical(server, mixed, tmp_path):
                             str(server.extra["move_port"])], env={"TCP_NODELAY": "1"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        time.sleep(0.3)
+        wait_for_port(server.extra["move_port"])  # storescp listening before the C-MOVE
         studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in mixed.values()}
         for study in studies:
             r = run(["movescu", "-aec", server.ae_title, "-aem", "MOVESCP", "-S",
