@@ -46,7 +46,7 @@ from .frames import FrameIndex, index_frames, read_frame
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
-from .query import Query, QueryEngine, phi_where
+from .query import Query, QueryEngine, phi_aad, phi_where
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ class Archive:
             p.actor, p.origin = actor, origin
             self.vault.dek(p.key_id)  # keys are fetched before the write lock is taken, not under it
             if p.replaced is not None:
-                self._delete_instances([p.replaced], audit=False)
+                self._delete_instances([p.replaced])
         done = threading.Event()
         with self._commit_lock:
             self._commit_queue.append((pending, done))
@@ -431,7 +431,7 @@ class Archive:
                 "study_time": str(v.get("StudyTime", "")),
                 "accession_hash": self.vault.blind("AccessionNumber", accession) if accession else None,
                 "modalities": "", "sop_classes": "", "num_series": 0, "num_instances": 0,
-                "phi": seal(p.key_id, f"STUDY|{o.study_uid}", values), "updated_at": now,
+                "phi": seal(p.key_id, phi_aad("STUDY", o.study_uid), values), "updated_at": now,
             }).scalar_one()
             modalities: list[str] = []
             classes: list[str] = []
@@ -449,7 +449,7 @@ class Archive:
                 "series_date": str(v.get("SeriesDate", "")),
                 "series_time": str(v.get("SeriesTime", "")),
                 "body_part": str(v.get("BodyPartExamined", ""))[:16], "num_instances": 0,
-                "phi": seal(p.key_id, f"SERIES|{o.series_uid}", _subset(v, "SERIES")),
+                "phi": seal(p.key_id, phi_aad("SERIES", o.series_uid), _subset(v, "SERIES")),
                 "updated_at": now,
             }).scalar_one()
         elif series.study_id != study_id:
@@ -476,7 +476,7 @@ class Archive:
             "number_of_frames": _int(v.get("NumberOfFrames")), "rows": _int(v.get("Rows")),
             "columns": _int(v.get("Columns")), "content_type": p.content_type,
             "blob_key": p.blob_key, "blob_size": p.blob_size, "size": p.size,
-            "phi": seal(p.key_id, f"IMAGE|{o.sop_instance_uid}", _subset(v, "IMAGE")),
+            "phi": seal(p.key_id, phi_aad("IMAGE", o.sop_instance_uid), _subset(v, "IMAGE")),
             "received_at": now, "frame_index": None})
         c.execute(_SQL.insert_audit, {
             "at": now, "actor": actor[:128], "action": "store", "outcome": "success",
@@ -588,7 +588,7 @@ class Archive:
                           study_uid=study_uid, detail=f"{n} instance(s)")
         return n
 
-    def _delete_instances(self, ids: list[int], audit: bool = True) -> int:
+    def _delete_instances(self, ids: list[int]) -> int:
         """Remove index rows (and empty parents, fixing counts), then their blobs."""
         blob_keys: list[str] = []
         with self.write_sessions.begin() as s:

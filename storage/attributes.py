@@ -56,7 +56,7 @@ ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in [
         ("SeriesTime", "series_time"), ("BodyPartExamined", "body_part"),
         ("NumberOfSeriesRelatedInstances", "num_instances")),
     *_a("SERIES", "phi", "SeriesDescription", "PerformingPhysicianName", "OperatorsName",
-        "ProtocolName", "StationName", "InstitutionalDepartmentName", "Laterality",
+        "ProtocolName", "StationName", "InstitutionalDepartmentName",
         "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
         "PerformedProcedureStepDescription", "Manufacturer", "ManufacturerModelName"),
     *_a("IMAGE", "clear", ("SOPInstanceUID", "sop_uid"), ("SOPClassUID", "sop_class_uid"),

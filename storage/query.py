@@ -192,7 +192,7 @@ class QueryEngine:
             key_id, unseal = row[1], self._vault.unseal
             for lvl, phi_i, uid_i, is_bytes in plan.sealed:
                 uid = row[uid_i].hex() if is_bytes else row[uid_i]
-                rec.update(unseal(key_id, f"{lvl}|{uid}", row[phi_i]))
+                rec.update(unseal(key_id, phi_aad(lvl, uid), row[phi_i]))
         return rec
 
 
@@ -218,8 +218,14 @@ def _plan(visible: tuple[Level, ...], keys: tuple[str, ...]) -> _Plan:
     return _Plan(tuple(columns), tuple(clear), tuple(sealed))
 
 
+def phi_aad(level: str, unique: str) -> str:
+    """Associated data for a row's sealed phi: binds it to its level and unique key (the one format
+    every sealing and unsealing uses)."""
+    return f"{level}|{unique}"
+
+
 def phi_where(level: str, obj: Any) -> str:
-    """Associated data for a row's sealed phi: binds it to its table and unique key."""
+    """:func:`phi_aad` of an ORM row (patients are keyed by their PatientID hash)."""
     uid = {"PATIENT": lambda o: o.pid_hash.hex(), "STUDY": lambda o: o.study_uid,
            "SERIES": lambda o: o.series_uid, "IMAGE": lambda o: o.sop_uid}[level](obj)
-    return f"{level}|{uid}"
+    return phi_aad(level, uid)
