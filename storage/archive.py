@@ -13,13 +13,11 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,20 +27,19 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection, bindparam, case, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .attributes import ATTRIBUTES, PHI_BY_LEVEL
+from .attributes import PHI_BY_LEVEL
 from .audit import AuditLog
-from .blobstore import FileBlobStore
+from .blobstore import DatabaseBlobStore, FileBlobStore, is_inline
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
-from .errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound, StorageFull
+from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull
 from .frames import FrameIndex, index_frames, read_frame
+from .header import read_header
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
 from .keys import load_master_keys
@@ -51,8 +48,6 @@ from .vault import Vault
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
-_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_INDEXED = list(dict.fromkeys([*_REQUIRED, *ATTRIBUTES]))
 
 
 @dataclass(frozen=True)
@@ -82,6 +77,7 @@ class _Pending:
     content_type: str
     replaced: int | None
     outcome: StoreResult | ArchiveError
+    inline: bytes | None = None  # the encrypted object, when it is kept in the index database
     failed: bool = False
     actor: str = ""
     origin: str = ""
@@ -124,38 +120,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _plain(elem: Any) -> Any:
-    """A data element's value as stored in the index: str (multi-values joined by '\\'), int or float."""
-    if elem is None or elem.VR == "SQ" or elem.value is None:
-        return None
-    v = elem.value
-    if isinstance(v, (bytes, bytearray)):
-        return None
-    if isinstance(v, pydicom.multival.MultiValue):
-        return "\\".join(str(x) for x in v)
-    if isinstance(v, (int, float)) and elem.VR in ("US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"):
-        return v
-    return str(v)
-
-
-@functools.cache
-def _tag(keyword: str) -> int:
-    return int(tag_for_keyword(keyword))  # type: ignore[arg-type]
-
-
-def _values(ds: Dataset, keywords: list[str]) -> dict[str, Any]:
-    """The values of these attributes present in ``ds`` (looked up by tag: this runs per store)."""
-    out = {}
-    present = ds.keys()
-    for kw in keywords:
-        tag = _tag(kw)
-        if tag in present:
-            val = _plain(ds[tag])
-            if val not in (None, ""):
-                out[kw] = val
-    return out
-
-
 class Archive:
     """One per process (per gunicorn worker, per SCP process); thread-safe."""
 
@@ -180,6 +144,7 @@ class Archive:
                            reload=lambda: load_master_keys(settings.master_key_file, settings.master_key))
         self.vault.check_master_key()
         self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
+        self.inline_blobs = DatabaseBlobStore(self.engine)
         self.queries = QueryEngine(self.sessions, self.vault,
                                    pn_ignore_case=not settings.case_sensitive_person_names)
         self.audit = AuditLog(self.write_sessions)
@@ -230,19 +195,20 @@ class Archive:
                     fp.close()
         pending = [r for r in results if isinstance(r, _Pending)]
         if pending:
-            if self.settings.fsync:  # every blob durable before its index row commits
+            files = [p.blob_key for p in pending if p.inline is None]
+            if self.settings.fsync and files:  # every blob file durable before its index row commits
                 try:
-                    self.blobs.sync([p.blob_key for p in pending])
+                    self.blobs.sync(files)
                 except OSError as exc:
-                    for p in pending:
-                        self.blobs.delete(p.blob_key)
+                    for key in files:
+                        self.blobs.delete(key)
                     raise StorageFull(f"stored objects could not be made durable ({exc.strerror})") from None
             self._commit(pending, actor=actor, origin=origin)
         return [r.outcome if isinstance(r, _Pending) else r for r in results]
 
     def _write_blob(self, fp: BinaryIO, content_type: str) -> StoreResult | _Pending:
         """Check the object, apply the duplicate policy, write its encrypted blob (fsynced)."""
-        ds, v = _read_header(fp)
+        ds, v = read_header(fp)
         sop_uid = v["SOPInstanceUID"]
         study_uid, series_uid = v["StudyInstanceUID"], v["SeriesInstanceUID"]
         policy = self.settings.duplicate_policy
@@ -261,6 +227,18 @@ class Archive:
                 replaced = old.id
         patient_ref, key_id = self._patient_for(v, study_uid)
         dek = self.vault.dek(key_id) if self.settings.encrypt else None
+        outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
+                              sop_uid, study_uid, series_uid, patient_ref,
+                              str(ds.file_meta.TransferSyntaxUID))
+        if fp.seek(0, io.SEEK_END) <= self.settings.inline_blob_limit:  # kept in the index
+            blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
+            writer = EncryptingWriter(sink, dek, blob_key)
+            fp.seek(0)
+            shutil.copyfileobj(fp, writer, CHUNK)
+            writer.close()
+            data = sink.getvalue()
+            return _Pending(ds, v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
+                            content_type, replaced, outcome, inline=data)
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
         try:
@@ -273,9 +251,6 @@ class Archive:
             fh.close()
             self.blobs.delete(blob_key)
             raise
-        outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
-                              sop_uid, study_uid, series_uid, patient_ref,
-                              str(ds.file_meta.TransferSyntaxUID))
         return _Pending(ds, v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
                         writer.plain_size, content_type, replaced, outcome)
 
@@ -350,7 +325,7 @@ class Archive:
                     log.exception("could not index an object")
                     p.fail(ArchiveError("the index could not be written"))
                     break
-            if p.failed:
+            if p.failed and p.inline is None:
                 self.blobs.delete(p.blob_key)
 
     def _has_instance(self, sop_uid: str) -> bool:
@@ -470,6 +445,8 @@ class Archive:
         if done.rowcount != 1:
             self._patients.clear()
             raise NotFound("the patient was removed while the object was being stored")
+        if p.inline is not None:
+            self.inline_blobs.put(c, p.blob_key, p.inline)
         c.execute(_SQL.insert_instance, {
             "series_id": series_id, "sop_uid": o.sop_instance_uid, "sop_class_uid": o.sop_class_uid,
             "transfer_syntax": o.transfer_syntax, "instance_number": _int(v.get("InstanceNumber")),
@@ -524,7 +501,8 @@ class Archive:
     def open(self, info: InstanceInfo) -> DecryptingReader:
         """A seekable plaintext stream of the stored Part 10 bytes."""
         dek = self.vault.dek(info.key_id)
-        return DecryptingReader(self.blobs.open(info.blob_key), dek, info.blob_key, info.blob_size)
+        source = (self.inline_blobs if is_inline(info.blob_key) else self.blobs).open(info.blob_key)
+        return DecryptingReader(source, dek, info.blob_key, info.blob_size)
 
     def read_bytes(self, info: InstanceInfo) -> bytes:
         with self.open(info) as r:
@@ -615,8 +593,8 @@ class Archive:
                     s.delete(study)
                     patient.num_studies -= 1
                 s.flush()
-        for key in blob_keys:
-            self.blobs.delete(key)
+            self.inline_blobs.delete_in(s.connection(), blob_keys)
+        self._delete_files(blob_keys)
         return len(blob_keys)
 
     def shred_patient(self, patient_ref: int, *, actor: str = "", origin: str = "",
@@ -640,13 +618,22 @@ class Archive:
             s.execute(delete(Study).where(Study.patient_id == patient_ref))
             s.execute(delete(Patient).where(Patient.id == patient_ref))
             s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
+            self.inline_blobs.delete_in(s.connection(), list(blob_keys))
         self.engine.dispose()  # idle readers would hold the WAL open
         purge_deleted(self.write_engine)
-        for key in blob_keys:
-            self.blobs.delete(key)
+        self._delete_files(blob_keys)
         self.audit.record("shred", actor=actor, source=origin, patient_ref=patient_ref,
                           detail=f"{reason}; {len(blob_keys)} object(s)")
         return len(blob_keys)
+
+    def _delete_files(self, blob_keys: Iterable[str]) -> None:
+        for key in blob_keys:
+            if not is_inline(key):
+                self.blobs.delete(key)
+
+    def blob_keys(self) -> set[str]:
+        """Every stored blob's key: files and rows of the index database."""
+        return set(self.blobs.keys()) | set(self.inline_blobs.keys())
 
     def sweep_orphans(self, grace_seconds: float = 3600) -> int:
         """Delete blobs no index row names (a crash between blob write and index commit)."""
@@ -714,29 +701,6 @@ def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO
     if isinstance(source, (str, os.PathLike)):
         return open(Path(source), "rb", buffering=CHUNK), True
     return source, False
-
-
-def _read_header(fp: BinaryIO) -> tuple[Dataset, dict[str, Any]]:
-    """Parse up to the pixel data and decode every indexed value once; BadInput if unfit.
-
-    Decoding everything here means a corrupt element fails now, not mid-transaction."""
-    try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error) as exc:
-        raise BadInput(f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
-    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
-        raise BadInput("no File Meta Information with a Transfer Syntax UID")
-    try:
-        values = _values(ds, _INDEXED)
-    except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
-        raise BadInput("a header element cannot be decoded") from None
-    for kw in _REQUIRED:
-        value = values.get(kw)
-        if not value:
-            raise BadInput(f"{kw} is missing")
-        if len(str(value)) > 64:
-            raise BadInput(f"{kw} is longer than 64 characters")
-    return ds, values
 
 
 def _serialise_sqlite_writes(engine: Any) -> None:

@@ -1,7 +1,8 @@
 """Blob stores: opaque bytes under random keys. They know nothing of DICOM or of encryption.
 
 The filesystem store fans keys out over two directory levels. Keys are random hex chosen here, never
-derived from a UID that came off the network (style.md, point 5).
+derived from a UID that came off the network (style.md, point 5). Small blobs live in the index
+database instead (:class:`DatabaseBlobStore`), under keys that start with ``db-``.
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import io
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select
+
 from .errors import NotFound, StorageFull
+from .index.models import InlineBlob
 
 
 def _load_syncfs() -> Any:
@@ -125,3 +130,55 @@ class FileBlobStore:
         return f"FileBlobStore({self.root})"
 
 
+
+
+INLINE_PREFIX = "db-"
+
+
+def is_inline(key: str) -> bool:
+    """Whether a blob key names a :class:`DatabaseBlobStore` row."""
+    return key.startswith(INLINE_PREFIX)
+
+
+class DatabaseBlobStore:
+    """Small blobs as rows of the index database, written by the transaction that indexes them.
+
+    A small C-STORE then costs one commit (one WAL fsync) instead of a file fsync followed by a
+    commit: measured here, a file create+write+fsync is ~0.4 ms and a WAL commit ~0.2-0.4 ms, a
+    large share of a 12 KB object's ~1.5 ms budget. SQLite's own measurements put blobs under
+    ~100 KB faster in the database than in files. Large objects stay files, streamed.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    @staticmethod
+    def new_key() -> str:
+        return INLINE_PREFIX + secrets.token_hex(16)[:29]
+
+    @staticmethod
+    def put(conn: Connection, key: str, data: bytes) -> None:
+        """Add a blob inside the caller's (index) transaction."""
+        conn.execute(_INSERT, {"key": key, "data": data})
+
+    def open(self, key: str) -> BinaryIO:
+        with self._engine.connect() as c:
+            data = c.execute(_SELECT, {"key": key}).scalar()
+        if data is None:
+            raise NotFound("stored object is missing from the index")
+        return io.BytesIO(data)
+
+    @staticmethod
+    def delete_in(conn: Connection, keys: list[str]) -> None:
+        """Remove blobs inside the caller's transaction."""
+        keys = [k for k in keys if is_inline(k)]
+        for i in range(0, len(keys), 500):
+            conn.execute(delete(InlineBlob).where(InlineBlob.key.in_(keys[i:i + 500])))
+
+    def keys(self) -> Iterator[str]:
+        with self._engine.connect() as c:
+            yield from c.execute(select(InlineBlob.key)).scalars().all()
+
+
+_INSERT = insert(InlineBlob)
+_SELECT = select(InlineBlob.data).where(InlineBlob.key == bindparam("key"))

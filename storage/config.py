@@ -35,6 +35,7 @@ class Settings:
     master_key: str = ""  # base64 key(s) from the environment instead of a file: "1:<b64>,2:<b64>"
     encrypt: bool = True  # False only for benchmarks (PACS_BENCH_NO_ENCRYPTION=1)
     fsync: bool = True
+    inline_blob_limit: int = 65536  # objects up to this size (bytes) are kept in the index database
 
     # DICOM networking
     ae_title: str = "PACS"

@@ -164,3 +164,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
     srv.extra["move_port"] = move_port
     yield srv
     srv.stop()
+
+
+def raw_blob(archive: Archive, key: str) -> bytes:
+    """The encrypted bytes of a stored blob, wherever it is kept (a file, or a row of the index)."""
+    from storage.blobstore import is_inline
+
+    with (archive.inline_blobs if is_inline(key) else archive.blobs).open(key) as fh:
+        return fh.read()

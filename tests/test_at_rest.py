@@ -7,7 +7,9 @@ import subprocess
 import urllib.request
 
 import numpy as np
+from pydicom.uid import generate_uid
 
+from storage.blobstore import is_inline
 from tests.conftest import require
 from tests.dicomgen import dataset_bytes, make_image, write
 
@@ -32,17 +34,21 @@ def _needles() -> dict[str, bytes]:
 
 
 def test_no_phi_anywhere_on_disk(server, tmp_path):
+    """A small object (kept inside the index database) and a large one (a blob file), same secrets."""
     require("storescu")
-    pixels = np.zeros((64, 64), dtype=np.uint16)
-    pixels.view(np.uint8).reshape(-1)[1000:1032] = np.frombuffer(PIXEL_RUN, dtype=np.uint8)
-    ds = make_image(patient_id=SECRETS["PatientID"], patient_name=SECRETS["PatientName"],
-                    accession=SECRETS["AccessionNumber"], study_description=SECRETS["StudyDescription"],
-                    pixels=pixels)
     folder = tmp_path / "in"
-    original = write(ds, folder).read_bytes()
-    assert PIXEL_RUN in original and SECRETS["PatientID"].encode() in original
+    originals = []
+    study_uid = generate_uid()
+    for size in (64, 256):  # 8 KB: inline in the index; 128 KB: a blob file
+        pixels = np.zeros((size, size), dtype=np.uint16)
+        pixels.view(np.uint8).reshape(-1)[1000:1032] = np.frombuffer(PIXEL_RUN, dtype=np.uint8)
+        ds = make_image(patient_id=SECRETS["PatientID"], patient_name=SECRETS["PatientName"],
+                        accession=SECRETS["AccessionNumber"], study_uid=study_uid,
+                        study_description=SECRETS["StudyDescription"], pixels=pixels)
+        originals.append(write(ds, folder).read_bytes())
+    assert all(PIXEL_RUN in o and SECRETS["PatientID"].encode() in o for o in originals)
     proc = subprocess.run(["storescu", "-aec", server.ae_title, "127.0.0.1", str(server.dicom_port),
-                           str(folder / f"{ds.SOPInstanceUID}.dcm")],
+                           "+sd", str(folder)],
                           capture_output=True, text=True, timeout=60, env={"TCP_NODELAY": "1"})
     assert proc.returncode == 0, proc.stderr
     # Exercise reads and queries too, so logs and caches get their chance to leak.
@@ -52,8 +58,10 @@ def test_no_phi_anywhere_on_disk(server, tmp_path):
     assert len(found) == 1
     archive = server.archive()
     try:
-        info = archive.instances(str(ds.StudyInstanceUID))[0]
-        assert dataset_bytes(archive.read_bytes(info)) == dataset_bytes(original)  # all there
+        infos = archive.instances(study_uid)
+        stored = sorted(dataset_bytes(archive.read_bytes(i)) for i in infos)
+        assert stored == sorted(dataset_bytes(o) for o in originals)  # all there
+        assert sorted(is_inline(i.blob_key) for i in infos) == [False, True]
     finally:
         archive.close()
 

@@ -8,12 +8,14 @@ import shutil
 import subprocess
 
 import pytest
+from sqlalchemy import select, update
 
 from storage.archive import Archive
+from storage.blobstore import is_inline
 from storage.config import load_settings
 from storage.crypto import DecryptingReader, DecryptionFailed, EncryptingWriter
 from storage.errors import KeyUnavailable
-from storage.index.models import Patient, PatientKey
+from storage.index.models import InlineBlob, Patient, PatientKey
 from storage.keys import MasterKeyRing, WrappedKey
 from tests.conftest import PACS, free_port
 from tests.dicomgen import make_image
@@ -94,12 +96,19 @@ def test_patients_have_different_data_keys_and_wrong_master_key_fails(archive: A
             archive.vault.ring.unwrap(other.key_id, WrappedKey(r.kek_version, r.wrapped))
 
 
-def test_blob_copied_onto_another_object_fails(archive: Archive):
+@pytest.mark.parametrize("inline_limit", [0, 1 << 20], ids=["file", "inline"])
+def test_blob_copied_onto_another_object_fails(archive: Archive, inline_limit: int):
+    archive.settings.inline_blob_limit = inline_limit
     a = archive.store(part10(make_image(patient_id="C1")))
     b = archive.store(part10(make_image(patient_id="C1")))
     ia, ib = (archive.instances(sop_uid=x.sop_instance_uid)[0] for x in (a, b))
-    pa, pb = archive.blobs.path(ia.blob_key), archive.blobs.path(ib.blob_key)
-    shutil.copyfile(pa, pb)  # same patient, same key: only the object binding protects
+    assert is_inline(ia.blob_key) == bool(inline_limit)
+    if inline_limit:  # same patient, same key: only the object binding protects
+        with archive.write_engine.begin() as c:
+            data = c.execute(select(InlineBlob.data).where(InlineBlob.key == ia.blob_key)).scalar_one()
+            c.execute(update(InlineBlob).where(InlineBlob.key == ib.blob_key).values(data=data))
+    else:
+        shutil.copyfile(archive.blobs.path(ia.blob_key), archive.blobs.path(ib.blob_key))
     with pytest.raises(DecryptionFailed):
         archive.read_bytes(ib)
     assert archive.read_bytes(ia)

@@ -4,7 +4,6 @@ be decrypted by any key the system still holds; their letters stop working; othe
 from __future__ import annotations
 
 import io
-import shutil
 from datetime import date, datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from storage.index.models import PatientKey, SystemKey
 from storage.keys import WrappedKey
 from storage.letters import AccessDenied, Letters
 from storage.retention import apply, due, shred
+from tests.conftest import raw_blob
 from tests.dicomgen import make_study
 
 
@@ -54,7 +54,7 @@ def test_retention_shreds_old_patients_only(archive, tmp_path: Path) -> None:  #
     copies = tmp_path / "copies"
     copies.mkdir()
     for info in infos:  # the attacker's (or the backup's) copy, taken before shredding
-        shutil.copy(archive.blobs.path(info.blob_key), copies / info.blob_key)
+        (copies / info.blob_key).write_bytes(raw_blob(archive, info.blob_key))
         assert _opens(copies / info.blob_key, archive.vault.dek(info.key_id), info.blob_key)
 
     today = date(2026, 11, 25)
@@ -65,7 +65,7 @@ def test_retention_shreds_old_patients_only(archive, tmp_path: Path) -> None:  #
     keys = _all_keys(archive)
     assert keys
     for info in infos:
-        assert not archive.blobs.path(info.blob_key).exists()
+        assert info.blob_key not in archive.blob_keys()
         for key in keys:
             assert not _opens(copies / info.blob_key, key, info.blob_key)
     with pytest.raises(NotFound):

@@ -14,14 +14,13 @@ from storage.errors import KeyUnavailable
 from storage.keys import MasterKeyRing
 from storage.letters import Letters
 from storage.rotation import RotationError, retire, rotate, versions_in_use
-from tests.conftest import PACS
+from tests.conftest import PACS, raw_blob
 from tests.dicomgen import make_study
 
 
 def _blobs(archive: Archive) -> dict[str, str]:
-    root = Path(archive.settings.blob_dir)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every stored blob (files and rows of the index) by key, as a digest of its encrypted bytes."""
+    return {key: hashlib.sha256(raw_blob(archive, key)).hexdigest() for key in archive.blob_keys()}
 
 
 def test_rotate_retire_restart(archive, tmp_path: Path) -> None:  # noqa: ANN001

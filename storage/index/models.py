@@ -111,6 +111,14 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class InlineBlob(Base):
+    """A small encrypted object kept in the index (storage/blobstore.py, DatabaseBlobStore)."""
+
+    __tablename__ = "inline_blobs"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ApiToken(Base):
     """Provider API tokens (DICOMweb bearer), stored as SHA-256 of the token."""
 

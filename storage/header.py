@@ -1,0 +1,119 @@
+"""Reading a received object's header: the values the index needs, decoded once per store.
+
+pydicom parses the Part 10 file up to the pixel data; the indexed values are then decoded here
+straight from pydicom's raw elements (``Dataset.get_item``) instead of through ``ds[tag]``.
+pydicom's full conversion (DataElement objects, hooks, value validation) cost ~0.5 ms per small
+object for ~25 elements, a third of a C-STORE's budget; the direct decode below costs ~0.05 ms.
+It covers the common case only: ASCII text and little-endian binary numbers. Anything else
+(non-ASCII text under a Specific Character Set, big endian, UN, ambiguous VRs) goes through pydicom.
+Values come out as the index keeps them: text with multiple values joined by ``\\`` and each value
+stripped of padding; binary numbers as int/float (one value) or joined text (several).
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from .attributes import ATTRIBUTES
+from .errors import BadInput
+
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: tag -> keyword of every attribute the index keeps
+INDEXED: dict[int, str] = {int(tag_for_keyword(kw)): kw  # type: ignore[arg-type]
+                           for kw in dict.fromkeys([*REQUIRED, *ATTRIBUTES])}
+
+_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_TEXT = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"}
+_UNSTRIPPED_TEXT = {"LT", "ST", "UT", "UR"}  # one value; leading spaces are significant
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def read_header(fp: BinaryIO) -> tuple[Dataset, dict[str, Any]]:
+    """Parse up to the pixel data and decode every indexed value once; BadInput if unfit.
+
+    Decoding everything here means a corrupt element fails now, not mid-transaction."""
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error) as exc:
+        raise BadInput(f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        raise BadInput("no File Meta Information with a Transfer Syntax UID")
+    try:
+        values = indexed_values(ds)
+    except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
+        raise BadInput("a header element cannot be decoded") from None
+    for kw in REQUIRED:
+        value = values.get(kw)
+        if not value:
+            raise BadInput(f"{kw} is missing")
+        if len(str(value)) > 64:
+            raise BadInput(f"{kw} is longer than 64 characters")
+    return ds, values
+
+
+def indexed_values(ds: Dataset) -> dict[str, Any]:
+    """The index's attributes present in ``ds``, as ``{keyword: value}`` (empty values left out)."""
+    out: dict[str, Any] = {}
+    little = ds.original_encoding[1] is not False
+    for tag in ds.keys() & INDEXED.keys():
+        raw = ds.get_item(tag)
+        value = _decode_raw(raw, little) if isinstance(raw, pydicom.dataelem.RawDataElement) else _MISS
+        if value is _MISS:
+            value = plain(ds[tag])
+        if value not in (None, ""):
+            out[INDEXED[tag]] = value
+    return out
+
+
+_MISS = object()
+
+
+def _decode_raw(raw: Any, little_endian: bool) -> Any:
+    """A raw element's value the fast way, or ``_MISS`` when pydicom must decode it."""
+    data = raw.value
+    if data is None or len(data) == 0:
+        return None
+    vr = raw.VR or _dictionary_vr(int(raw.tag))
+    if vr in _TEXT or vr in _UNSTRIPPED_TEXT:
+        if not data.isascii() or b"\x1b" in data:
+            return _MISS  # a character set or ISO 2022 escapes: pydicom's decoders
+        text = data.decode("ascii")
+        if vr in _UNSTRIPPED_TEXT:
+            return text.rstrip(" \0")
+        return "\\".join(v.strip(" \0") for v in text.split("\\")) if "\\" in text else text.strip(" \0")
+    code = _BINARY.get(vr)
+    if code is None or not little_endian:
+        return _MISS
+    size = struct.calcsize(code)
+    if len(data) % size:
+        return _MISS
+    numbers = struct.unpack(f"<{len(data) // size}{code}", data)
+    return numbers[0] if len(numbers) == 1 else "\\".join(str(n) for n in numbers)
+
+
+def plain(elem: Any) -> Any:
+    """A converted element's value as the index keeps it: str (values joined by ``\\``), int or float."""
+    if elem is None or elem.VR == "SQ" or elem.value is None:
+        return None
+    v = elem.value
+    if isinstance(v, (bytes, bytearray)):
+        return None
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    if isinstance(v, (int, float)) and elem.VR in _BINARY:
+        return v
+    return str(v)
