@@ -319,7 +319,9 @@ def render(
     if viewport is not None and not isinstance(viewport, Viewport):
         if viewport[0] < 1 or viewport[1] < 1:
             raise RenderError(f"viewport must be positive, got {viewport}")
-        viewport = Viewport(int(viewport[0]), int(viewport[1]))
+        # A side beyond MAX_VIEWPORT means "unbounded" (WADO-URI gives rows or columns alone).
+        sides = [int(v) if v <= MAX_VIEWPORT else None for v in viewport[:2]]
+        viewport = Viewport(sides[0], sides[1]) if sides != [None, None] else None
     img = _frame_image(ds, frame, _as_window(window))
     if viewport is not None:
         img = _fit(img, viewport)

@@ -236,3 +236,9 @@ def test_viewport_source_region_and_flips() -> None:
     assert _img(render(ds, viewport=Viewport(32, 500))).size == (32, 32)
     with pytest.raises(RenderError, match="outside"):
         render(ds, viewport=Viewport(10, 10, 500, 0))
+
+
+def test_tuple_viewport_side_beyond_limit_is_unbounded() -> None:
+    ds = _ds("CT_small.dcm")  # 128 x 128
+    assert _img(render(ds, viewport=(1 << 16, 16))).size == (16, 16)  # WADO-URI rows only
+    assert _img(render(ds, viewport=(1 << 16, 1 << 16))).size == (128, 128)
