@@ -13,6 +13,7 @@ images as one event per request, frames and thumbnails counted per caller, serie
 
 from __future__ import annotations
 
+import logging
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -39,12 +40,13 @@ from .mediatypes import (
     instance_offers,
     is_native,
     negotiate,
-    rendered_offers,
 )
 from .transcode import TranscodeError, can_transcode, decode_frame, to_explicit_le
 
 __all__ = ["ARTIFACT_CLASSES", "audit_read", "instance_body", "instances_in_scope", "make_blueprint",
            "original_media_type", "send_original"]
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 MAX_FRAMES_PER_REQUEST = 10_000
@@ -429,78 +431,173 @@ def _pixel_bulk(info: InstanceInfo, offer: Offer) -> Response:
 
 # ------------------------------------------------------------------- rendered and thumbnail
 
-
-def _floats(name: str, count: int) -> list[float] | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        values = [float(v) for v in raw.split(",")[:count]]
-    except ValueError:
-        raise BadInput(f"bad {name} parameter {raw[:40]!r}") from None
-    if len(values) < 2:
-        raise BadInput(f"{name} needs at least two numbers")
-    return values
+_RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 Table 8.7.4-1, default first
 
 
 def _render_params() -> dict[str, Any]:
-    """``window=center,width[,function]``, ``viewport=w,h``, ``quality`` (PS3.18 8.3.5.1)."""
+    """``window``, ``viewport``, ``quality`` (PS3.18 8.3.5.1, Table 8.3.5-1); 400 when malformed.
+
+    ``annotation`` and ``iccprofile`` are accepted and not applied (no burnt-in text: it would
+    put PHI into pixels; images are sent in their own colour space).
+    """
+    from .render import parse_quality, parse_viewport, parse_window
+
     params: dict[str, Any] = {}
-    raw = request.args.get("window")
-    if raw is not None:
-        fields = raw.split(",")
-        if len(fields) == 3 and fields[2].strip().lower() not in ("linear", ""):
-            raise BadInput(f"window function {fields[2][:16]!r} not supported; use linear")
-        w = _floats("window", 2)
-        params["window"] = (w[0], w[1]) if w else None
-    vp = _floats("viewport", 2)
-    if vp:
-        params["viewport"] = (int(vp[0]), int(vp[1]))
-    q = request.args.get("quality")
-    if q is not None:
-        if not q.isdigit():
-            raise BadInput(f"bad quality {q[:16]!r}: 1..100")
-        params["quality"] = int(q)
+    if (raw := request.args.get("window")) is not None:
+        params["window"] = parse_window(raw)
+    if (raw := request.args.get("viewport")) is not None:
+        params["viewport"] = parse_viewport(raw)
+    if (raw := request.args.get("quality")) is not None:
+        params["quality"] = parse_quality(raw)
     return params
 
 
-def _render_target(infos: list[InstanceInfo]) -> InstanceInfo:
-    """A representative instance: the middle one of the (ordered) list."""
-    return infos[(len(infos) - 1) // 2]
+def _renderable(info: InstanceInfo) -> bool:
+    """An instance with pixel data we render as images (not a document, video or SR)."""
+    return (info.sop_class_uid not in ARTIFACT_CLASSES and bool(info.rows) and bool(info.columns)
+            and not info.transfer_syntax.startswith(_VIDEO_TS_PREFIX))
 
 
-def _rendered(info: InstanceInfo, frame: int | None, thumb: bool) -> Response:
-    """Rendered (PS3.18 10.4.1.1.3) or thumbnail (10.7) of one instance or frame.
+def _frame_count(info: InstanceInfo) -> int:
+    return max(1, info.number_of_frames or 1)
 
-    Non-image artifacts render as their original (PDF, MP4, WAV, text) when the Accept allows it;
-    their thumbnail is a generic icon.
+
+def _representative(infos: list[InstanceInfo]) -> InstanceInfo:
+    """PS3.18 10.7: the middle image of the (ordered) list; any instance if none is an image."""
+    images = [i for i in infos if _renderable(i)] or infos
+    return images[(len(images) - 1) // 2]
+
+
+def _rendered_location(info: InstanceInfo, frame: int | None) -> str:
+    return _location(info) + (f"/frames/{frame}/rendered" if frame else "/rendered")
+
+
+def _rendered_offers(images: int) -> list[Offer]:
+    """Single-part first when the resource is one image, else multipart first (PS3.18 8.7.4)."""
+    single = [Offer(t) for t in _RENDERED_TYPES]
+    multi = [Offer(t, True) for t in _RENDERED_TYPES]
+    return single + multi if images == 1 else multi + single
+
+
+def _rendered(infos: list[InstanceInfo], frames: list[int] | None = None,
+              level: str = "instance") -> Response:
+    """Rendered study, series, instance or frames (PS3.18 10.4.1.1.3).
+
+    ``multipart/related; type="image/jpeg"`` (or png, gif): every frame of every image instance
+    in the resource, one part each, rendered and streamed one instance at a time.  A single-part
+    image type: the resource's one image -- or, when it has several, its representative image
+    (as Orthanc answers and dicomweb-client's ``retrieve_*_rendered`` expect), named by
+    Content-Location.  Documents (PDF, MP4, WAV, text) of a single instance come back as their
+    original when the Accept allows it; in study/series parts they are left out (206).
     """
-    from .render import render, thumbnail
+    if level == "instance" and frames is None and not _renderable(infos[0]):
+        return _rendered_original(infos[0])
+    images = [i for i in infos if _renderable(i)]
+    if not images:
+        raise NotAcceptable(f"this {level} has no image to render; ask for its instances or "
+                            "bulk data")
+    if frames is not None:
+        count = _frame_count(images[0])
+        if max(frames) > count:
+            from .render import FrameOutOfRange
 
-    if info.sop_class_uid in ARTIFACT_CLASSES:
-        if thumb:
-            offer = negotiate(_accept(), rendered_offers())
-            _audit_small_read(info, "thumbnail")
-            return Response(_icon(offer.media_type), content_type=offer.media_type)
-        original = original_media_type(info)
-        if original is None or frame is not None:
-            raise NotAcceptable("this object has no rendered image; ask for its bulk data")
-        negotiate(_accept(), [Offer(original)])
-        audit_read([info], "rendered original")
-        return send_original(info)
-    offer = negotiate(_accept(), rendered_offers())
-    ds = ctx.archive().dataset(info)
-    if thumb:
-        vp = _floats("viewport", 2)
-        size = max(1, min(int(vp[0]), int(vp[1]), 1024)) if vp else 128
-        if frame is None:
-            data = thumbnail(ds, size, media_type=offer.media_type)
-        else:
-            data = render(ds, frame, media_type=offer.media_type, viewport=(size, size), quality=80)
-        _audit_small_read(info, "thumbnail")
+            raise FrameOutOfRange(f"frame {max(frames)} not in 1..{count}")
+        plan = [(images[0], list(frames))]
     else:
-        audit_read([info], "rendered")
-        data = render(ds, frame or 1, media_type=offer.media_type, **_render_params())
+        plan = [(i, list(range(1, _frame_count(i) + 1))) for i in images]
+    total = sum(len(f) for _, f in plan)
+    offer = negotiate(_accept(), _rendered_offers(total))
+    params = _render_params()
+    audit_read(images, f"rendered {level}")
+    if not offer.multipart:
+        info, numbers = plan[0] if len(plan) == 1 else (_representative(images), [1])
+        frame = numbers[0] if len(numbers) == 1 or frames is not None else 1
+        data = _render_one(ctx.archive().dataset(info), info, frame, offer.media_type, params)
+        resp = Response(data, content_type=offer.media_type)
+        resp.headers["Content-Location"] = _rendered_location(
+            info, frame if frames is not None or _frame_count(info) > 1 else None)
+        return resp
+    return _rendered_multipart(plan, offer.media_type, params, skipped=len(infos) - len(images))
+
+
+def _render_one(ds: Dataset, info: InstanceInfo, frame: int, media_type: str,
+                params: dict[str, Any]) -> bytes:
+    from .render import render
+
+    return render(ds, frame, media_type=media_type, **params)
+
+
+def _rendered_multipart(plan: list[tuple[InstanceInfo, list[int]]], media_type: str,
+                        params: dict[str, Any], skipped: int) -> Response:
+    """One part per rendered frame; one instance's dataset in memory at a time."""
+    from .render import RenderError
+
+    archive = ctx.archive()
+    first_info, first_frames = plan[0]
+    held: list[Dataset] = [archive.dataset(first_info)]  # dropped once its frames are done
+    # The first image is rendered before the response starts: a bad viewport region or an
+    # undecodable object is a 4xx, not a truncated stream.
+    first = _render_one(held[0], first_info, first_frames[0], media_type, params)
+
+    def location(info: InstanceInfo, n: int) -> str:
+        return _rendered_location(info, n if _frame_count(info) > 1 else None)
+
+    def parts() -> Iterator[multipart.Part]:
+        yield multipart.Part.make(first, media_type, location(first_info, first_frames[0]))
+        for index, (info, numbers) in enumerate(plan):
+            ds = held.pop() if index == 0 else None
+            todo = numbers[1:] if index == 0 else numbers
+            for n in todo:
+                try:
+                    if ds is None:
+                        ds = archive.dataset(info)
+                    data = _render_one(ds, info, n, media_type, params)
+                except RenderError as exc:  # mid-stream: leave the image out, say so in the log
+                    log.warning("rendered %s frame %d left out: %s", info.sop_uid, n, exc)
+                    break
+                yield multipart.Part.make(data, media_type, location(info, n))
+            ds = None
+
+    resp = _multipart(media_type, parts())
+    if skipped:
+        resp.status_code = 206  # PS3.18 10.4.3.2: some instances are not in the response
+        resp.headers["Warning"] = (f'299 - "{skipped} instance(s) without an image to render '
+                                   'were left out"')
+    return resp
+
+
+def _rendered_original(info: InstanceInfo) -> Response:
+    """A document's rendered form is its original (PDF, MP4, WAV, text) when accepted."""
+    original = original_media_type(info)
+    if original is None:
+        raise NotAcceptable("this object has no rendered image; ask for its bulk data")
+    negotiate(_accept(), [Offer(original)])
+    audit_read([info], "rendered original")
+    return send_original(info)
+
+
+def _thumbnail(infos: list[InstanceInfo], frame: int | None) -> Response:
+    """Thumbnail of a study, series, instance or frame (PS3.18 10.7): one representative image.
+
+    The middle image instance (its middle frame) of the resource; a document icon for
+    non-image objects.  ``viewport`` bounds the size (default 128, at most 1024).
+    """
+    from .render import parse_viewport, render, thumbnail
+
+    info = _representative(infos)
+    offer = negotiate(_accept(), [Offer(t) for t in _RENDERED_TYPES])
+    _audit_small_read(info, "thumbnail")
+    if not _renderable(info):
+        return Response(_icon(offer.media_type), content_type=offer.media_type)
+    size = 128
+    if (raw := request.args.get("viewport")) is not None:
+        vp = parse_viewport(raw)
+        size = max(1, min(vp.width or vp.height or size, vp.height or vp.width or size, 1024))
+    ds = ctx.archive().dataset(info)
+    if frame is None:
+        data = thumbnail(ds, size, media_type=offer.media_type)
+    else:
+        data = render(ds, frame, media_type=offer.media_type, viewport=(size, size), quality=80)
     return Response(data, content_type=offer.media_type)
 
 
@@ -554,40 +651,38 @@ def make_blueprint(name: str, authenticate: ctx.Authenticate, url_prefix: str) -
 
     @bp.get("/studies/<study>/rendered")
     def study_rendered(study: str) -> Response:
-        return _rendered(_render_target(instances_in_scope(study)), None, False)
+        return _rendered(instances_in_scope(study), level="study")
 
     @bp.get("/studies/<study>/series/<series>/rendered")
     def series_rendered(study: str, series: str) -> Response:
-        return _rendered(_render_target(instances_in_scope(study, series)), None, False)
+        return _rendered(instances_in_scope(study, series), level="series")
 
     @bp.get(inst + "/rendered")
     def instance_rendered(study: str, series: str, sop: str) -> Response:
-        return _rendered(instances_in_scope(study, series, sop)[0], None, False)
+        return _rendered(instances_in_scope(study, series, sop))
 
     @bp.get(inst + "/frames/<frames>/rendered")
     def frame_rendered(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
-        if len(numbers) != 1:
-            raise BadInput("rendered frames: ask for one frame at a time")
-        return _rendered(instances_in_scope(study, series, sop)[0], numbers[0], False)
+        return _rendered(instances_in_scope(study, series, sop), numbers, level="frames")
 
     @bp.get("/studies/<study>/thumbnail")
     def study_thumbnail(study: str) -> Response:
-        return _rendered(_render_target(instances_in_scope(study)), None, True)
+        return _thumbnail(instances_in_scope(study), None)
 
     @bp.get("/studies/<study>/series/<series>/thumbnail")
     def series_thumbnail(study: str, series: str) -> Response:
-        return _rendered(_render_target(instances_in_scope(study, series)), None, True)
+        return _thumbnail(instances_in_scope(study, series), None)
 
     @bp.get(inst + "/thumbnail")
     def instance_thumbnail(study: str, series: str, sop: str) -> Response:
-        return _rendered(instances_in_scope(study, series, sop)[0], None, True)
+        return _thumbnail(instances_in_scope(study, series, sop), None)
 
     @bp.get(inst + "/frames/<frames>/thumbnail")
     def frame_thumbnail(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
         if len(numbers) != 1:
-            raise BadInput("thumbnail: one frame at a time")
-        return _rendered(instances_in_scope(study, series, sop)[0], numbers[0], True)
+            raise BadInput("thumbnail: one frame at a time (PS3.18 10.7)")
+        return _thumbnail(instances_in_scope(study, series, sop), numbers[0])
 
     return bp

@@ -154,3 +154,54 @@ def test_video_cannot_be_transcoded_but_comes_as_stored(server, objs):
 def test_bad_or_unsatisfiable_accept(server, objs, accept):
     status, _, body = _get(server, _inst(objs["native"]), accept)
     assert status in (400, 406) and body.strip()
+
+
+# ------------------------------------------------------ rendered media types (PS3.18 8.7.4)
+
+
+def _study(objs) -> str:
+    return f"/studies/{objs['native'].StudyInstanceUID}/rendered"
+
+
+@pytest.mark.parametrize(("accept", "part_type"), [
+    ('multipart/related; type="image/png"', "image/png"),
+    ("multipart/related; type=image/png", "image/png"),  # unquoted, as OHIF writes parameters
+    ("multipart/related; type=image/*", "image/jpeg"),
+    ("*/*", "image/jpeg"),  # several images: the multipart default
+    (None, "image/jpeg"),
+    ('multipart/related; type="image/png"; q=0.4, multipart/related; type="image/gif"',
+     "image/gif"),
+])
+def test_rendered_study_multipart_negotiation(server, objs, accept, part_type):
+    status, ctype, body = _get(server, _study(objs), accept)
+    assert status == 206, body[:200]  # the video is left out
+    assert ctype.startswith(f'multipart/related; type="{part_type}"')
+    parts = decode_bytes(body, ctype)
+    assert len(parts) == 1 + 2 + 1  # native, 2-frame JPEG 2000, JPEG photo
+    assert {p.media_type for p in parts} == {part_type}
+    assert all(p.read()[:2] in (b"\xff\xd8", b"\x89P", b"GI") for p in parts)
+
+
+@pytest.mark.parametrize(("accept", "media_type"), [
+    ("image/png", "image/png"), ("image/*", "image/jpeg"),
+    ("image/png;q=0.5, image/jpeg", "image/jpeg"),
+])
+def test_rendered_single_part_accept(server, objs, accept, media_type):
+    status, ctype, body = _get(server, _study(objs), accept)  # the representative image
+    assert status == 200 and ctype == media_type
+    status, ctype, body = _get(server, _inst(objs["native"]) + "/rendered", accept)
+    assert status == 200 and ctype == media_type and body[:2] in (b"\xff\xd8", b"\x89P")
+
+
+def test_rendered_accept_query_parameter_and_406(server, objs):
+    path = _inst(objs["native"]) + "/rendered"
+    status, ctype, _ = _get(server, path + "?accept=image/gif", "image/jpeg")
+    assert status == 200 and ctype == "image/gif"  # PS3.18 8.3.3.1: the parameter wins
+    status, _, body = _get(server, path, "application/dicom")
+    assert status == 406 and b"image/jpeg" in body
+    status, ctype, body = _get(server, _inst(objs["native"]) + "/rendered",
+                               'multipart/related; type="image/jpeg"')
+    assert status == 200 and ctype.startswith('multipart/related; type="image/jpeg"')
+    assert len(decode_bytes(body, ctype)) == 1
+    status, _, body = _get(server, _inst(objs["video"]) + "/rendered", "image/jpeg")
+    assert status == 406 and body.strip()

@@ -9,7 +9,17 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dicomweb.render import FrameOutOfRange, RenderError, render, thumbnail
+from dicomweb.render import (
+    FrameOutOfRange,
+    RenderError,
+    Viewport,
+    Window,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render,
+    thumbnail,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -152,3 +162,83 @@ def test_render_512_is_fast() -> None:
         for _ in range(5):
             render(d)
         assert (time.perf_counter() - t) / 5 < 0.1
+
+
+# ------------------------------------------------ query parameters (PS3.18 8.3.5.1, Table 8.3.5-1)
+
+
+def test_parse_window_functions_and_errors() -> None:
+    assert parse_window("40,400") == Window(40.0, 400.0, "LINEAR")
+    assert parse_window("40,400,linear-exact") == Window(40.0, 400.0, "LINEAR_EXACT")
+    assert parse_window(" -600.5 , 1500 , SIGMOID ") == Window(-600.5, 1500.0, "SIGMOID")
+    for bad, reason in [("40", "expected"), ("40,400,gamma", "not supported"),
+                        ("a,400,linear", "not a number"), ("40,0,linear", "width"),
+                        ("40,0.5,linear", ">= 1"), ("40,0,sigmoid", "> 0"), ("nan,4", "bad"),
+                        ("1,2,3,4", "expected")]:
+        with pytest.raises(RenderError, match=reason):
+            parse_window(bad)
+
+
+def test_parse_viewport_and_quality() -> None:
+    assert parse_viewport("256,128") == Viewport(256, 128)
+    assert parse_viewport(",512") == Viewport(None, 512)
+    assert parse_viewport("64,64,10,20,-30,40") == Viewport(64, 64, 10, 20, -30, 40)
+    assert parse_viewport("64,64,,,,") == Viewport(64, 64)
+    for bad in ("0,10", "10", "1,2,3", "a,b", ",", "99999,10", "10,10,-1,0,5,5", "10,10,0,0,0,5",
+                "10.5,10"):
+        with pytest.raises(RenderError):
+            parse_viewport(bad)
+    assert parse_quality("1") == 1 and parse_quality("100") == 100
+    for bad in ("0", "101", "x", "-5", "50.5", ""):
+        with pytest.raises(RenderError, match="quality"):
+            parse_quality(bad)
+
+
+def _modality(ds: pydicom.Dataset) -> np.ndarray:
+    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(
+        ds.get("RescaleIntercept", 0))
+
+
+def test_linear_exact_and_sigmoid_follow_ps3_3() -> None:
+    ds = _ds("CT_small.dcm")
+    values = _modality(ds)
+    c, w = 40.0, 400.0
+    exact = np.asarray(_img(render(ds, media_type="image/png", window=(c, w, "LINEAR_EXACT"))))
+    expected = np.clip((values - c) / w + 0.5, 0, 1) * 255  # C.11.2.1.3.2
+    assert np.abs(exact - expected).max() <= 1
+    sigmoid = np.asarray(_img(render(ds, media_type="image/png", window=(c, w, "SIGMOID"))))
+    expected = 255 / (1 + np.exp(-4 * (values - c) / w))  # C.11.2.1.3.1
+    assert np.abs(sigmoid - expected).max() <= 1
+    linear = np.asarray(_img(render(ds, media_type="image/png", window=(c, w))))
+    assert not np.array_equal(linear, sigmoid)
+
+
+def test_dataset_voi_lut_function_is_used() -> None:
+    ds = _ds("CT_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.VOILUTFunction = "SIGMOID"
+    from_ds = np.asarray(_img(render(ds, media_type="image/png")))
+    asked = np.asarray(_img(render(ds, media_type="image/png", window=Window(40, 400, "SIGMOID"))))
+    assert np.array_equal(from_ds, asked)
+
+
+def test_viewport_source_region_and_flips() -> None:
+    ds = _ds("CT_small.dcm")  # 128 x 128
+    full = np.asarray(_img(render(ds, media_type="image/png")))
+    crop = np.asarray(_img(render(ds, media_type="image/png",
+                                  viewport=Viewport(40, 30, 10, 20, 40, 30))))
+    assert np.array_equal(crop, full[20:50, 10:50])
+    flipped = np.asarray(_img(render(ds, media_type="image/png",
+                                     viewport=Viewport(40, 30, 10, 20, -40, -30))))
+    assert np.array_equal(flipped, full[20:50, 10:50][::-1, ::-1])
+    # scaled to fit, aspect kept; a missing side follows from the other
+    assert _img(render(ds, viewport=Viewport(None, 64, 0, 0, 64, 32))).size == (128, 64)
+    assert _img(render(ds, viewport=Viewport(32, 500))).size == (32, 32)
+    with pytest.raises(RenderError, match="outside"):
+        render(ds, viewport=Viewport(10, 10, 500, 0))
+
+
+def test_tuple_viewport_side_beyond_limit_is_unbounded() -> None:
+    ds = _ds("CT_small.dcm")  # 128 x 128
+    assert _img(render(ds, viewport=(1 << 16, 16))).size == (16, 16)  # WADO-URI rows only
+    assert _img(render(ds, viewport=(1 << 16, 1 << 16))).size == (128, 128)

@@ -315,3 +315,187 @@ def test_frame_and_thumbnail_reads_are_audited_coalesced(server, data):
     status, _, _ = _get(_url(server, ds) + "/thumbnail", "image/jpeg")
     assert status == 200
     assert _audit_details(server, str(ds.StudyInstanceUID), "thumbnail: 1 item(s)")
+
+
+# ------------------------------------------- rendered study/series/frames (PS3.18 10.4.1.1.3)
+
+MULTI_JPEG = 'multipart/related; type="image/jpeg"'
+
+
+def _image(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_rendered_study_is_every_image_as_multipart(server, data):
+    status, headers, body = _get(f"{server.dicomweb_url}/studies/{data.study_uid}/rendered",
+                                 MULTI_JPEG)
+    assert status == 200, body[:200]
+    assert headers["Content-Type"].startswith('multipart/related; type="image/jpeg"')
+    parts = decode_bytes(body, headers["Content-Type"])
+    sops = {pydicom.dcmread(p).SOPInstanceUID for p in data.ct}
+    assert len(parts) == len(sops) == 4
+    seen = set()
+    for part in parts:
+        assert part.media_type == "image/jpeg"
+        assert part.content_location.endswith("/rendered")
+        seen.add(part.content_location.split("/instances/")[1].split("/")[0])
+        img = _image(part.read())
+        assert img.format == "JPEG" and img.size == (128, 128)
+        assert np.asarray(img).std() > 5  # not blank
+    assert seen == sops
+
+
+def test_rendered_series_with_frames_documents_left_out(server, data):
+    """The misc study: a 3-frame JPEG 2000, an Implicit VR image, a JPEG photo and a PDF."""
+    status, headers, body = _get(f"{server.dicomweb_url}/studies/{data.misc_study}/rendered",
+                                 'multipart/related; type="image/png"')
+    assert status == 206 and "1 instance(s)" in headers["Warning"]
+    parts = decode_bytes(body, headers["Content-Type"])
+    assert len(parts) == 3 + 1 + 1
+    j2k = [p for p in parts if data.j2k.SOPInstanceUID in p.content_location]
+    assert [p.content_location.rsplit("/frames/", 1)[1] for p in j2k] == \
+        ["1/rendered", "2/rendered", "3/rendered"]
+    frames = [np.asarray(_image(p.read())) for p in j2k]
+    assert all(f.shape == (64, 64) for f in frames)
+    assert not np.array_equal(frames[0], frames[1])  # each part is its own frame
+    assert not any(data.pdf.SOPInstanceUID in p.content_location for p in parts)
+
+
+def test_rendered_frame_list_and_windowing_over_http(server, data):
+    base = _url(server, data.j2k)
+    status, headers, body = _get(base + "/frames/3,1/rendered?window=1000,2000,linear",
+                                 'multipart/related; type="image/png"')
+    assert status == 200
+    parts = decode_bytes(body, headers["Content-Type"])
+    assert [p.content_location.rsplit("/frames/", 1)[1] for p in parts] == \
+        ["3/rendered", "1/rendered"]
+    got = np.asarray(_image(parts[0].read())).astype(float)
+    values = data.j2k_pixels[2].astype(float) - 1024  # RescaleIntercept -1024
+    expected = np.clip((values - 999.5) / 1999 + 0.5, 0, 1) * 255  # PS3.3 C.11.2.1.2.1
+    assert np.abs(got - expected).max() <= 1
+    narrow = _get(base + "/frames/3/rendered?window=1000,20,linear", "image/png")
+    sigmoid = _get(base + "/frames/3/rendered?window=1000,2000,sigmoid", "image/png")
+    assert narrow[0] == sigmoid[0] == 200
+    for other in (narrow[2], sigmoid[2]):
+        assert not np.array_equal(np.asarray(_image(other)), got.astype(np.uint8))
+    assert _get(base + "/frames/4/rendered", "image/png")[0] == 404
+
+
+def test_rendered_viewport_region_over_http(server, data):
+    ds = pydicom.dcmread(data.ct[0])
+    url = _url(server, ds) + "/rendered"
+    full = np.asarray(_image(_get(url, "image/png")[2]))
+    status, _, body = _get(url + "?viewport=32,16,8,4,-32,16", "image/png")
+    assert status == 200
+    assert np.array_equal(np.asarray(_image(body)), full[4:20, 8:40][:, ::-1])
+    status, _, body = _get(url + "?viewport=64,64&quality=20", "image/jpeg")
+    assert status == 200 and _image(body).size == (64, 64)
+
+
+@pytest.mark.parametrize(("query", "reason"), [
+    ("window=40", b"center,width"), ("window=40,0,linear", b"width"),
+    ("window=40,400,gamma", b"not supported"), ("viewport=0,10", b"viewport"),
+    ("viewport=1,2,3", b"viewport"), ("viewport=10,10,999,0,,", b"outside"),
+    ("quality=0", b"quality"), ("quality=101", b"quality"), ("quality=high", b"quality"),
+])
+def test_bad_rendered_parameters_are_400_with_a_reason(server, data, query, reason):
+    ds = pydicom.dcmread(data.ct[0])
+    status, headers, body = _get(_url(server, ds) + f"/rendered?{query}", "image/jpeg")
+    assert status == 400 and reason in body, body
+    status, _, body = _get(f"{server.dicomweb_url}/studies/{data.study_uid}/rendered?{query}",
+                           MULTI_JPEG)
+    assert status == 400 and reason in body, body
+
+
+def test_dicomweb_client_rendered_methods(client, data):
+    ds = pydicom.dcmread(data.ct[0])
+    plain = client.retrieve_instance_rendered(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                              ds.SOPInstanceUID, media_types=("image/png",))
+    windowed = client.retrieve_instance_rendered(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, media_types=("image/png",),
+        params={"window": "40,4000,linear"})
+    assert _image(plain).size == _image(windowed).size == (128, 128)
+    assert not np.array_equal(np.asarray(_image(plain)), np.asarray(_image(windowed)))
+    d = data.j2k
+    frame = client.retrieve_instance_frames_rendered(
+        d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID, frame_numbers=[2],
+        media_types=("image/jpeg",), params={"viewport": "32,32"})
+    assert _image(frame).size == (32, 32)
+    series = client.retrieve_series_rendered(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                             media_types=("image/jpeg",))
+    img = _image(series)  # a single-part Accept: the series' representative image
+    assert img.format == "JPEG" and img.size == (128, 128) and np.asarray(img).std() > 5
+
+
+def test_study_thumbnail_prefers_an_image_to_a_document(server, data):
+    status, headers, body = _get(f"{server.dicomweb_url}/studies/{data.misc_study}/thumbnail",
+                                 "image/png")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    img = _image(body)
+    assert max(img.size) <= 64  # an image of the study, not the 128 x 128 document icon
+    assert np.asarray(img).std() > 5
+
+
+# ----------------------------------------- decoded colour frames agree with the metadata label
+
+
+@pytest.fixture(scope="module")
+def colour(server) -> dict[str, Dataset]:
+    from pydicom.data import get_testdata_file
+
+    out = {}
+    archive = server.archive()
+    try:
+        for name, file in (("422", "SC_rgb_dcmtk_+eb+cy+s2.dcm"),
+                           ("full", "SC_rgb_jpeg_dcmtk.dcm")):
+            ds = pydicom.dcmread(get_testdata_file(file))
+            ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            archive.store(_part10(ds), actor="test", origin="test")
+            out[name] = ds
+    finally:
+        archive.close()
+    return out
+
+
+@pytest.mark.parametrize(("which", "samples"), [("422", 2), ("full", 3)])
+def test_decoded_jpeg_colour_frame_matches_its_photometric_interpretation(client, colour, which,
+                                                                          samples):
+    ds = colour[which]
+    reference = ds.pixel_array.astype(int)  # pydicom's RGB of the JPEG
+    meta = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                             ds.SOPInstanceUID)
+    label = Dataset.from_json(meta).PhotometricInterpretation
+    assert label == ds.PhotometricInterpretation  # YBR_FULL_422 / YBR_FULL, as stored
+    (frame,) = client.retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1],
+        media_types=(("application/octet-stream", ELE),))
+    assert len(frame) == ds.Rows * ds.Columns * samples
+    native = Dataset()
+    native.file_meta = pydicom.dataset.FileMetaDataset()
+    native.file_meta.TransferSyntaxUID = ELE
+    for kw in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit",
+               "PixelRepresentation", "PlanarConfiguration"):
+        setattr(native, kw, ds[kw].value)
+    native.PhotometricInterpretation = label
+    native.PixelData = bytes(frame)  # dicomweb-client gives a bytearray
+    decoded = native.pixel_array.astype(int)  # read with the metadata's label, to RGB
+    assert np.abs(decoded - reference).mean() < 1.5
+    assert decoded[5, 50, 0] > 200 and decoded[5, 50, 1] < 60  # the red band stays red
+    (stored,) = client.retrieve_instance_frames(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1],
+        media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    assert stored[:2] == b"\xff\xd8"  # as stored, a JPEG codestream
+
+
+def test_jpeg_colour_instance_transcoded_says_rgb_and_keeps_its_uid(client, colour):
+    ds = colour["422"]
+    got = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                   media_types=(("application/dicom", ELE),))
+    assert got.file_meta.TransferSyntaxUID == ELE
+    assert got.SOPInstanceUID == ds.SOPInstanceUID
+    assert got.PhotometricInterpretation == "RGB"
+    assert len(got.PixelData) == ds.Rows * ds.Columns * 3
+    assert np.abs(got.pixel_array.astype(int) - ds.pixel_array.astype(int)).mean() < 1.5
