@@ -41,7 +41,17 @@ from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull
 from .frames import FrameIndex, index_frames, read_frame
 from .header import read_header
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
-from .index.models import AuditEvent, Instance, Patient, PatientKey, Series, Study, SystemKey
+from .index.models import (
+    AuditEvent,
+    InlineBlob,
+    Instance,
+    Patient,
+    PatientKey,
+    Series,
+    Study,
+    SystemKey,
+)
+from .index.prepared import Prepared
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_aad, phi_where
 from .vault import Vault
@@ -387,8 +397,9 @@ class Archive:
     def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str) -> None:
         """Add one stored blob's rows (and its audit event) to the caller's transaction.
 
-        Prepared Core statements (``_SQL``), not ORM objects: this runs per stored instance.
-        Measured per store: ORM 10 ms, fresh Core statements 6 ms, prepared statements ~1 ms.
+        Statements compiled once (``_SQL``, storage/index/prepared.py), not ORM objects: this runs
+        per stored instance. Measured per store: ORM 10 ms, fresh Core statements 6 ms, cached Core
+        statements ~1 ms, compiled statements on the DBAPI cursor ~0.6 ms.
         Rows are locked in one order (study, series, patient) so PostgreSQL writers never deadlock;
         SQLite write transactions are serialised already (BEGIN IMMEDIATE).
         """
@@ -396,29 +407,29 @@ class Archive:
         o = p.outcome
         assert isinstance(o, StoreResult)
         modality = str(v.get("Modality", ""))
-        study = c.execute(_SQL.select_study, {"uid": o.study_uid}).first()
+        study = _SQL.select_study.execute(c, {"uid": o.study_uid}).fetchone()  # (id, patient, mods, classes)
         if study is None:
             values = _subset(v, "STUDY")
             accession = values.get("AccessionNumber")
-            study_id = c.execute(_SQL.insert_study, {
+            study_id = _SQL.insert_study.execute(c, {
                 "patient_id": p.patient_ref, "study_uid": o.study_uid,
                 "study_date": str(v.get("StudyDate", "")),
                 "study_time": str(v.get("StudyTime", "")),
                 "accession_hash": self.vault.blind("AccessionNumber", accession) if accession else None,
                 "modalities": "", "sop_classes": "", "num_series": 0, "num_instances": 0,
                 "phi": seal(p.key_id, phi_aad("STUDY", o.study_uid), values), "updated_at": now,
-            }).scalar_one()
+            }).fetchone()[0]
             modalities: list[str] = []
             classes: list[str] = []
-        elif study.patient_id != p.patient_ref:
+        elif study[1] != p.patient_ref:
             raise Conflict("StudyInstanceUID is already stored under a different patient")
         else:
-            study_id = study.id
-            modalities = [m for m in study.modalities.split("\\") if m]
-            classes = [c_ for c_ in study.sop_classes.split("\\") if c_]
-        series = c.execute(_SQL.select_series, {"uid": o.series_uid}).first()
+            study_id = study[0]
+            modalities = [m for m in study[2].split("\\") if m]
+            classes = [c_ for c_ in study[3].split("\\") if c_]
+        series = _SQL.select_series.execute(c, {"uid": o.series_uid}).fetchone()  # (id, study)
         if series is None:
-            series_id = c.execute(_SQL.insert_series, {
+            series_id = _SQL.insert_series.execute(c, {
                 "study_id": study_id, "series_uid": o.series_uid, "modality": modality,
                 "series_number": _int(v.get("SeriesNumber")),
                 "series_date": str(v.get("SeriesDate", "")),
@@ -426,28 +437,28 @@ class Archive:
                 "body_part": str(v.get("BodyPartExamined", ""))[:16], "num_instances": 0,
                 "phi": seal(p.key_id, phi_aad("SERIES", o.series_uid), _subset(v, "SERIES")),
                 "updated_at": now,
-            }).scalar_one()
-        elif series.study_id != study_id:
+            }).fetchone()[0]
+        elif series[1] != study_id:
             raise Conflict("SeriesInstanceUID is already stored in a different study")
         else:
-            series_id = series.id
+            series_id = series[0]
         if modality and modality not in modalities:
             modalities = sorted([*modalities, modality])
         if o.sop_class_uid not in classes:
             classes = [*classes, o.sop_class_uid]
         new_series = int(series is None)
-        c.execute(_SQL.update_study, {"sid": study_id, "new_series": new_series, "now": now,
+        _SQL.update_study.execute(c, {"sid": study_id, "new_series": new_series, "now": now,
                                       "mods": "\\".join(modalities), "classes": "\\".join(classes)})
-        c.execute(_SQL.update_series, {"rid": series_id, "now": now})
+        _SQL.update_series.execute(c, {"rid": series_id, "now": now})
         visit = str(v.get("StudyDate", ""))[:8] or now.strftime("%Y%m%d")
-        done = c.execute(_SQL.update_patient, {"pid": p.patient_ref, "new_series": new_series,
+        done = _SQL.update_patient.execute(c, {"pid": p.patient_ref, "new_series": new_series,
                                                "new_study": int(study is None), "visit": visit})
         if done.rowcount != 1:
             self._patients.clear()
             raise NotFound("the patient was removed while the object was being stored")
         if p.inline is not None:
-            self.inline_blobs.put(c, p.blob_key, p.inline)
-        c.execute(_SQL.insert_instance, {
+            _SQL.insert_blob.execute(c, {"key": p.blob_key, "data": p.inline})
+        _SQL.insert_instance.execute(c, {
             "series_id": series_id, "sop_uid": o.sop_instance_uid, "sop_class_uid": o.sop_class_uid,
             "transfer_syntax": o.transfer_syntax, "instance_number": _int(v.get("InstanceNumber")),
             "number_of_frames": _int(v.get("NumberOfFrames")), "rows": _int(v.get("Rows")),
@@ -455,7 +466,7 @@ class Archive:
             "blob_key": p.blob_key, "blob_size": p.blob_size, "size": p.size,
             "phi": seal(p.key_id, phi_aad("IMAGE", o.sop_instance_uid), _subset(v, "IMAGE")),
             "received_at": now, "frame_index": None})
-        c.execute(_SQL.insert_audit, {
+        _SQL.insert_audit.execute(c, {
             "at": now, "actor": actor[:128], "action": "store", "outcome": "success",
             "patient_ref": p.patient_ref, "study_uid": o.study_uid, "source": origin[:128],
             "detail": o.sop_instance_uid})
@@ -660,25 +671,26 @@ class _SQL:
 
     select_instance = select(Instance.id).where(Instance.sop_uid == bindparam("uid"))
     study_owner = select(Study.patient_id).where(Study.study_uid == bindparam("uid"))
-    select_study = (select(Study.id, Study.patient_id, Study.modalities, Study.sop_classes)
-                    .where(Study.study_uid == bindparam("uid")).with_for_update())
-    insert_study = insert(Study).returning(Study.id)
-    select_series = (select(Series.id, Series.study_id)
-                     .where(Series.series_uid == bindparam("uid")).with_for_update())
-    insert_series = insert(Series).returning(Series.id)
-    update_study = update(Study).where(Study.id == bindparam("sid")).values(
+    select_study = Prepared(select(Study.id, Study.patient_id, Study.modalities, Study.sop_classes)
+                            .where(Study.study_uid == bindparam("uid")).with_for_update())
+    insert_study = Prepared(insert(Study).returning(Study.id))
+    select_series = Prepared(select(Series.id, Series.study_id)
+                             .where(Series.series_uid == bindparam("uid")).with_for_update())
+    insert_series = Prepared(insert(Series).returning(Series.id))
+    update_study = Prepared(update(Study).where(Study.id == bindparam("sid")).values(
         num_instances=Study.num_instances + 1, num_series=Study.num_series + bindparam("new_series"),
-        updated_at=bindparam("now"), modalities=bindparam("mods"), sop_classes=bindparam("classes"))
-    update_series = update(Series).where(Series.id == bindparam("rid")).values(
-        num_instances=Series.num_instances + 1, metadata_cache=None, updated_at=bindparam("now"))
-    update_patient = update(Patient).where(Patient.id == bindparam("pid")).values(
+        updated_at=bindparam("now"), modalities=bindparam("mods"), sop_classes=bindparam("classes")))
+    update_series = Prepared(update(Series).where(Series.id == bindparam("rid")).values(
+        num_instances=Series.num_instances + 1, metadata_cache=None, updated_at=bindparam("now")))
+    update_patient = Prepared(update(Patient).where(Patient.id == bindparam("pid")).values(
         num_instances=Patient.num_instances + 1,
         num_series=Patient.num_series + bindparam("new_series"),
         num_studies=Patient.num_studies + bindparam("new_study"),
         last_visit=case((Patient.last_visit < bindparam("visit"), bindparam("visit")),
-                        else_=Patient.last_visit))
-    insert_instance = insert(Instance)
-    insert_audit = insert(AuditEvent)
+                        else_=Patient.last_visit)))
+    insert_instance = Prepared(insert(Instance))
+    insert_audit = Prepared(insert(AuditEvent))
+    insert_blob = Prepared(insert(InlineBlob))
 
 
 def _info(inst: Instance, series: Series, study: Study, patient: Patient) -> InstanceInfo:
