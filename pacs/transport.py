@@ -61,6 +61,8 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
+from . import fastpath
+
 LOGGER = logging.getLogger(__name__)
 
 #: pynetdicom versions whose internals these patches were written against.
@@ -97,6 +99,7 @@ def tune() -> None:
         _patch_socket()
         _patch_dul()
         _patch_association()
+        fastpath.install()
         if SWITCH_INTERVAL is not None:
             sys.setswitchinterval(SWITCH_INTERVAL)
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
