@@ -75,6 +75,11 @@ def register(handler: Callable[..., Any], fast: FastStore) -> None:
     _REGISTRY[handler] = fast
 
 
+def serves(evt_handlers: list[Any]) -> bool:
+    """True if these handlers (as given to pynetdicom) have a registered fast C-STORE function."""
+    return any(h[0] is evt.EVT_C_STORE and h[1] in _REGISTRY for h in evt_handlers)
+
+
 def is_enabled() -> bool:
     """The fast path is on unless ``PACS_DIMSE_FAST_STORE`` is 0/false/no/off."""
     return os.environ.get("PACS_DIMSE_FAST_STORE", "1").strip().lower() not in ("0", "false", "no", "off")
