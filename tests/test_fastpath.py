@@ -152,6 +152,8 @@ def test_one_association_mixes_echo_store_find_store(scp_server: Scp):
     ae = scu(Verification, CTImageStorage, MRImageStorage, StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", scp_server.port, ae_title="PACS")
     assert assoc.is_established
+    fast = scp_server.mode == "fast"
+    assert assoc.acceptor.maximum_length == (transport.FAST_MAX_PDU if fast else 16382)
     try:
         assert assoc.send_c_echo().Status == 0
         assert assoc.send_c_store(a).Status == 0
@@ -341,15 +343,20 @@ def test_dcmtk_storescu_mixed_folder(served, tmp_path):
 
 def test_pynetdicom_storescu_app_folder(served, tmp_path):
     folder = tmp_path / "in"
-    paths = make_study(folder, n_series=1, per_series=3, patient_id="PYAPP2")
-    paths.append(write(make_image(patient_id="PYAPP2", modality="MR", rows=300, columns=300), folder))
-    r = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", "PACS", "-r",
+    for path in mixed_folder(tmp_path / "samples").values():  # new UIDs: dcmtk's test stored these
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        write(ds, folder)
+    write(make_image(patient_id="PYAPP2", modality="MR", rows=300, columns=300), folder)
+    files = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in folder.iterdir()}
+    syntaxes = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files.values()}
+    assert len(files) >= 8 and len(syntaxes) >= 4
+    r = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", "PACS", "-r", "-cx",
                         "127.0.0.1", str(served.dicom_port), str(folder)],
                        capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
-    uids = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in paths}
-    held = stored_data_sets(served, uids)
-    for uid, p in uids.items():
+    held = stored_data_sets(served, files)
+    for uid, p in files.items():  # pynetdicom sends each file's data set as it is
         assert held[uid] == dataset_bytes(p.read_bytes()), p.name
     spool = served.data_dir / "tmp"
     assert not spool.exists() or list(spool.iterdir()) == []
