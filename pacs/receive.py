@@ -94,6 +94,11 @@ def _factory(*_args: Any, **_kwargs: Any) -> _EncryptedTempFile:
     return _EncryptedTempFile(_DIR[0])
 
 
+def new_spool() -> _EncryptedTempFile:
+    """A spool for one received data set (pacs.fastpath): ``write``, then ``open`` and ``close``."""
+    return _EncryptedTempFile(_DIR[0])
+
+
 def enable(directory: Path | None = None) -> None:
     """Receive every C-STORE data set into an encrypted spool file in ``directory``."""
     if not hasattr(dimse_messages, "NamedTemporaryFile"):

@@ -1,8 +1,13 @@
-"""C-STORE SCP (PS3.4 Annex B): hand the received bytes to ``archive.store`` as received."""
+"""C-STORE SCP (PS3.4 Annex B): hand the received bytes to ``archive.store`` as received.
+
+One function, :func:`store`, serves both receive paths: pynetdicom's EVT_C_STORE handler
+(:func:`handle_store`) and the fast path in the DUL thread (:mod:`pacs.fastpath`), registered here.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
@@ -10,28 +15,50 @@ from pynetdicom.events import Event
 from storage.archive import Archive
 from storage.errors import ArchiveError
 
-from . import receive
-from .status import SUCCESS, status, status_for_error
+from . import fastpath, receive
+from .status import SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
 
 log = logging.getLogger(__name__)
 
+def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -> tuple[int, str]:
+    """Store one Part 10 object; (Success, "") only once it is durable and indexed.
 
-def handle_store(event: Event, archive: Archive) -> Dataset:
-    """Store one object; answer Success only once it is durable and indexed."""
-    actor = event.assoc.requestor.ae_title
-    origin = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+    ArchiveError -> its failure status (pacs.status); anything else -> a processing failure, logged
+    without PHI. Never raises.
+    """
     try:
-        if receive.is_enabled():  # the data set arrived in an encrypted spool file
-            with receive.open_received(event.dataset_path) as source:
-                result = archive.store(source, actor=actor, origin=origin)
-        else:
-            result = archive.store(event.encoded_dataset(include_meta=True), actor=actor, origin=origin)
+        result = archive.store(part10, actor=actor, origin=origin)
     except ArchiveError as exc:
         log.info("C-STORE from %s refused: %s", actor, exc)
-        return status_for_error(exc)
+        return _outcome(status_for_error(exc))
     except Exception as exc:  # noqa: BLE001 - never let one object take the association down
         log.exception("C-STORE from %s failed", actor)
-        return status_for_error(exc)
+        return _outcome(status_for_error(exc))
     if result.status == "duplicate":
         log.info("C-STORE from %s: instance already stored, kept the first copy", actor)
-    return status(SUCCESS)
+    return SUCCESS, ""
+
+
+def _outcome(ds: Dataset) -> tuple[int, str]:
+    return int(ds.Status), str(ds.get("ErrorComment", ""))
+
+
+def handle_store(event: Event, archive: Archive) -> Dataset:
+    """EVT_C_STORE handler: store one object; answer Success only once it is durable and indexed."""
+    actor = event.assoc.requestor.ae_title
+    origin = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+    if event.request.AffectedSOPClassUID != event.context.abstract_syntax:
+        return status(SOP_CLASS_NOT_SUPPORTED, fastpath.WRONG_SOP_CLASS)
+    if receive.is_enabled():  # the data set arrived in an encrypted spool file
+        try:
+            source = receive.open_received(event.dataset_path)
+        except FileNotFoundError as exc:
+            return status_for_error(exc)
+        with source:
+            code, comment = store(archive, source, actor, origin)
+    else:
+        code, comment = store(archive, event.encoded_dataset(include_meta=True), actor, origin)
+    return status(code, comment)
+
+
+fastpath.register(handle_store, store)
