@@ -261,6 +261,18 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def wait_idle(pid: int, timeout: float = 30.0) -> None:
+    """Block until the server's process tree uses under 5 % of a core over 0.5 s (or timeout)."""
+    deadline = time.monotonic() + timeout
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu_seconds(pid)
+        if now - before < 0.025:
+            return
+        before = now
+
+
 def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float) -> Result:
     """Start ``server`` fresh, send ``files``, stop it, return the figures."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
@@ -269,7 +281,7 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
     ok = False
     try:
         wait_listening(port, proc)
-        time.sleep(0.3)
+        wait_idle(proc.pid)  # steady state: e.g. pacs serve's web workers still booting
         base = tree_rss_bytes(proc.pid)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         cpu0 = tree_cpu_seconds(proc.pid)
