@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,8 +73,11 @@ def start_retention(settings: Settings, config_path: str | None) -> subprocess.P
     return subprocess.Popen(cmd, env=_child_env(settings, config_path))
 
 
-def dimse_worker(settings: Settings, reuse_port: bool) -> None:
-    """One SCP process: its own archive, the tuned transport, until SIGTERM."""
+def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None) -> None:
+    """One SCP process: its own archive, the tuned transport, until SIGTERM.
+
+    With ``listen_socket`` (the parent's, shared by every worker) it accepts there; alone, it binds.
+    """
     from . import receive, send
     from .scp import handlers, make_ae
     from .transport import serve_forever
@@ -86,13 +90,14 @@ def dimse_worker(settings: Settings, reuse_port: bool) -> None:
     archive = Archive(settings)
     try:
         serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,
-                      reuse_port=reuse_port, evt_handlers=handlers(archive, settings),
+                      listen_socket=listen_socket, evt_handlers=handlers(archive, settings),
                       drain_timeout=settings.shutdown_grace)
     finally:
         archive.close()
 
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
+    from .transport import listen
     from .workers import prefork
 
     prepare(settings)
@@ -103,9 +108,10 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
              settings.dicom_port, settings.dimse_workers)
     try:
         if settings.dimse_workers <= 1:
-            dimse_worker(settings, reuse_port=False)
+            dimse_worker(settings)
             return 0
-        return prefork(lambda: dimse_worker(settings, reuse_port=True), settings.dimse_workers)
+        sock = listen(settings.dicom_host, settings.dicom_port)
+        return prefork(lambda: dimse_worker(settings, sock), settings.dimse_workers)
     finally:
         retention.terminate()
         http.terminate()

@@ -1,10 +1,10 @@
-"""Pre-fork supervisor: N worker processes serving one port (SO_REUSEPORT).
+"""Pre-fork supervisor: N worker processes serving one port.
 
 Each worker is a fresh ``os.fork()`` of a parent that has started no threads
 and created no pynetdicom objects; the worker calls ``serve()``, which must
-build its own AE and bind with ``reuse_port=True`` (see
-:func:`pacs.transport.serve_forever`). The kernel spreads new connections
-over the workers' listening sockets. The parent forwards SIGTERM/SIGINT to
+build its own AE. ``pacs serve`` opens the listening socket before forking and
+every worker accepts on it (:class:`pacs.transport.SharedSocketServer`), so an
+idle worker takes the next association. The parent forwards SIGTERM/SIGINT to
 the workers, waits for them, and restarts a worker that dies, with a back-off
 if workers keep dying quickly.
 """

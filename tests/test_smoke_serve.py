@@ -1,9 +1,13 @@
 """The server starts, answers C-ECHO, and stores what dcmtk storescu sends."""
 
+import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 from storage.query import Query
-from tests.conftest import require
+from tests.conftest import require, start_server
 from tests.dicomgen import make_study
 
 
@@ -25,3 +29,74 @@ def test_echo_and_store_with_dcmtk(server, tmp_path):
         assert studies[0]["NumberOfStudyRelatedInstances"] == len(paths)
     finally:
         archive.close()
+
+
+def _dimse_workers(pid: int) -> list[int]:
+    """The DIMSE worker processes of a ``pacs serve`` (its children running ``pacs serve``)."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if any(part.endswith(b"pacs") for part in cmd) and b"serve" in cmd:
+            out.append(int(child))
+    return out
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on a TCP port (IPv4), from /proc/net/tcp."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            out.add(fields[9])
+    return out
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+def test_workers_share_one_listening_socket(tmp_path):
+    """Two DIMSE workers accept on one socket: a killed worker loses no association, and is replaced."""
+    require("echoscu")
+    srv = start_server(tmp_path, PACS_DIMSE_WORKERS="2")
+    try:
+        workers = _dimse_workers(srv.proc.pid)
+        assert len(workers) == 2
+        [inode] = _listening_inodes(srv.dicom_port)  # one socket (SO_REUSEPORT would make two)
+        assert all(inode in _socket_inodes(w) for w in workers)
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(10):  # the other worker takes every one, at once
+            echo = subprocess.run(["echoscu", "-to", "5", "-aec", srv.ae_title, "127.0.0.1",
+                                   str(srv.dicom_port)], capture_output=True, text=True, timeout=30)
+            assert echo.returncode == 0, echo.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(set(_dimse_workers(srv.proc.pid)) - {workers[0]}) < 2:
+            time.sleep(0.2)
+        assert len(set(_dimse_workers(srv.proc.pid)) - {workers[0]}) == 2  # restarted
+        folders = []
+        for n in range(4):  # four associations at once, as a modality with parallel senders
+            make_study(tmp_path / f"in{n}", n_series=1, per_series=3, patient_id="SHARED1",
+                       study_uid=f"1.2.826.0.1.3680043.8.498.7777.{n}")
+            folders.append(tmp_path / f"in{n}")
+        procs = [subprocess.Popen(["storescu", "-aec", srv.ae_title, "+sd", "127.0.0.1",
+                                   str(srv.dicom_port), str(f)], env={"TCP_NODELAY": "1"},
+                                  stderr=subprocess.PIPE, text=True) for f in folders]
+        for p in procs:
+            assert p.wait(timeout=60) == 0, p.stderr.read() if p.stderr else ""
+        archive = srv.archive()
+        try:
+            rows = list(archive.find(Query("STUDY", filters={"PatientID": "SHARED1"},
+                                           return_keys=["NumberOfStudyRelatedInstances"])))
+            assert sorted(r["NumberOfStudyRelatedInstances"] for r in rows) == [3, 3, 3, 3]
+        finally:
+            archive.close()
+    finally:
+        srv.stop()
