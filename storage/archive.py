@@ -243,8 +243,7 @@ class Archive:
         if fp.seek(0, io.SEEK_END) <= self.settings.inline_blob_limit:  # kept in the index
             blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
             writer = EncryptingWriter(sink, dek, blob_key)
-            fp.seek(0)
-            shutil.copyfileobj(fp, writer, CHUNK)
+            _copy(fp, writer)
             writer.close()
             data = sink.getvalue()
             return _Pending(ds, v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
@@ -253,8 +252,7 @@ class Archive:
         fh = self.blobs.create(blob_key)
         try:
             writer = EncryptingWriter(fh, dek, blob_key)
-            fp.seek(0)
-            shutil.copyfileobj(fp, writer, CHUNK)
+            _copy(fp, writer)
             writer.close()
             self.blobs.commit(fh, durable=False)  # made durable in store_many, one sync per batch
         except BaseException:
@@ -705,6 +703,16 @@ def _int(value: Any) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _copy(fp: BinaryIO, writer: EncryptingWriter) -> None:
+    """All of ``fp`` into ``writer``; an in-memory source goes in as one view, not copied in chunks."""
+    if isinstance(fp, io.BytesIO):
+        with fp.getbuffer() as view:
+            writer.write(view)
+        return
+    fp.seek(0)
+    shutil.copyfileobj(fp, writer, CHUNK)
 
 
 def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO, bool]:

@@ -65,7 +65,7 @@ class FileBlobStore:
         p = self.path(key)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            return open(p, "xb", buffering=1 << 20)
+            return open(p, "xb", buffering=1 << 16)  # segments larger than this go straight through
         except OSError as exc:
             if exc.errno == 28:  # ENOSPC
                 raise StorageFull("no space left in the blob store") from None

@@ -75,26 +75,39 @@ class EncryptingWriter(io.RawIOBase):
         return True
 
     def write(self, data) -> int:  # type: ignore[override]
+        """Encrypt whole segments straight from ``data`` (no copy); keep the rest for the next write.
+
+        At least one byte is always held back: only ``close`` knows which segment is the last.
+        """
         n = len(data)
         self.plain_size += n
         if self._aead is None:
             self._sink.write(data)
             return n
-        self._buf += data
-        while len(self._buf) > self._seg:  # keep at least one byte back: the last segment is flagged
-            self._emit(bytes(self._buf[: self._seg]), last=False)
-            del self._buf[: self._seg]
+        view = memoryview(data).cast("B")
+        if self._buf:  # top up the held-back segment first
+            fill = min(len(view), self._seg - len(self._buf))
+            self._buf += view[:fill]
+            view = view[fill:]
+            if not view:
+                return n
+            self._emit(self._buf, last=False)  # more follows: it was not the last
+            self._buf = bytearray()
+        while len(view) > self._seg:
+            self._emit(view[: self._seg], last=False)
+            view = view[self._seg :]
+        self._buf += view
         return n
 
-    def _emit(self, plain: bytes, last: bool) -> None:
+    def _emit(self, plain: bytes | bytearray | memoryview, last: bool) -> None:
         nonce = _nonce(self._prefix, self._counter, last)
         self._sink.write(self._aead.encrypt(nonce, plain, self._header))
         self._counter += 1
 
     def close(self) -> None:
         if not self.closed and self._aead is not None:
-            self._emit(bytes(self._buf), last=True)
-            self._buf.clear()
+            self._emit(self._buf, last=True)
+            self._buf = bytearray()
         super().close()
 
 

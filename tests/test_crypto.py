@@ -163,3 +163,30 @@ def test_shredded_key_leaves_no_trace_in_database_files(archive: Archive):
     assert files
     for path in files:
         assert wrapped[12:40] not in path.read_bytes(), f"wrapped key still in {path.name}"
+
+
+@pytest.mark.parametrize("pieces", [[1 << 20], [1, (1 << 20) - 1, 5], [(1 << 20) + 1, 3], [7] * 300,
+                                    [3 << 20], [(1 << 20) - 1, 1, 1 << 20, 2]])
+def test_any_write_pattern_gives_the_same_segments(pieces):
+    """Whole segments are encrypted straight from the caller's buffer, the rest held back: the
+    blob must not depend on how the plaintext was cut into writes (memoryviews included)."""
+    data = os.urandom(sum(pieces))
+    dek = os.urandom(32)
+    sink = io.BytesIO()
+    w = EncryptingWriter(sink, dek, "obj")
+    pos = 0
+    for n in pieces:
+        w.write(memoryview(data)[pos:pos + n])
+        pos += n
+    w.close()
+    assert len(sink.getvalue()) == len(_blob_default(data, dek, "obj"))
+    r = DecryptingReader(io.BytesIO(sink.getvalue()), dek, "obj")
+    assert r.read() == data
+
+
+def _blob_default(data: bytes, dek: bytes, oid: str) -> bytes:
+    sink = io.BytesIO()
+    w = EncryptingWriter(sink, dek, oid)
+    w.write(bytes(data))
+    w.close()
+    return sink.getvalue()
