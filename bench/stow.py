@@ -73,9 +73,12 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
-def start_pacs(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_pacs(tmp: Path, tree: str = "") -> tuple[subprocess.Popen, str]:
+    """``pacs serve`` on its defaults; ``tree``: a source tree to run instead (put on PYTHONPATH)."""
     http = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    if tree:
+        env["PYTHONPATH"] = tree
     env.update(PACS_DATA_DIR=str(tmp / "data"), PACS_HTTP_PORT=str(http), PACS_DICOM_PORT=str(free_port()),
                PACS_HTTP_HOST="127.0.0.1", PACS_DICOM_HOST="127.0.0.1")
     proc = subprocess.Popen([PACS, "serve"], env=env, stdout=subprocess.DEVNULL,
@@ -132,7 +135,10 @@ def measure(name: str, reqs: list[tuple[str, bytes]], per_request: int, size: in
     """Instances/s of one fresh server (own temporary directory) for these requests."""
     count = sum(body.count(b"DICM") for _, body in reqs)
     with tempfile.TemporaryDirectory(prefix=f"stow-{name}-") as tmp:
-        proc, base = (start_pacs if name == "pacs" else start_orthanc)(Path(tmp))
+        if name.startswith("pacs"):
+            proc, base = start_pacs(Path(tmp), name.partition("@")[2])
+        else:
+            proc, base = start_orthanc(Path(tmp))
         try:
             run(base, bodies(per_request, per_request, size, "warm-up"), per_request, 1)
             seconds = run(base, reqs, per_request, clients)
@@ -150,7 +156,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--per-request", type=int, default=50)
     ap.add_argument("--size", type=int, default=64, help="rows = columns of each image")
-    ap.add_argument("--servers", default="pacs,orthanc")
+    ap.add_argument("--servers", default="pacs,orthanc",
+                    help="pacs, orthanc, or pacs@TREE: pacs serve from another source tree "
+                         "(e.g. pacs@/work/main for a before/after comparison in one run)")
     ap.add_argument("--clients", default="1,2", help="comma list of client thread counts")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median is shown")
     args = ap.parse_args()
@@ -172,7 +180,8 @@ def main() -> None:
     for clients in client_counts:
         med = {n: statistics.median(rates[(n, clients)]) for n in servers}
         line = "  ".join(f"{n} {med[n]:.0f}/s" for n in servers)
-        ratio = f"  ratio pacs/orthanc {med['pacs'] / med['orthanc']:.2f}" if {"pacs", "orthanc"} <= set(med) else ""
+        ratio = "".join(f"  {n}/orthanc {med[n] / med['orthanc']:.2f}" for n in servers
+                        if n.startswith("pacs") and "orthanc" in med)
         print(f"clients {clients}: {line}{ratio}  (runs: "
               + "; ".join(f"{n} " + ",".join(f"{r:.0f}" for r in rates[(n, clients)]) for n in servers)
               + ")", flush=True)
