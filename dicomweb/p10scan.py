@@ -33,11 +33,11 @@ class _Unplain(Exception):
 
 
 def scan_uids(data: bytes | memoryview) -> tuple[str, str, str] | None:
-    """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) of a Part 10 object ('' when absent), or None
-    if the object is not plain enough to read this way."""
+    """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) of a Part 10 object, or None if one is
+    missing or the object is not plain enough to read this way."""
     try:
         return _scan(memoryview(data))
-    except (_Unplain, struct.error, IndexError, UnicodeDecodeError):
+    except (_Unplain, struct.error, IndexError, ValueError):
         return None
 
 
@@ -70,7 +70,9 @@ def _scan(buf: memoryview) -> tuple[str, str, str]:
         if tag in (_SOP_CLASS, _SOP_INSTANCE, _STUDY):
             found[tag] = _text(buf[pos:pos + length])
         pos += length
-    return found.get(_SOP_CLASS, ""), found.get(_SOP_INSTANCE, ""), found.get(_STUDY, "")
+    if len(found) < 3:  # missing, or out of order: pydicom reads the whole header to be sure
+        raise _Unplain
+    return found[_SOP_CLASS], found[_SOP_INSTANCE], found[_STUDY]
 
 
 def _element(buf: memoryview, pos: int, explicit: bool) -> tuple[int, bytes, int, int]:

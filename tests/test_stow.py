@@ -286,9 +286,13 @@ def test_scan_uids_agrees_with_pydicom() -> None:
     assert scan_uids(data) == (str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
     assert scan_uids(data) == pydicom_uids(data)
 
-    # declined: no preamble, truncated, deflated
+    # declined: no preamble, truncated, no study UID (or one out of order), deflated
     assert scan_uids(data[128:]) is None
     assert scan_uids(data[:200]) is None
+    del ds.StudyInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    assert scan_uids(buf.getvalue()) is None
     deflated = make_image()
     deflated.file_meta = FileMetaDataset(deflated.file_meta)
     deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
