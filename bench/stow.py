@@ -35,7 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cstore import free_port  # noqa: E402
+from bench.cstore import free_port, wait_idle  # noqa: E402
 from dicomweb.multipart import Part, encode  # noqa: E402
 from tests.dicomgen import make_image  # noqa: E402
 
@@ -140,6 +140,7 @@ def measure(name: str, reqs: list[tuple[str, bytes]], per_request: int, size: in
         else:
             proc, base = start_orthanc(Path(tmp))
         try:
+            wait_idle(proc.pid)  # steady state: both gunicorn workers booted, not just the first
             run(base, bodies(per_request, per_request, size, "warm-up"), per_request, 1)
             seconds = run(base, reqs, per_request, clients)
         finally:
