@@ -7,9 +7,9 @@
   JSON array of datasets (PS3.18 F.2) whose BulkDataURI values name other parts by their
   Content-Location; see :func:`store_json_request` for how an object is built from them.
 
-Every object goes through :meth:`Archive.store`. The body is decoded part by part
-(:func:`dicomweb.multipart.decode` spools each part to a temporary file); DICOM parts are stored
-as they arrive, so a request is never held in memory. A bad part fails alone (FailedSOPSequence
+Every object goes through :meth:`Archive.store_many`. The body is decoded part by part
+(:func:`dicomweb.multipart.decode`: a small part in memory, a large one in an encrypted spool); DICOM
+parts are stored as they arrive, so a request is never held in memory. A bad part fails alone (FailedSOPSequence
 with a FailureReason) while the others are stored. The answer (PS3.18 10.5.3) is
 ``application/dicom+json``: 200 all stored, 202 some failed, 409 none stored; 400 for a malformed
 body, 413 over ``max_upload_bytes``, 415 for another media type.
