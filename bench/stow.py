@@ -3,14 +3,15 @@
 Usage::
 
     python -m bench.stow [--count 1000] [--per-request 50] [--size 64] [--servers pacs,orthanc]
-        [--clients 1]
+        [--clients 1,2] [--repeat 3]
 
 Each server runs fresh in a temporary directory (ours: ``pacs serve`` with its defaults: encrypted,
 fsync on; Orthanc: Debian's ``Orthanc`` + ``libOrthancDicomWeb.so``, SQLite, defaults). The
 client posts ``multipart/related; type="application/dicom"`` bodies built once in memory (small
 CT images, ``--size`` pixels square) with ``requests`` over one keep-alive session per client
 thread, and checks every reply lists all instances. Prints instances/s for each server and the
-ratio ours / Orthanc (target >= 1.2).
+ratio ours / Orthanc (target >= 1.2). Repeats are interleaved (pacs, orthanc, pacs, ...), one fresh
+server per measurement; the median of the repeats is shown with the load average seen.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cstore import free_port  # noqa: E402
+from bench.cstore import free_port, wait_idle  # noqa: E402
 from dicomweb.multipart import Part, encode  # noqa: E402
 from tests.dicomgen import make_image  # noqa: E402
 
@@ -71,9 +73,12 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
-def start_pacs(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_pacs(tmp: Path, tree: str = "") -> tuple[subprocess.Popen, str]:
+    """``pacs serve`` on its defaults; ``tree``: a source tree to run instead (put on PYTHONPATH)."""
     http = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    if tree:
+        env["PYTHONPATH"] = tree
     env.update(PACS_DATA_DIR=str(tmp / "data"), PACS_HTTP_PORT=str(http), PACS_DICOM_PORT=str(free_port()),
                PACS_HTTP_HOST="127.0.0.1", PACS_DICOM_HOST="127.0.0.1")
     proc = subprocess.Popen([PACS, "serve"], env=env, stdout=subprocess.DEVNULL,
@@ -125,34 +130,62 @@ def run(base: str, reqs: list[tuple[str, bytes]], per_request: int, clients: int
     return seconds
 
 
+def measure(name: str, reqs: list[tuple[str, bytes]], per_request: int, size: int,
+            clients: int) -> float:
+    """Instances/s of one fresh server (own temporary directory) for these requests."""
+    count = sum(body.count(b"DICM") for _, body in reqs)
+    with tempfile.TemporaryDirectory(prefix=f"stow-{name.partition('@')[0]}-") as tmp:
+        if name.startswith("pacs"):
+            proc, base = start_pacs(Path(tmp), name.partition("@")[2])
+        else:
+            proc, base = start_orthanc(Path(tmp))
+        try:
+            wait_idle(proc.pid)  # steady state: both gunicorn workers booted, not just the first
+            run(base, bodies(per_request, per_request, size, "warm-up"), per_request, 1)
+            seconds = run(base, reqs, per_request, clients)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return count / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--per-request", type=int, default=50)
     ap.add_argument("--size", type=int, default=64, help="rows = columns of each image")
-    ap.add_argument("--servers", default="pacs,orthanc")
-    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--servers", default="pacs,orthanc",
+                    help="pacs, orthanc, or pacs@TREE: pacs serve from another source tree "
+                         "(e.g. pacs@/work/main for a before/after comparison in one run)")
+    ap.add_argument("--clients", default="1,2", help="comma list of client thread counts")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median is shown")
     args = ap.parse_args()
     reqs = bodies(args.count, args.per_request, args.size)
-    mb = sum(len(b) for _, b in reqs) / 1e6
-    rates: dict[str, float] = {}
-    for name in args.servers.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"stow-{name}-") as tmp:
-            proc, base = (start_pacs if name == "pacs" else start_orthanc)(Path(tmp))
-            try:
-                run(base, bodies(args.per_request, args.per_request, args.size, "warm-up"), args.per_request, 1)
-                seconds = run(base, reqs, args.per_request, args.clients)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        rates[name] = args.count / seconds
-        print(f"{name:8s} {args.count} instances ({mb:.1f} MB) in {seconds:.2f} s: "
-              f"{rates[name]:.0f} instances/s, {mb / seconds:.1f} MB/s", flush=True)
-    if "pacs" in rates and "orthanc" in rates:
-        print(f"ratio pacs/orthanc: {rates['pacs'] / rates['orthanc']:.2f} (target >= 1.2)")
+    servers = args.servers.split(",")
+    client_counts = [int(c) for c in args.clients.split(",")]
+    rates: dict[tuple[str, int], list[float]] = {}
+    loads: list[float] = []
+    for rep in range(args.repeat):  # servers interleaved within each repeat: drift hits all alike
+        for clients in client_counts:
+            for name in servers:
+                loads.append(os.getloadavg()[0])
+                rate = measure(name, reqs, args.per_request, args.size, clients)
+                rates.setdefault((name, clients), []).append(rate)
+                print(f"repeat {rep + 1} clients {clients} {name:8s} {rate:6.0f} instances/s "
+                      f"(load {loads[-1]:.2f})", flush=True)
+    print(f"\n{args.count} instances, {args.per_request}/request, {args.size}x{args.size}, median of "
+          f"{args.repeat}; load average (1 min) {min(loads):.2f}-{max(loads):.2f}")
+    for clients in client_counts:
+        med = {n: statistics.median(rates[(n, clients)]) for n in servers}
+        line = "  ".join(f"{n} {med[n]:.0f}/s" for n in servers)
+        ratio = "".join(f"  {n}/orthanc {med[n] / med['orthanc']:.2f}" for n in servers
+                        if n.startswith("pacs") and "orthanc" in med)
+        print(f"clients {clients}: {line}{ratio}  (runs: "
+              + "; ".join(f"{n} " + ",".join(f"{r:.0f}" for r in rates[(n, clients)]) for n in servers)
+              + ")", flush=True)
 
 
 if __name__ == "__main__":

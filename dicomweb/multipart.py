@@ -3,8 +3,8 @@
 Pure module, no Flask.  :func:`encode` turns parts whose bodies are bytes,
 iterators of chunks or readable files into an iterator of chunks, so a whole
 study is never held in memory.  :func:`decode` reads a request body from a
-file object or chunk iterator and yields each part with its body spooled to a
-``storage.spool.EncryptedSpool`` (memory up to a threshold, then encrypted disk), enforcing
+file object or chunk iterator and yields each part with its body in memory (an ``io.BytesIO``) up
+to a threshold, past it spooled to a ``storage.spool.EncryptedSpool`` (encrypted disk), enforcing
 per-part and total size limits.
 
 Why hand-written: werkzeug's ``sansio.multipart.MultipartDecoder`` is for
@@ -271,6 +271,44 @@ def _after_delimiter(buf: bytearray, pos: int, eof: bool) -> tuple[int, bool]:
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
+class _PartBody:
+    """Where a part's bytes go while it is decoded: memory up to ``spool_size``, then an
+    :class:`~storage.spool.EncryptedSpool` (plaintext never on disk). A part that arrives whole in
+    one buffer is copied once, into the ``bytes`` its :class:`io.BytesIO` serves."""
+
+    def __init__(self, spool_size: int) -> None:
+        self._limit = spool_size
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._spool: EncryptedSpool | None = None
+
+    def write(self, data: memoryview) -> None:
+        if self._spool is None and self._size + len(data) <= self._limit:
+            self._pieces.append(bytes(data))
+            self._size += len(data)
+            return
+        if self._spool is None:
+            self._spool = EncryptedSpool(max_size=self._limit)
+            for piece in self._pieces:
+                self._spool.write(piece)
+            self._pieces = []
+        self._spool.write(data)
+
+    def file(self) -> BinaryIO:
+        """The body as a seekable binary file at offset 0."""
+        if self._spool is not None:
+            self._spool.seek(0)
+            return self._spool  # type: ignore[return-value]
+        data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces = []
+        return io.BytesIO(data)
+
+    def close(self) -> None:
+        self._pieces = []
+        if self._spool is not None:
+            self._spool.close()
+
+
 def _parse_headers(block: bytes) -> dict[str, str]:
     """RFC 5322 style header lines, unfolding continuation lines (LWS)."""
     headers: dict[str, str] = {}
@@ -305,7 +343,8 @@ def decode(
 
     Each yielded :class:`Part` has lower-case ``headers`` (a missing
     Content-Type is filled from the multipart ``type`` parameter, RFC 2387 3.1)
-    and a body spooled in memory up to ``spool_size`` bytes, then on disk.
+    and a seekable body: an ``io.BytesIO`` up to ``spool_size`` bytes, past that an
+    :class:`~storage.spool.EncryptedSpool` (encrypted on disk, bounded memory).
     Raises :class:`MultipartError` when malformed or truncated,
     :class:`PayloadTooLarge` over ``max_part_size`` / ``max_total``, and
     :class:`~dicomweb.mediatypes.UnsupportedMediaType` if not multipart/related.
@@ -365,7 +404,7 @@ def decode(
             headers["content-type"] = default_type
         del buf[:body_start]
 
-        spool = EncryptedSpool(max_size=spool_size)  # plaintext never on disk; handed to the caller
+        body = _PartBody(spool_size)
         size = 0
         search = 0
         try:
@@ -384,8 +423,8 @@ def decode(
                     size += end
                     if size > max_part_size:
                         raise PayloadTooLarge(f"a part is over the limit of {max_part_size} bytes")
-                    spool.write(memoryview(buf)[:end])
-                    del buf[:after]
+                    body.write(memoryview(buf)[:end])
+                    del buf[:after]  # CPython drops a bytearray's head without moving the rest
                     break
                 # Keep a tail that may hold the start of "\r\n--boundary".
                 flush = len(buf) - len(needle) - 1
@@ -393,16 +432,15 @@ def decode(
                     size += flush
                     if size > max_part_size:
                         raise PayloadTooLarge(f"a part is over the limit of {max_part_size} bytes")
-                    spool.write(memoryview(buf)[:flush])
+                    body.write(memoryview(buf)[:flush])
                     del buf[:flush]
                 search = 0
                 if not src.fill():
                     raise MultipartError("body ends before the closing boundary")
         except BaseException:
-            spool.close()
+            body.close()
             raise
-        spool.seek(0)
-        yield Part(spool, headers)  # type: ignore[arg-type]
+        yield Part(body.file(), headers)
         if close:
             return
 

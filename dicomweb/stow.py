@@ -7,9 +7,9 @@
   JSON array of datasets (PS3.18 F.2) whose BulkDataURI values name other parts by their
   Content-Location; see :func:`store_json_request` for how an object is built from them.
 
-Every object goes through :meth:`Archive.store`. The body is decoded part by part
-(:func:`dicomweb.multipart.decode` spools each part to a temporary file); DICOM parts are stored
-as they arrive, so a request is never held in memory. A bad part fails alone (FailedSOPSequence
+Every object goes through :meth:`Archive.store_many`. The body is decoded part by part
+(:func:`dicomweb.multipart.decode`: a small part in memory, a large one in an encrypted spool); DICOM
+parts are stored as they arrive, so a request is never held in memory. A bad part fails alone (FailedSOPSequence
 with a FailureReason) while the others are stored. The answer (PS3.18 10.5.3) is
 ``application/dicom+json``: 200 all stored, 202 some failed, 409 none stored; 400 for a malformed
 body, 413 over ``max_upload_bytes``, 415 for another media type.
@@ -43,6 +43,7 @@ from .context import (
 )
 from .mediatypes import DICOM, DICOM_JSON, UnsupportedMediaType, parse_content_type
 from .multipart import MultipartError, Part, PayloadTooLarge, decode
+from .p10scan import scan_uids
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,10 @@ def reason_of(exc: BaseException) -> int:
 
 def _uids_of(fp: Any) -> tuple[str, str, str]:
     """SOP Class, SOP Instance and Study Instance UIDs of a part, best effort ('' if unreadable)."""
+    if isinstance(fp, io.BytesIO):
+        found = scan_uids(fp.getvalue())  # no copy: the BytesIO shares its initial bytes
+        if found is not None:
+            return found
     try:
         fp.seek(0)
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True,
@@ -149,6 +154,10 @@ def with_preamble(fp: Any) -> Any:
     fp.seek(0)
     if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00") or not head[4:6].isalpha():
         return fp
+    if isinstance(fp, io.BytesIO):  # a small part, in memory already
+        out: Any = io.BytesIO(b"\0" * 128 + b"DICM" + fp.getvalue())
+        fp.close()
+        return out
     out = EncryptedSpool(max_size=1 << 20)  # closed by the caller; plaintext never on disk
     out.write(b"\0" * 128 + b"DICM")
     shutil.copyfileobj(fp, out, 1 << 20)
@@ -160,8 +169,10 @@ def with_preamble(fp: Any) -> Any:
 def store_dicom_parts(parts: Iterator[Part], outcome: Outcome) -> None:
     """Store ``application/dicom`` parts as received (PS3.18 10.5.1.2.1), indexed in one transaction.
 
-    Parts stream: each is checked, handed to ``archive.store_many`` and closed before the next one
-    is read from the request body.
+    Parts stream: each is checked, handed to ``archive.store_many`` and released before the next
+    one is read from the request body. Each part's UIDs are read first (:func:`scan_uids`, no
+    second pydicom parse for plain objects): a part of another study than the URL's is refused
+    (PS3.18 10.5.1), and a part the archive refuses is named by them in the FailedSOPSequence.
     """
     accepted: list[tuple[str, str]] = []
 

@@ -47,6 +47,7 @@ def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
     env = _child_env(settings, config_path)
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(settings.http_workers),
            "--bind", f"{settings.http_host}:{settings.http_port}", "--threads", "4",
+           "--config", "python:pacs.gunicorn_hooks",  # uploads spread over the workers
            "--timeout", "300", "--graceful-timeout", str(int(settings.shutdown_grace)), "--log-level", "warning",
            "dicomweb:create_app()"]
     return subprocess.Popen(cmd, env=env)

@@ -179,3 +179,19 @@ def test_encode_empty() -> None:
     content_type, chunks = encode([], "B", media_type="application/dicom")
     assert content_type == 'multipart/related; type="application/dicom"; boundary=B'
     assert b"".join(chunks) == b"--B--\r\n"
+
+
+def test_small_parts_stay_in_memory_large_ones_spool() -> None:
+    """Parts up to spool_size come back as in-memory files (no spool pass); larger ones are
+    spooled encrypted, also when the small and the large ones arrive in one read."""
+    small, big = os.urandom(5000), os.urandom(70_000)
+    content_type, chunks = encode([Part.make(small, "application/dicom"),
+                                   Part.make(big, "application/dicom"),
+                                   Part.make(small, "application/dicom")], "B")
+    body = b"".join(chunks)
+    parts = list(decode(io.BytesIO(body), content_type, max_part_size=10**6, max_total=len(body),
+                        spool_size=1 << 16))
+    assert [type(p.body).__name__ for p in parts] == ["BytesIO", "EncryptedSpool", "BytesIO"]
+    assert [p.read() for p in parts] == [small, big, small]
+    for p in parts:
+        p.close()

@@ -186,3 +186,116 @@ def test_json_bulk_uri_missing_fails_that_item(srv: Server) -> None:
     assert r.status_code == 409, r.text
     assert r.headers["Content-Type"] == DICOM_JSON
     assert "BulkDataURI" in json.dumps(r.json())
+
+
+def test_large_part_through_the_spool_and_study_check(srv: Server) -> None:
+    """A part past the in-memory threshold (1 MiB) is spooled encrypted; its UIDs are still read."""
+    study = generate_uid()
+    big = make_image(patient_id="STOW3", study_uid=study, rows=800, columns=800)  # ~1.3 MB
+    stray = make_image(patient_id="STOW3", study_uid=generate_uid(), rows=800, columns=800)
+    r = post(srv, [Part.make(p10(big), "application/dicom"), Part.make(p10(stray), "application/dicom")],
+             path=f"/studies/{study}")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [i["00081155"]["Value"][0] for i in seq(body, "00081199")] == [str(big.SOPInstanceUID)]
+    assert [i["00081155"]["Value"][0] for i in seq(body, "00081198")] == [str(stray.SOPInstanceUID)]
+    archive = srv.archive()
+    try:
+        [info] = archive.instances(study_uid=study)
+        assert archive.read_bytes(info) == p10(big)  # stored byte for byte
+    finally:
+        archive.close()
+
+
+def test_one_client_keeps_its_connection(srv: Server) -> None:
+    """Sequential uploads on one connection stay on it (the rebalancing close is for concurrency)."""
+    with requests.Session() as s:
+        for _ in range(3):
+            ct, chunks = encode([Part.make(p10(make_image(patient_id="STOW4")), "application/dicom")],
+                                media_type="application/dicom")
+            r = s.post(srv.dicomweb_url + "/studies", data=b"".join(chunks), timeout=60,
+                       headers={"Content-Type": ct, "Accept": DICOM_JSON})
+            assert r.status_code == 200, r.text
+            assert r.headers.get("Connection", "keep-alive").lower() != "close"
+
+
+def test_concurrent_posts_in_one_worker_get_connection_close() -> None:
+    """pacs.gunicorn_hooks: a POST that starts while another POST runs in the worker closes its
+    connection after the answer, so the client's next request can land on an idle worker."""
+    from types import SimpleNamespace
+
+    from pacs import gunicorn_hooks as hooks
+
+    first, second = SimpleNamespace(method="POST"), SimpleNamespace(method="POST")
+    read = SimpleNamespace(method="GET")
+    for req in (first, read, second):
+        hooks.pre_request(None, req)
+    assert not hasattr(first, "must_close") and not hasattr(read, "must_close")
+    assert second.must_close is True
+    for req in (second, read, first):
+        hooks.post_request(None, req, {}, None)
+    alone = SimpleNamespace(method="POST")
+    hooks.pre_request(None, alone)
+    hooks.post_request(None, alone, {}, None)
+    assert not hasattr(alone, "must_close")
+
+
+def test_scan_uids_agrees_with_pydicom() -> None:
+    """dicomweb.p10scan reads the same three UIDs pydicom does, or declines (None)."""
+    import glob
+    import os
+
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from dicomweb.p10scan import scan_uids
+
+    def pydicom_uids(data: bytes) -> tuple[str, str, str]:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        return tuple(str(ds.get(k, "") or "") for k in  # type: ignore[return-value]
+                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))
+
+    scanned = 0
+    folder = os.path.dirname(get_testdata_file("CT_small.dcm"))
+    for path in sorted(glob.glob(os.path.join(folder, "*.dcm"))):
+        data = open(path, "rb").read()  # noqa: SIM115
+        got = scan_uids(data)
+        if got is not None:
+            scanned += 1
+            assert got == pydicom_uids(data), path
+    assert scanned > 30
+
+    # implicit VR, an undefined-length sequence (nested) before the study UID, as dcmtk writes them
+    ds = make_image(patient_id="SCAN")
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = "1.2.3"
+    inner = pydicom.Dataset()
+    inner.CodeValue = "X"
+    item.ConceptNameCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, item])
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    for elem in (ds["ReferencedImageSequence"], item["ConceptNameCodeSequence"]):
+        elem.is_undefined_length = True
+    item.is_undefined_length_sequence_item = True
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    data = buf.getvalue()
+    assert b"\xfe\xff\xdd\xe0" in data  # a sequence delimitation item: undefined length indeed
+    assert scan_uids(data) == (str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID))
+    assert scan_uids(data) == pydicom_uids(data)
+
+    # declined: no preamble, truncated, no study UID (or one out of order), deflated
+    assert scan_uids(data[128:]) is None
+    assert scan_uids(data[:200]) is None
+    del ds.StudyInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True, implicit_vr=True, little_endian=True)
+    assert scan_uids(buf.getvalue()) is None
+    deflated = make_image()
+    deflated.file_meta = FileMetaDataset(deflated.file_meta)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    deflated.save_as(buf, enforce_file_format=True)
+    assert scan_uids(buf.getvalue()) is None
