@@ -28,7 +28,7 @@ import pydicom
 from flask import Blueprint, Response, abort, request
 
 from storage.archive import StoreResult
-from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull
+from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull, StudyMismatch
 from storage.spool import EncryptedSpool
 
 from .auth import require_scope
@@ -43,7 +43,6 @@ from .context import (
 )
 from .mediatypes import DICOM, DICOM_JSON, UnsupportedMediaType, parse_content_type
 from .multipart import MultipartError, Part, PayloadTooLarge, decode
-from .p10scan import scan_uids
 
 log = logging.getLogger(__name__)
 
@@ -122,27 +121,13 @@ def reason_of(exc: BaseException) -> int:
         return OUT_OF_RESOURCES
     if isinstance(exc, Duplicate):
         return DUPLICATE_SOP
+    if isinstance(exc, StudyMismatch):
+        return STUDY_UID_MISMATCH
     if isinstance(exc, Conflict):
         return DATASET_MISMATCH
     if isinstance(exc, BadInput | ValueError):
         return CANNOT_UNDERSTAND
     return PROCESSING_FAILURE
-
-
-def _uids_of(fp: Any) -> tuple[str, str, str]:
-    """SOP Class, SOP Instance and Study Instance UIDs of a part, best effort ('' if unreadable)."""
-    if isinstance(fp, io.BytesIO):
-        found = scan_uids(fp.getvalue())  # no copy: the BytesIO shares its initial bytes
-        if found is not None:
-            return found
-    try:
-        fp.seek(0)
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
-        return (str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or ""),
-                str(ds.get("StudyInstanceUID", "") or ""))
-    except Exception:  # noqa: BLE001 - an unreadable part: no UIDs to report
-        return "", "", ""
 
 
 def with_preamble(fp: Any) -> Any:
@@ -169,36 +154,28 @@ def with_preamble(fp: Any) -> Any:
 def store_dicom_parts(parts: Iterator[Part], outcome: Outcome) -> None:
     """Store ``application/dicom`` parts as received (PS3.18 10.5.1.2.1), indexed in one transaction.
 
-    Parts stream: each is checked, handed to ``archive.store_many`` and released before the next
-    one is read from the request body. Each part's UIDs are read first (:func:`scan_uids`, no
-    second pydicom parse for plain objects): a part of another study than the URL's is refused
-    (PS3.18 10.5.1), and a part the archive refuses is named by them in the FailedSOPSequence.
+    Parts stream: each is handed to ``archive.store_many`` and released before the next one is read
+    from the request body. The archive parses each part once: it refuses a part of another study
+    than the URL's (PS3.18 10.5.1) and names every part it refuses by its UIDs, for the
+    FailedSOPSequence.
     """
-    accepted: list[tuple[str, str]] = []
 
     def bodies() -> Iterator[Any]:
         for part in parts:
             try:
-                part.body = with_preamble(part.body)
-                sop_class, sop_uid, study_uid = _uids_of(part.body)
                 if part.media_type != DICOM:
-                    outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND,
-                                 f"part is {part.media_type}, not {DICOM}")
+                    outcome.fail("", "", CANNOT_UNDERSTAND, f"part is {part.media_type}, not {DICOM}")
                     continue
-                if outcome.url_study and study_uid and study_uid != outcome.url_study:
-                    outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
-                                 "StudyInstanceUID differs from the study in the URL")
-                    continue
-                part.body.seek(0)  # type: ignore[union-attr]
-                accepted.append((sop_class, sop_uid))
+                part.body = with_preamble(part.body)
                 yield part.body
             finally:
                 part.close()
 
-    results = archive().store_many(bodies(), actor=actor(), origin=client_address())
-    for (sop_class, sop_uid), result in zip(accepted, results, strict=True):
+    results = archive().store_many(bodies(), actor=actor(), origin=client_address(),
+                                   study_uid=outcome.url_study)
+    for result in results:
         if isinstance(result, ArchiveError):
-            outcome.fail(sop_class, sop_uid, reason_of(result), str(result))
+            outcome.fail(result.sop_class_uid, result.sop_instance_uid, reason_of(result), str(result))
         else:
             outcome.ok(result)
 

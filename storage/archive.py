@@ -37,7 +37,7 @@ from .audit import AuditLog
 from .blobstore import DatabaseBlobStore, FileBlobStore, is_inline
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
-from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull
+from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull, StudyMismatch
 from .frames import FrameIndex, index_frames, read_frame
 from .header import read_header
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
@@ -93,6 +93,9 @@ class _Pending:
     origin: str = ""
 
     def fail(self, exc: ArchiveError) -> None:
+        if isinstance(self.outcome, StoreResult):
+            exc.sop_class_uid = self.outcome.sop_class_uid
+            exc.sop_instance_uid = self.outcome.sop_instance_uid
         self.outcome, self.failed = exc, True
 
 
@@ -183,18 +186,21 @@ class Archive:
         return result
 
     def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike | str], *, actor: str = "",
-                   origin: str = "", content_type: str = "") -> list[StoreResult | ArchiveError]:
+                   origin: str = "", content_type: str = "",
+                   study_uid: str | None = None) -> list[StoreResult | ArchiveError]:
         """Store several objects; their blobs are written one by one, then indexed in one transaction.
 
         One commit for a whole STOW-RS request instead of one per instance. Each source gets its own
-        result: a StoreResult, or the ArchiveError that refused it (the others are still stored).
-        ``sources`` may be a generator: each source is consumed before the next is asked for.
+        result: a StoreResult, or the ArchiveError that refused it (the others are still stored),
+        naming the object's UIDs when they could be read. ``study_uid``: refuse objects of any other
+        study (StudyMismatch). ``sources`` may be a generator: each source is consumed before the
+        next is asked for.
         """
         results: list[StoreResult | ArchiveError | _Pending] = []
         for source in sources:
             fp, close = _open_source(source)
             try:
-                results.append(self._write_blob(fp, content_type))
+                results.append(self._write_blob(fp, content_type, study_uid))
             except ArchiveError as exc:
                 results.append(exc)
             except Exception:  # noqa: BLE001 - one object fails alone; details in the server log
@@ -216,9 +222,20 @@ class Archive:
             self._commit(pending, actor=actor, origin=origin)
         return [r.outcome if isinstance(r, _Pending) else r for r in results]
 
-    def _write_blob(self, fp: BinaryIO, content_type: str) -> StoreResult | _Pending:
-        """Check the object, apply the duplicate policy, write its encrypted blob (fsynced)."""
+    def _write_blob(self, fp: BinaryIO, content_type: str, study_uid: str | None = None
+                    ) -> StoreResult | _Pending:
+        """Check the object, apply the duplicate policy, write its encrypted blob."""
         ds, v = read_header(fp)
+        try:
+            return self._write_checked(fp, ds, v, content_type, study_uid)
+        except ArchiveError as exc:  # name the object refused
+            exc.sop_class_uid, exc.sop_instance_uid = v["SOPClassUID"], v["SOPInstanceUID"]
+            raise
+
+    def _write_checked(self, fp: BinaryIO, ds: Dataset, v: dict[str, Any], content_type: str,
+                       study_uid: str | None) -> StoreResult | _Pending:
+        if study_uid and v["StudyInstanceUID"] != study_uid:
+            raise StudyMismatch("StudyInstanceUID differs from the study it was sent to")
         sop_uid = v["SOPInstanceUID"]
         study_uid, series_uid = v["StudyInstanceUID"], v["SeriesInstanceUID"]
         policy = self.settings.duplicate_policy

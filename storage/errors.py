@@ -6,7 +6,14 @@ Messages never contain PHI: they name attributes and UIDs, never patient values.
 
 
 class ArchiveError(Exception):
-    """Base class for every error the archive raises on purpose."""
+    """Base class for every error the archive raises on purpose.
+
+    When the refused object's UIDs could be read, ``store`` sets them here, so a front door can name
+    the object it refuses (STOW-RS FailedSOPSequence) without parsing it a second time.
+    """
+
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
 
 
 class NotFound(ArchiveError):
@@ -31,3 +38,7 @@ class KeyUnavailable(ArchiveError):
 
 class Conflict(ArchiveError):
     """The request contradicts what is stored (e.g. a STOW part outside the study named in the URL)."""
+
+
+class StudyMismatch(Conflict):
+    """A stored object's StudyInstanceUID is not the study it was sent to (STOW-RS to /studies/{uid})."""

@@ -58,10 +58,11 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, dict[str, Any]]:
         raise BadInput("a header element cannot be decoded") from None
     for kw in REQUIRED:
         value = values.get(kw)
-        if not value:
-            raise BadInput(f"{kw} is missing")
-        if len(str(value)) > 64:
-            raise BadInput(f"{kw} is longer than 64 characters")
+        if not value or len(str(value)) > 64:
+            exc = BadInput(f"{kw} is missing" if not value else f"{kw} is longer than 64 characters")
+            exc.sop_class_uid = str(values.get("SOPClassUID", ""))[:64]
+            exc.sop_instance_uid = str(values.get("SOPInstanceUID", ""))[:64]
+            raise exc
     return ds, values
 
 

@@ -8,8 +8,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from storage.archive import Archive, Scope
-from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound
+from storage.archive import Archive, Scope, StoreResult
+from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound, StudyMismatch
 from storage.query import Query
 from tests.dicomgen import make_image
 
@@ -254,3 +254,23 @@ def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
         assert b"DICM" in archive.read_bytes(info)[:200]
     finally:
         archive.close()
+
+
+def test_refused_objects_are_named_and_study_checked(archive: Archive):
+    """store_many refuses an object of another study than asked, and names what it refuses."""
+    study = generate_uid()
+    inside, outside = make_image(study_uid=study), make_image(study_uid=generate_uid())
+    nameless = make_image(study_uid=study)
+    nameless.SOPInstanceUID = ""
+    ok, mismatch, bad = archive.store_many([part10(inside), part10(outside), part10(nameless)],
+                                           study_uid=study)
+    assert isinstance(ok, StoreResult) and ok.study_uid == study
+    assert isinstance(mismatch, StudyMismatch)
+    assert (mismatch.sop_class_uid, mismatch.sop_instance_uid) == (outside.SOPClassUID,
+                                                                   outside.SOPInstanceUID)
+    assert isinstance(bad, BadInput) and bad.sop_class_uid == nameless.SOPClassUID
+    assert bad.sop_instance_uid == ""
+    archive.settings.duplicate_policy = "reject"
+    [dup] = archive.store_many([part10(inside)])
+    assert isinstance(dup, Duplicate) and dup.sop_instance_uid == inside.SOPInstanceUID
+    assert len(archive.instances(study)) == 1
