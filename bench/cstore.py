@@ -8,7 +8,8 @@ Usage (data from ``python -m bench.gen DATA``)::
 Every (server, scenario) pair gets a fresh server process with its own
 temporary storage directory. The client is dcmtk ``storescu`` with
 ``TCP_NODELAY=1``; ``ct-4`` runs 4 storescu processes on 4 quarters of the
-files. Peak RSS is the summed RSS of the server process tree, sampled every
+files. Measurement starts once the server's process tree is idle (see :func:`wait_quiet`).
+Peak RSS is the summed RSS of the server process tree, sampled every
 50 ms; "RSS growth" is the peak minus the RSS just before the client started.
 """
 
@@ -261,6 +262,22 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def wait_quiet(pid: int, timeout: float = 30.0, interval: float = 0.25, busy: float = 0.05) -> None:
+    """Wait until the server's process tree is idle (< ``busy`` of a core for two intervals).
+
+    ``pacs serve`` listens on its DICOM port long before its gunicorn workers have finished
+    importing (about 2 s of CPU on both cores): measuring from the first accept charged that boot
+    to the first run's throughput and CPU figures.
+    """
+    deadline = time.monotonic() + timeout
+    quiet, last = 0, tree_cpu_seconds(pid)
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(interval)
+        now = tree_cpu_seconds(pid)
+        quiet = quiet + 1 if now - last < busy * interval else 0
+        last = now
+
+
 def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float) -> Result:
     """Start ``server`` fresh, send ``files``, stop it, return the figures."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
@@ -269,7 +286,7 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
     ok = False
     try:
         wait_listening(port, proc)
-        time.sleep(0.3)
+        wait_quiet(proc.pid)
         base = tree_rss_bytes(proc.pid)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         cpu0 = tree_cpu_seconds(proc.pid)
