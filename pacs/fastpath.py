@@ -37,7 +37,6 @@ Sending from the DUL thread is safe: pynetdicom sends every PDU from this thread
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
@@ -217,7 +216,7 @@ class _Reader:
     def close(self) -> None:
         """Drop a half-received data set."""
         if self.spool is not None:
-            _drop(self.spool)
+            self.spool.discard()
             self.spool = None
 
     # One P-DATA-TF PDU's variable field (everything after the 6-byte header).
@@ -310,7 +309,7 @@ class _Reader:
                 with spool.open() as source:
                     code, comment = self._store(source)
             finally:
-                _drop(spool)
+                spool.discard()
         else:
             code, comment = self.status
         self.state = _IDLE
@@ -323,13 +322,6 @@ class _Reader:
         except Exception:  # noqa: BLE001 - the registered function should not raise; never a traceback to the peer
             log.exception("fast C-STORE from %s failed", self.actor)
             return (UNABLE_TO_PROCESS, "internal error; see the server log")
-
-
-def _drop(spool: Any) -> None:
-    """Close a spool and remove its file, if it rolled over to one."""
-    spool.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spool.name)
 
 
 def _reader_for(dul: Any) -> _Reader | None:
