@@ -305,6 +305,10 @@ class _Reader:
         ctx, msg_id, sop_class, sop_instance = self.req
         if self.state == _FAST:
             spool, self.spool = self.spool, None
+            # pynetdicom's association thread aborts when the DUL's idle timer (network timeout)
+            # expires; a long store here is not idleness: hold the timer (the reactor restarts it).
+            self.dul._idle_timer.restart()
+            self.dul._idle_timer.stop()
             try:
                 with spool.open() as source:
                     code, comment = self._store(source)
@@ -411,7 +415,9 @@ def install() -> None:
         return
     cls = _dul.DULServiceProvider
     src = inspect.getsource(cls._read_pdu_data)
-    for needle in ("self._decode_pdu(bytestream)", "self._recv_pdu.put(pdu)", "self.socket.recv(6)"):
+    src += inspect.getsource(_dul)  # run_reactor and __init__ may be wrapped already (pacs.transport)
+    for needle in ("self._decode_pdu(bytestream)", "self._recv_pdu.put(pdu)", "self.socket.recv(6)",
+                   "self._idle_timer.restart()", "self._idle_timer = Timer("):
         if needle not in src:
             raise RuntimeError(f"pynetdicom's DUL changed ({needle!r}): pacs.fastpath needs updating")
     orig_init, orig_run = cls.__init__, cls.run_reactor
