@@ -8,7 +8,8 @@ Usage (data from ``python -m bench.gen DATA``)::
 Every (server, scenario) pair gets a fresh server process with its own
 temporary storage directory. The client is dcmtk ``storescu`` with
 ``TCP_NODELAY=1``; ``ct-4`` runs 4 storescu processes on 4 quarters of the
-files. Peak RSS is the summed RSS of the server process tree, sampled every
+files. Measurement starts once the server's process tree is idle (see :func:`wait_idle`).
+Peak RSS is the summed RSS of the server process tree, sampled every
 50 ms; "RSS growth" is the peak minus the RSS just before the client started.
 """
 

@@ -37,7 +37,6 @@ Sending from the DUL thread is safe: pynetdicom sends every PDU from this thread
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
@@ -217,7 +216,7 @@ class _Reader:
     def close(self) -> None:
         """Drop a half-received data set."""
         if self.spool is not None:
-            _drop(self.spool)
+            self.spool.discard()
             self.spool = None
 
     # One P-DATA-TF PDU's variable field (everything after the 6-byte header).
@@ -306,11 +305,15 @@ class _Reader:
         ctx, msg_id, sop_class, sop_instance = self.req
         if self.state == _FAST:
             spool, self.spool = self.spool, None
+            # pynetdicom's association thread aborts when the DUL's idle timer (network timeout)
+            # expires; a long store here is not idleness: hold the timer (the reactor restarts it).
+            self.dul._idle_timer.restart()
+            self.dul._idle_timer.stop()
             try:
                 with spool.open() as source:
                     code, comment = self._store(source)
             finally:
-                _drop(spool)
+                spool.discard()
         else:
             code, comment = self.status
         self.state = _IDLE
@@ -323,13 +326,6 @@ class _Reader:
         except Exception:  # noqa: BLE001 - the registered function should not raise; never a traceback to the peer
             log.exception("fast C-STORE from %s failed", self.actor)
             return (UNABLE_TO_PROCESS, "internal error; see the server log")
-
-
-def _drop(spool: Any) -> None:
-    """Close a spool and remove its file, if it rolled over to one."""
-    spool.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spool.name)
 
 
 def _reader_for(dul: Any) -> _Reader | None:
@@ -419,7 +415,9 @@ def install() -> None:
         return
     cls = _dul.DULServiceProvider
     src = inspect.getsource(cls._read_pdu_data)
-    for needle in ("self._decode_pdu(bytestream)", "self._recv_pdu.put(pdu)", "self.socket.recv(6)"):
+    src += inspect.getsource(_dul)  # run_reactor and __init__ may be wrapped already (pacs.transport)
+    for needle in ("self._decode_pdu(bytestream)", "self._recv_pdu.put(pdu)", "self.socket.recv(6)",
+                   "self._idle_timer.restart()", "self._idle_timer = Timer("):
         if needle not in src:
             raise RuntimeError(f"pynetdicom's DUL changed ({needle!r}): pacs.fastpath needs updating")
     orig_init, orig_run = cls.__init__, cls.run_reactor

@@ -11,6 +11,7 @@ the handler returns, as before.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -88,6 +89,14 @@ class _EncryptedTempFile:
         self._mem = None
         with _LOCK:
             _SPOOLS.pop(self.name, None)
+
+    def discard(self) -> None:
+        """Close, and remove the file if the content had rolled over to one."""
+        rolled = self._raw is not None
+        self.close()
+        if rolled:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name)
 
 
 def _factory(*_args: Any, **_kwargs: Any) -> _EncryptedTempFile:

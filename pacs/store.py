@@ -58,6 +58,9 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
             code, comment = store(archive, source, actor, origin)
     else:
         code, comment = store(archive, event.encoded_dataset(include_meta=True), actor, origin)
+    # pynetdicom counts the time spent in this handler as network idleness (its idle timer runs
+    # on): a store longer than the network timeout aborted the association after answering.
+    event.assoc.dul._idle_timer.restart()
     return status(code, comment)
 
 

@@ -102,6 +102,19 @@ def counting_fast(archive: Archive, seen: Seen, part10: Any, actor: str, origin:
 fastpath.register(counting_handler, counting_fast)
 
 
+def slow_handler(event: evt.Event, archive: Archive, seen: Seen) -> Any:
+    time.sleep(1.5)
+    return counting_handler(event, archive, seen)
+
+
+def slow_fast(archive: Archive, seen: Seen, part10: Any, actor: str, origin: str) -> tuple[int, str]:
+    time.sleep(1.5)
+    return counting_fast(archive, seen, part10, actor, origin)
+
+
+fastpath.register(slow_handler, slow_fast)
+
+
 @dataclass
 class Scp:
     port: int
@@ -121,10 +134,14 @@ def scp_server(request, tmp_path, monkeypatch) -> Iterator[Scp]:
                              database_url=f"sqlite:///{tmp_path / 'index.sqlite'}")
     archive = Archive(settings, create_key=True)
     seen = Seen(spool)
+    slow = "slow_store" in request.fixturenames
     handlers = [h for h in scp.handlers(archive, settings) if h[0] is not evt.EVT_C_STORE]
-    handlers.append((evt.EVT_C_STORE, counting_handler, [archive, seen]))
+    handlers.append((evt.EVT_C_STORE, slow_handler if slow else counting_handler, [archive, seen]))
     port = free_port()
-    server = transport.make_server(scp.make_ae(settings), "127.0.0.1", port, evt_handlers=handlers)
+    ae = scp.make_ae(settings)
+    if slow:
+        ae.network_timeout = 0.5
+    server = transport.make_server(ae, "127.0.0.1", port, evt_handlers=handlers)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -290,6 +307,24 @@ def test_association_ended_mid_data_set_stores_nothing(scp_server: Scp, how: str
     again = ae.associate("127.0.0.1", scp_server.port, ae_title="PACS")
     assert again.is_established and again.send_c_store(ds).Status == 0
     again.release()
+
+
+@pytest.fixture
+def slow_store() -> None:
+    """Marks a test whose SCP stores slowly (1.5 s) with a 0.5 s network timeout."""
+
+
+def test_store_longer_than_the_network_timeout_is_not_idleness(slow_store, scp_server: Scp):
+    ds = make_image(patient_id="SLOW1")
+    assoc = scu(CTImageStorage, Verification).associate("127.0.0.1", scp_server.port, ae_title="PACS")
+    assert assoc.send_c_store(ds).Status == 0
+    time.sleep(0.1)
+    assert assoc.is_established and not assoc.is_aborted
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert assoc.is_released
+    assert_path(scp_server, 1)
+    assert scp_server.archive.instances(sop_uid=ds.SOPInstanceUID)
 
 
 # -- a real pacs serve, real peers ---------------------------------------------------------------------

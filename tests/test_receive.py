@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from pynetdicom import _config, dimse_messages
 
 from pacs import receive
@@ -36,3 +37,19 @@ def test_small_data_sets_stay_in_memory(tmp_path: Path, monkeypatch):
         assert fh.read() == b"small object"
     assert list(tmp_path.iterdir()) == []  # no file at all
     spool.close()
+
+
+def test_discard_removes_a_rolled_over_spool(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    receive.enable(tmp_path)
+    monkeypatch.setattr(receive, "MEMORY_LIMIT", 1 << 16)
+    big, small = receive.new_spool(), receive.new_spool()
+    big.write(b"x" * (1 << 17))
+    small.write(b"y")
+    assert [p.name for p in tmp_path.iterdir()] == [Path(big.name).name]
+    big.discard()
+    small.discard()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        receive.open_received(big.name)
