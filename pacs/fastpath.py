@@ -79,8 +79,18 @@ def serves(evt_handlers: list[Any]) -> bool:
     return any(h[0] is evt.EVT_C_STORE and h[1] in _REGISTRY for h in evt_handlers)
 
 
+_CONFIGURED: list[bool | None] = [None]
+
+
+def configure(enabled: bool) -> None:
+    """Turn the fast path on or off for this process (``pacs serve``: the ``dimse_fast_store`` setting)."""
+    _CONFIGURED[0] = enabled
+
+
 def is_enabled() -> bool:
-    """The fast path is on unless ``PACS_DIMSE_FAST_STORE`` is 0/false/no/off."""
+    """As configured; unconfigured, on unless ``PACS_DIMSE_FAST_STORE`` is 0/false/no/off."""
+    if _CONFIGURED[0] is not None:
+        return _CONFIGURED[0]
     return os.environ.get("PACS_DIMSE_FAST_STORE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 

@@ -67,6 +67,8 @@ def make_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
+    if settings.dimse_fast_store:  # larger PDUs cost the fast path less (pacs/transport.py, make_server)
+        ae.maximum_pdu_size = settings.dimse_max_pdu
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)

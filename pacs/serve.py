@@ -2,7 +2,7 @@
 
 Start-up: open the archive once here (creates the master key on first start, upgrades the schema,
 refuses a wrong key, sweeps orphan blobs); then start gunicorn, the retention schedule (a spawned
-process) and ``dimse_workers`` SCP processes sharing the DICOM port (SO_REUSEPORT). Each process
+process) and ``dimse_workers`` SCP processes accepting on one listening socket opened here. Each process
 opens its own archive after it starts. The parent supervises: a dead SCP worker is restarted, and
 SIGTERM/SIGINT stops everything.
 """
@@ -79,10 +79,11 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None)
 
     With ``listen_socket`` (the parent's, shared by every worker) it accepts there; alone, it binds.
     """
-    from . import receive, send
+    from . import fastpath, receive, send
     from .scp import handlers, make_ae
     from .transport import serve_forever
 
+    fastpath.configure(settings.dimse_fast_store)
     receive.enable(settings.data_dir / "tmp")  # bounded memory, ciphertext only on disk
     send.enable()  # C-GET/C-MOVE stream stored objects from their blobs
     # Responses are built by us from valid values; pydicom re-validating each one on encode

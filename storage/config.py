@@ -43,7 +43,9 @@ class Settings:
     dicom_port: int = 11112
     allowed_calling_aets: list[str] = field(default_factory=list)  # empty: any calling AE
     max_associations: int = 32
-    dimse_workers: int = 2  # SCP processes sharing the port (SO_REUSEPORT)
+    dimse_workers: int = 2  # SCP processes accepting on one shared listening socket
+    dimse_fast_store: bool = True  # C-STOREs served by pacs/fastpath.py (False: pynetdicom's own path)
+    dimse_max_pdu: int = 262144  # largest PDU we accept with the fast path (pynetdicom's default: 16382)
     destinations: dict[str, Destination] = field(default_factory=dict)
     duplicate_policy: str = "keep"  # keep | replace | reject  (a re-sent SOP Instance UID)
     network_timeout: float = 60.0
