@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (
 from storage.archive import Archive
 from storage.config import Settings
 
+from . import fastpath
 from .find import handle_find
 from .retrieve import handle_get, handle_move
 from .store import handle_store
@@ -67,7 +68,7 @@ def make_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
-    if settings.dimse_fast_store:  # larger PDUs cost the fast path less (pacs/transport.py, make_server)
+    if settings.dimse_fast_store and fastpath.is_enabled():  # larger PDUs cost it less (transport.py)
         ae.maximum_pdu_size = settings.dimse_max_pdu
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)

@@ -77,7 +77,6 @@ class StoreResult:
 class _Pending:
     """An object whose blob is written and fsynced, waiting to be indexed."""
 
-    ds: Dataset
     values: dict[str, Any]  # every indexed attribute of ds, decoded once
     patient_ref: int
     key_id: str
@@ -225,14 +224,14 @@ class Archive:
     def _write_blob(self, fp: BinaryIO, content_type: str, study_uid: str | None = None
                     ) -> StoreResult | _Pending:
         """Check the object, apply the duplicate policy, write its encrypted blob."""
-        ds, v = read_header(fp)
+        transfer_syntax, v = read_header(fp)
         try:
-            return self._write_checked(fp, ds, v, content_type, study_uid)
+            return self._write_checked(fp, transfer_syntax, v, content_type, study_uid)
         except ArchiveError as exc:  # name the object refused
             exc.sop_class_uid, exc.sop_instance_uid = v["SOPClassUID"], v["SOPInstanceUID"]
             raise
 
-    def _write_checked(self, fp: BinaryIO, ds: Dataset, v: dict[str, Any], content_type: str,
+    def _write_checked(self, fp: BinaryIO, transfer_syntax: str, v: dict[str, Any], content_type: str,
                        study_uid: str | None) -> StoreResult | _Pending:
         if study_uid and v["StudyInstanceUID"] != study_uid:
             raise StudyMismatch("StudyInstanceUID differs from the study it was sent to")
@@ -256,14 +255,14 @@ class Archive:
         dek = self.vault.dek(key_id) if self.settings.encrypt else None
         outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
                               sop_uid, study_uid, series_uid, patient_ref,
-                              str(ds.file_meta.TransferSyntaxUID))
+                              transfer_syntax)
         if fp.seek(0, io.SEEK_END) <= self.settings.inline_blob_limit:  # kept in the index
             blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
             writer = EncryptingWriter(sink, dek, blob_key)
             _copy(fp, writer)
             writer.close()
             data = sink.getvalue()
-            return _Pending(ds, v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
+            return _Pending(v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
                             content_type, replaced, outcome, inline=data)
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
@@ -276,7 +275,7 @@ class Archive:
             fh.close()
             self.blobs.delete(blob_key)
             raise
-        return _Pending(ds, v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
+        return _Pending(v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
                         writer.plain_size, content_type, replaced, outcome)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
