@@ -274,3 +274,34 @@ def test_refused_objects_are_named_and_study_checked(archive: Archive):
     [dup] = archive.store_many([part10(inside)])
     assert isinstance(dup, Duplicate) and dup.sop_instance_uid == inside.SOPInstanceUID
     assert len(archive.instances(study)) == 1
+
+
+def test_two_archives_create_the_same_study_at_once(archive: Archive):
+    """Two processes' archives (here: two Archive objects) racing to create one study and series:
+    on PostgreSQL one insert hits the unique index (the driver's IntegrityError), and is retried."""
+    import threading
+
+    other = Archive(archive.settings)
+    study, series = generate_uid(), generate_uid()
+    errors: list[BaseException] = []
+
+    def work(a: Archive, n: int) -> None:
+        try:
+            for i in range(5):
+                a.store(part10(make_image(study_uid=study, series_uid=series, instance_number=n * 10 + i)))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(a, n))
+                   for n, a in enumerate([archive, other] * 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        other.close()
+    assert errors == []
+    [row] = archive.find(Query("STUDY", filters={"StudyInstanceUID": study},
+                               return_keys=["NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries"]))
+    assert (row["NumberOfStudyRelatedInstances"], row["NumberOfStudyRelatedSeries"]) == (30, 1)
