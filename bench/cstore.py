@@ -276,6 +276,9 @@ def wait_idle(pid: int, timeout: float = 30.0) -> None:
 
 def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float) -> Result:
     """Start ``server`` fresh, send ``files``, stop it, return the figures."""
+    # Start with nothing dirty in the page cache: a server that does not fsync (Orthanc) leaves
+    # ~100 MB of CT to be written back during the next server's run, where it delays every fsync.
+    os.sync()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
     port = free_port()
     proc = server.start(tmp, port)

@@ -134,6 +134,7 @@ def measure(name: str, reqs: list[tuple[str, bytes]], per_request: int, size: in
             clients: int) -> float:
     """Instances/s of one fresh server (own temporary directory) for these requests."""
     count = sum(body.count(b"DICM") for _, body in reqs)
+    os.sync()  # nothing left dirty by the previous server to be written back during this run
     with tempfile.TemporaryDirectory(prefix=f"stow-{name.partition('@')[0]}-") as tmp:
         if name.startswith("pacs"):
             proc, base = start_pacs(Path(tmp), name.partition("@")[2])
