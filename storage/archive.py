@@ -759,13 +759,14 @@ def _int(value: Any) -> int | None:
 
 
 def _copy(fp: BinaryIO, writer: EncryptingWriter) -> None:
-    """All of ``fp`` into ``writer``; an in-memory source goes in as one view, not copied in chunks."""
+    """All of ``fp`` into ``writer``, which is then closed; an in-memory source goes in as one view."""
     if isinstance(fp, io.BytesIO):
         with fp.getbuffer() as view:
-            writer.write(view)
+            writer.write_last(view)
         return
     fp.seek(0)
     shutil.copyfileobj(fp, writer, CHUNK)
+    writer.close()
 
 
 def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO, bool]:

@@ -182,6 +182,10 @@ def test_any_write_pattern_gives_the_same_segments(pieces):
     assert len(sink.getvalue()) == len(_blob_default(data, dek, "obj"))
     r = DecryptingReader(io.BytesIO(sink.getvalue()), dek, "obj")
     assert r.read() == data
+    last = io.BytesIO()  # the whole plaintext at once, as the archive writes an in-memory object
+    EncryptingWriter(last, dek, "obj").write_last(memoryview(data))
+    assert len(last.getvalue()) == len(sink.getvalue())
+    assert DecryptingReader(io.BytesIO(last.getvalue()), dek, "obj").read() == data
 
 
 def _blob_default(data: bytes, dek: bytes, oid: str) -> bytes:
