@@ -14,6 +14,7 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -533,23 +534,15 @@ class Archive:
         """The instances under a study/series/instance (in series, instance-number order).
 
         Raises NotFound when nothing matches (also when the UIDs exist outside ``scope``)."""
-        stmt = (select(Instance, Series, Study, Patient)
-                .join(Series, Instance.series_id == Series.id)
-                .join(Study, Series.study_id == Study.id)
-                .join(Patient, Study.patient_id == Patient.id))
-        if study_uid:
-            stmt = stmt.where(Study.study_uid == study_uid)
-        if series_uid:
-            stmt = stmt.where(Series.series_uid == series_uid)
-        if sop_uid:
-            stmt = stmt.where(Instance.sop_uid == sop_uid)
+        params: dict[str, Any] = {"study": study_uid, "series": series_uid, "sop": sop_uid}
         if scope is not None:
-            stmt = stmt.where(Patient.id == scope.patient_ref)
+            params["patient"] = scope.patient_ref
             if scope.study_uids is not None:
-                stmt = stmt.where(Study.study_uid.in_(sorted(scope.study_uids)))
-        stmt = stmt.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
-        with self.sessions() as s:
-            out = [_info(*row) for row in s.execute(stmt)]
+                params["scope_studies"] = sorted(scope.study_uids)
+        shape = (bool(study_uid), bool(series_uid), bool(sop_uid), "patient" in params,
+                 "scope_studies" in params)
+        with self.engine.connect() as c:  # Core, statement built once per shape: every WADO request
+            out = [InstanceInfo(*row) for row in c.execute(_instances_stmt(*shape), params)]
         if not out:
             raise NotFound("no such study, series or instance")
         return out
@@ -600,8 +593,8 @@ class Archive:
 
     def frame_index(self, info: InstanceInfo) -> FrameIndex:
         """Where each frame is in the stored object; computed on first use, then kept in the index."""
-        with self.sessions() as s:
-            cached = s.scalar(select(Instance.frame_index).where(Instance.id == info.id))
+        with self.engine.connect() as c:
+            cached = c.execute(_SQL.frame_index, {"id": info.id}).scalar()
         if cached:
             return FrameIndex.from_dict(json.loads(cached))
         with self.open(info) as r:
@@ -742,6 +735,30 @@ class _SQL:
     insert_instance = Prepared(insert(Instance))
     insert_audit = Prepared(insert(AuditEvent))
     insert_blob = Prepared(insert(InlineBlob))
+    frame_index = select(Instance.frame_index).where(Instance.id == bindparam("id"))
+
+
+@functools.cache
+def _instances_stmt(study: bool, series: bool, sop: bool, patient: bool, scope_studies: bool) -> Any:
+    """The select behind :meth:`Archive.instances` for one combination of filters (InstanceInfo order)."""
+    stmt = (select(Instance.id, Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax,
+                   Series.series_uid, Study.study_uid, Patient.id, Patient.key_id, Instance.blob_key,
+                   Instance.blob_size, Instance.size, Instance.number_of_frames, Instance.rows,
+                   Instance.columns, Instance.instance_number, Instance.content_type)
+            .join(Series, Instance.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+            .join(Patient, Study.patient_id == Patient.id))
+    if study:
+        stmt = stmt.where(Study.study_uid == bindparam("study"))
+    if series:
+        stmt = stmt.where(Series.series_uid == bindparam("series"))
+    if sop:
+        stmt = stmt.where(Instance.sop_uid == bindparam("sop"))
+    if patient:
+        stmt = stmt.where(Patient.id == bindparam("patient"))
+    if scope_studies:
+        stmt = stmt.where(Study.study_uid.in_(bindparam("scope_studies", expanding=True)))
+    return stmt.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
 
 
 def _info(inst: Instance, series: Series, study: Study, patient: Patient) -> InstanceInfo:
