@@ -7,6 +7,7 @@ import io
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from storage.archive import Archive, Scope, StoreResult
 from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, NotFound, StudyMismatch
@@ -219,6 +220,24 @@ def test_frames_read_back(archive: Archive):
     frame_len = 32 * 32 * 2
     for n in (1, 2, 3):
         assert archive.read_frame(info, n) == ds.PixelData[(n - 1) * frame_len: n * frame_len]
+    # the index computed on first use is kept in the database, off the request path
+    import time
+
+    from storage.index.models import Instance
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with archive.engine.connect() as c:
+            kept = c.execute(select(Instance.frame_index).where(Instance.id == info.id)).scalar()
+        if kept:
+            break
+        time.sleep(0.1)
+    assert kept and b'"number_of_frames": 3' in kept
+    other = Archive(archive.settings)  # another process reads it from there
+    try:
+        assert other.read_frame(info, 2) == ds.PixelData[frame_len: 2 * frame_len]
+    finally:
+        other.close()
 
 
 def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
