@@ -467,14 +467,15 @@ def metadata_offers() -> list[Offer]:
     return [Offer(DICOM_JSON), Offer(JSON)]
 
 
-def rendered_offers(multiframe: bool = False) -> list[Offer]:
-    """Offers for rendered images (PS3.18 Table 8.7.4-1; image/jpeg is default).
+RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 Table 8.7.4-1, default first
 
-    For a whole multi-frame instance only GIF can carry all frames here.
-    """
-    if multiframe:
-        return [Offer("image/gif")]
-    return [Offer("image/jpeg"), Offer("image/png"), Offer("image/gif")]
+
+def rendered_offers(images: int = 1) -> list[Offer]:
+    """Offers for a rendered resource of ``images`` images (PS3.18 8.7.4): single-part first for
+    one image, multipart (``multipart/related; type="image/jpeg"``...) first for several."""
+    single = [Offer(t) for t in RENDERED_TYPES]
+    multi = [Offer(t, True) for t in RENDERED_TYPES]
+    return single + multi if images == 1 else multi + single
 
 
 def zip_offers() -> list[Offer]:

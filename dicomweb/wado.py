@@ -40,6 +40,7 @@ from .mediatypes import (
     instance_offers,
     is_native,
     negotiate,
+    rendered_offers,
 )
 from .transcode import TranscodeError, can_transcode, decode_frame, to_explicit_le
 
@@ -431,7 +432,6 @@ def _pixel_bulk(info: InstanceInfo, offer: Offer) -> Response:
 
 # ------------------------------------------------------------------- rendered and thumbnail
 
-_RENDERED_TYPES = ("image/jpeg", "image/png", "image/gif")  # PS3.18 Table 8.7.4-1, default first
 
 
 def _render_params() -> dict[str, Any]:
@@ -472,13 +472,6 @@ def _rendered_location(info: InstanceInfo, frame: int | None) -> str:
     return _location(info) + (f"/frames/{frame}/rendered" if frame else "/rendered")
 
 
-def _rendered_offers(images: int) -> list[Offer]:
-    """Single-part first when the resource is one image, else multipart first (PS3.18 8.7.4)."""
-    single = [Offer(t) for t in _RENDERED_TYPES]
-    multi = [Offer(t, True) for t in _RENDERED_TYPES]
-    return single + multi if images == 1 else multi + single
-
-
 def _rendered(infos: list[InstanceInfo], frames: list[int] | None = None,
               level: str = "instance") -> Response:
     """Rendered study, series, instance or frames (PS3.18 10.4.1.1.3).
@@ -506,7 +499,7 @@ def _rendered(infos: list[InstanceInfo], frames: list[int] | None = None,
     else:
         plan = [(i, list(range(1, _frame_count(i) + 1))) for i in images]
     total = sum(len(f) for _, f in plan)
-    offer = negotiate(_accept(), _rendered_offers(total))
+    offer = negotiate(_accept(), rendered_offers(total))
     params = _render_params()
     audit_read(images, f"rendered {level}")
     if not offer.multipart:
@@ -585,7 +578,7 @@ def _thumbnail(infos: list[InstanceInfo], frame: int | None) -> Response:
     from .render import parse_viewport, render, thumbnail
 
     info = _representative(infos)
-    offer = negotiate(_accept(), [Offer(t) for t in _RENDERED_TYPES])
+    offer = negotiate(_accept(), rendered_offers()[:3])  # the single-part image types
     _audit_small_read(info, "thumbnail")
     if not _renderable(info):
         return Response(_icon(offer.media_type), content_type=offer.media_type)
