@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,42 +27,39 @@ _counter = itertools.count()
 _lock = threading.Lock()
 
 
-def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
-    """Write the received dataset as received (no file meta) and fsync it."""
+def _write(out: Path, fsync: bool, body: Callable[[BinaryIO], None]) -> None:
+    """A new file in ``out`` filled by ``body``, fsynced if asked."""
     with _lock:
         n = next(_counter)
-    path = out / f"{os.getpid()}-{n}.dcm"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(out / f"{os.getpid()}-{n}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
-            if _config.STORE_RECV_CHUNKED_DATASET:
-                # pynetdicom streamed the dataset to a temporary file: copy it.
-                with open(event.dataset_path, "rb") as src:
-                    shutil.copyfileobj(src, f, 1024 * 1024)
-            else:
-                f.write(event.encoded_dataset(include_meta=False))
+            body(f)
             f.flush()
             if fsync:
                 os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
+    """Write the received dataset as received (no file meta) and fsync it."""
+
+    def body(f: BinaryIO) -> None:
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            # pynetdicom streamed the dataset to a temporary file: copy it.
+            with open(event.dataset_path, "rb") as src:
+                shutil.copyfileobj(src, f, 1024 * 1024)
+        else:
+            f.write(event.encoded_dataset(include_meta=False))
+
+    _write(out, fsync, body)
     return 0x0000
 
 
 def fast_store(out: Path, fsync: bool, part10: BinaryIO, actor: str, origin: str) -> tuple[int, str]:
     """The same for pacs.fastpath: write the received Part 10 bytes and fsync them."""
-    with _lock:
-        n = next(_counter)
-    path = out / f"{os.getpid()}-{n}.dcm"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            shutil.copyfileobj(part10, f, 1024 * 1024)
-            f.flush()
-            if fsync:
-                os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write(out, fsync, lambda f: shutil.copyfileobj(part10, f, 1024 * 1024))
     return 0x0000, ""
 
 
