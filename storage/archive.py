@@ -272,7 +272,6 @@ class Archive:
             blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
             writer = EncryptingWriter(sink, dek, blob_key)
             _copy(fp, writer)
-            writer.close()
             data = sink.getvalue()
             return _Pending(v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
                             content_type, replaced, outcome, inline=data)
@@ -281,7 +280,6 @@ class Archive:
         try:
             writer = EncryptingWriter(fh, dek, blob_key)
             _copy(fp, writer)
-            writer.close()
             self.blobs.commit(fh, durable=False)  # made durable in store_many, one sync per batch
         except BaseException:
             fh.close()
