@@ -41,8 +41,8 @@ from .blobstore import DatabaseBlobStore, FileBlobStore, is_inline
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
 from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull, StudyMismatch
-from .frames import FrameIndex, index_frames, read_frame
-from .header import read_header
+from .frames import FrameIndex, index_frames, native_frame_index, read_frame
+from .header import Header, read_header
 from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import (
     AuditEvent,
@@ -90,6 +90,7 @@ class _Pending:
     replaced: int | None
     outcome: StoreResult | ArchiveError
     inline: bytes | None = None  # the encrypted object, when it is kept in the index database
+    frame_index: bytes | None = None  # JSON FrameIndex of a native object, known at ingest
     failed: bool = False
     actor: str = ""
     origin: str = ""
@@ -236,15 +237,17 @@ class Archive:
     def _write_blob(self, fp: BinaryIO, content_type: str, study_uid: str | None = None
                     ) -> StoreResult | _Pending:
         """Check the object, apply the duplicate policy, write its encrypted blob."""
-        transfer_syntax, v = read_header(fp)
+        header = read_header(fp)
+        v = header.values
         try:
-            return self._write_checked(fp, transfer_syntax, v, content_type, study_uid)
+            return self._write_checked(fp, header, content_type, study_uid)
         except ArchiveError as exc:  # name the object refused
             exc.sop_class_uid, exc.sop_instance_uid = v["SOPClassUID"], v["SOPInstanceUID"]
             raise
 
-    def _write_checked(self, fp: BinaryIO, transfer_syntax: str, v: dict[str, Any], content_type: str,
+    def _write_checked(self, fp: BinaryIO, header: Header, content_type: str,
                        study_uid: str | None) -> StoreResult | _Pending:
+        v = header.values
         if study_uid and v["StudyInstanceUID"] != study_uid:
             raise StudyMismatch("StudyInstanceUID differs from the study it was sent to")
         sop_uid = v["SOPInstanceUID"]
@@ -267,14 +270,17 @@ class Archive:
         dek = self.vault.dek(key_id) if self.settings.encrypt else None
         outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
                               sop_uid, study_uid, series_uid, patient_ref,
-                              transfer_syntax)
-        if fp.seek(0, io.SEEK_END) <= self.settings.inline_blob_limit:  # kept in the index
+                              header.transfer_syntax)
+        size = fp.seek(0, io.SEEK_END)
+        frames = native_frame_index(header.transfer_syntax, v, header.pixel_head, header.pixel_at, size)
+        frame_index = json.dumps(frames.to_dict()).encode() if frames is not None else None
+        if size <= self.settings.inline_blob_limit:  # kept in the index
             blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
             writer = EncryptingWriter(sink, dek, blob_key)
             _copy(fp, writer)
             data = sink.getvalue()
             return _Pending(v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
-                            content_type, replaced, outcome, inline=data)
+                            content_type, replaced, outcome, inline=data, frame_index=frame_index)
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
         try:
@@ -286,7 +292,7 @@ class Archive:
             self.blobs.delete(blob_key)
             raise
         return _Pending(v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
-                        writer.plain_size, content_type, replaced, outcome)
+                        writer.plain_size, content_type, replaced, outcome, frame_index=frame_index)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
         """Index the written blobs; whatever is not indexed loses its blob (its outcome is the error).
@@ -519,7 +525,7 @@ class Archive:
             "columns": _int(v.get("Columns")), "content_type": p.content_type,
             "blob_key": p.blob_key, "blob_size": p.blob_size, "size": p.size,
             "phi": seal(p.key_id, phi_aad("IMAGE", o.sop_instance_uid), _subset(v, "IMAGE")),
-            "received_at": now, "frame_index": None})
+            "received_at": now, "frame_index": p.frame_index})
         _SQL.insert_audit.execute(c, {
             "at": now, "actor": actor[:128], "action": "store", "outcome": "success",
             "patient_ref": p.patient_ref, "study_uid": o.study_uid, "source": origin[:128],

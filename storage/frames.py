@@ -107,17 +107,69 @@ def _read_exact(fp: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _native_frame_bits(ds: pydicom.Dataset, tag: int) -> int:
-    """Bits per native frame (PS3.5 8.1.1, 8.2; YBR_FULL_422 is subsampled, PS3.3 C.7.6.3.1.2)."""
+def _native_frame_bits(ds: Any, tag: int) -> int:
+    """Bits per native frame (PS3.5 8.1.1, 8.2; YBR_FULL_422 is subsampled, PS3.3 C.7.6.3.1.2).
+
+    ``ds``: a pydicom Dataset, or a mapping of keyword to value (the archive's indexed values)."""
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
+        rows, cols = int(ds.get("Rows")), int(ds.get("Columns"))
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated) if tag == 0x7FE00010 else (32 if tag == 0x7FE00008 else 64)
-    except (AttributeError, TypeError, ValueError) as exc:
+        bits = int(ds.get("BitsAllocated")) if tag == 0x7FE00010 else (32 if tag == 0x7FE00008 else 64)
+    except (KeyError, TypeError, ValueError) as exc:
         raise FramesUnavailable(f"image pixel module incomplete: {exc}") from None
-    if ds.get("PhotometricInterpretation") == "YBR_FULL_422" and samples == 3:
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422" and samples == 3:
         return rows * cols * 2 * bits
     return rows * cols * samples * bits
+
+
+def _pixel_element(head: bytes, start: int) -> tuple[int, int, int]:
+    """(tag, value offset, value length) of the pixel data element whose header is ``head`` at ``start``."""
+    if len(head) < 8:
+        raise FramesUnavailable("object has no pixel data")
+    tag = (struct.unpack("<H", head[:2])[0] << 16) | struct.unpack("<H", head[2:4])[0]
+    if tag not in _PIXEL_TAGS:
+        raise FramesUnavailable("object has no pixel data")
+    # Files sometimes disagree with their transfer syntax; look at the bytes.
+    if head[4:6] in _LONG_VRS and len(head) == 12:
+        return tag, start + 12, struct.unpack("<I", head[8:12])[0]
+    return tag, start + 8, struct.unpack("<I", head[4:8])[0]
+
+
+def _number_of_frames(ds: Any) -> int:
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise FramesUnavailable(f"bad NumberOfFrames {ds.get('NumberOfFrames')!r}") from None
+    if frames < 1:
+        raise FramesUnavailable(f"NumberOfFrames is {frames}")
+    return frames
+
+
+def _native_index(ts: str, ds: Any, tag: int, value_start: int, length: int, end: int) -> FrameIndex:
+    frames = _number_of_frames(ds)
+    frame_bits = _native_frame_bits(ds, tag)
+    if value_start + length > end:
+        raise FramesUnavailable(f"file truncated: pixel data ends at {value_start + length}, file at {end}")
+    if frame_bits * frames > length * 8:
+        raise FramesUnavailable(
+            f"pixel data holds {length} bytes, {frames} frame(s) need {frame_bits * frames // 8}")
+    return FrameIndex(ts, frames, False, value_start, length, frame_bits)
+
+
+def native_frame_index(ts: str, values: dict[str, Any], head: bytes, start: int,
+                       size: int) -> FrameIndex | None:
+    """The index of a native (uncompressed) object from what ingest read anyway: its indexed values and
+    the pixel data element header ``head`` found at ``start`` of a ``size``-byte file. None when the
+    pixel data is encapsulated or anything does not add up (then :func:`index_frames` on first use)."""
+    if ts in _DEFLATED or ts == _BIG_ENDIAN:
+        return None
+    try:
+        tag, value_start, length = _pixel_element(head, start)
+        if length == 0xFFFFFFFF:
+            return None
+        return _native_index(ts, values, tag, value_start, length, size)
+    except FramesUnavailable:
+        return None
 
 
 def index_frames(fp: BinaryIO) -> FrameIndex:
@@ -140,37 +192,10 @@ def index_frames(fp: BinaryIO) -> FrameIndex:
     if ts == _BIG_ENDIAN:
         raise FramesUnavailable("Explicit VR Big Endian (retired): transcode before frame access")
     start = fp.tell()
-    head = fp.read(12)
-    if len(head) < 8:
-        raise FramesUnavailable("object has no pixel data")
-    tag = (struct.unpack("<H", head[:2])[0] << 16) | struct.unpack("<H", head[2:4])[0]
-    if tag not in _PIXEL_TAGS:
-        raise FramesUnavailable("object has no pixel data")
-    # Files sometimes disagree with their transfer syntax; look at the bytes.
-    if head[4:6] in _LONG_VRS and len(head) == 12:
-        (length,) = struct.unpack("<I", head[8:12])
-        value_start = start + 12
-    else:
-        (length,) = struct.unpack("<I", head[4:8])
-        value_start = start + 8
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        raise FramesUnavailable(f"bad NumberOfFrames {ds.get('NumberOfFrames')!r}") from None
-    if frames < 1:
-        raise FramesUnavailable(f"NumberOfFrames is {frames}")
+    tag, value_start, length = _pixel_element(fp.read(12), start)
+    frames = _number_of_frames(ds)
     if length != 0xFFFFFFFF:
-        frame_bits = _native_frame_bits(ds, tag)
-        end = fp.seek(0, 2)
-        if value_start + length > end:
-            raise FramesUnavailable(
-                f"file truncated: pixel data ends at {value_start + length}, file at {end}"
-            )
-        if frame_bits * frames > length * 8:
-            raise FramesUnavailable(
-                f"pixel data holds {length} bytes, {frames} frame(s) need {frame_bits * frames // 8}"
-            )
-        return FrameIndex(ts, frames, False, value_start, length, frame_bits)
+        return _native_index(ts, ds, tag, value_start, length, fp.seek(0, 2))
     fp.seek(value_start)
     return _index_encapsulated(fp, ds, ts, frames)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
@@ -44,14 +45,22 @@ def _dictionary_vr(tag: int) -> str:
         return "UN"
 
 
-def read_header(fp: BinaryIO) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Header:
+    """What ingest needs of an object's header."""
+
+    transfer_syntax: str
+    values: dict[str, Any]  # every indexed attribute present, by keyword
+    pixel_at: int = -1  # where the pixel data element starts (-1: not known)
+    pixel_head: bytes = b""  # its first 12 bytes (tag, VR, length)
+
+
+def read_header(fp: BinaryIO) -> Header:
     """The transfer syntax and every indexed value, decoded once; BadInput if unfit.
 
     Decoding everything here means a corrupt element fails now, not mid-transaction."""
-    found = _scan(fp)
-    if found is None:
-        found = _read(fp)
-    transfer_syntax, values = found
+    found = _scan(fp) or _read(fp)
+    values = found.values
     for kw in REQUIRED:
         value = values.get(kw)
         if not value or len(str(value)) > 64:
@@ -59,7 +68,7 @@ def read_header(fp: BinaryIO) -> tuple[str, dict[str, Any]]:
             exc.sop_class_uid = str(values.get("SOPClassUID", ""))[:64]
             exc.sop_instance_uid = str(values.get("SOPInstanceUID", ""))[:64]
             raise exc
-    return transfer_syntax, values
+    return found
 
 
 _META_TS = 0x00020010
@@ -70,7 +79,7 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 
-def _scan(fp: BinaryIO) -> tuple[str, dict[str, Any]] | None:
+def _scan(fp: BinaryIO) -> Header | None:
     """The fast reading described in the module docstring, or None for pydicom to read it."""
     try:
         fp.seek(0)
@@ -98,12 +107,13 @@ def _scan(fp: BinaryIO) -> tuple[str, dict[str, Any]] | None:
                 return None
             if value not in (None, ""):
                 values[INDEXED[tag]] = value
-        return ts, values
+        pixel_at = fp.tell()  # the reader stopped at (and rewound to) the pixel data, if any
+        return Header(ts, values, pixel_at, fp.read(12))
     except Exception:  # noqa: BLE001 - anything odd: pydicom reads it, and judges it
         return None
 
 
-def _read(fp: BinaryIO) -> tuple[str, dict[str, Any]]:
+def _read(fp: BinaryIO) -> Header:
     """pydicom's full reading: ``dcmread`` up to the pixel data, then :func:`indexed_values`."""
     fp.seek(0)
     try:
@@ -113,7 +123,7 @@ def _read(fp: BinaryIO) -> tuple[str, dict[str, Any]]:
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
         raise BadInput("no File Meta Information with a Transfer Syntax UID")
     try:
-        return str(ds.file_meta.TransferSyntaxUID), indexed_values(ds)
+        return Header(str(ds.file_meta.TransferSyntaxUID), indexed_values(ds))
     except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
         raise BadInput("a header element cannot be decoded") from None
 

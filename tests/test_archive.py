@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from pydicom.data import get_testdata_file
@@ -324,3 +325,20 @@ def test_two_archives_create_the_same_study_at_once(archive: Archive):
     [row] = archive.find(Query("STUDY", filters={"StudyInstanceUID": study},
                                return_keys=["NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries"]))
     assert (row["NumberOfStudyRelatedInstances"], row["NumberOfStudyRelatedSeries"]) == (30, 1)
+
+
+def test_native_frame_index_is_known_at_ingest(archive: Archive):
+    """Uncompressed pixel data: the header reader stops at it, so its frame index is stored with the
+    instance and the first frame request reads no header (it equals what index_frames computes)."""
+    from storage.frames import FrameIndex, index_frames
+    from storage.index.models import Instance
+
+    ds = make_image(frames=4, rows=16, columns=16)
+    data = part10(ds)
+    result = archive.store(data)
+    info = archive.instances(sop_uid=result.sop_instance_uid)[0]
+    with archive.engine.connect() as c:
+        kept = c.execute(select(Instance.frame_index).where(Instance.id == info.id)).scalar()
+    assert kept is not None
+    assert FrameIndex.from_dict(json.loads(kept)) == index_frames(io.BytesIO(data))
+    assert archive.read_frame(info, 4) == ds.PixelData[3 * 512:]
