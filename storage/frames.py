@@ -145,8 +145,8 @@ def _number_of_frames(ds: Any) -> int:
     return frames
 
 
-def _native_index(ts: str, ds: Any, tag: int, value_start: int, length: int, end: int) -> FrameIndex:
-    frames = _number_of_frames(ds)
+def _native_index(ts: str, ds: Any, tag: int, frames: int, value_start: int, length: int,
+                  end: int) -> FrameIndex:
     frame_bits = _native_frame_bits(ds, tag)
     if value_start + length > end:
         raise FramesUnavailable(f"file truncated: pixel data ends at {value_start + length}, file at {end}")
@@ -167,7 +167,7 @@ def native_frame_index(ts: str, values: dict[str, Any], head: bytes, start: int,
         tag, value_start, length = _pixel_element(head, start)
         if length == 0xFFFFFFFF:
             return None
-        return _native_index(ts, values, tag, value_start, length, size)
+        return _native_index(ts, values, tag, _number_of_frames(values), value_start, length, size)
     except FramesUnavailable:
         return None
 
@@ -195,7 +195,7 @@ def index_frames(fp: BinaryIO) -> FrameIndex:
     tag, value_start, length = _pixel_element(fp.read(12), start)
     frames = _number_of_frames(ds)
     if length != 0xFFFFFFFF:
-        return _native_index(ts, ds, tag, value_start, length, fp.seek(0, 2))
+        return _native_index(ts, ds, tag, frames, value_start, length, fp.seek(0, 2))
     fp.seek(value_start)
     return _index_encapsulated(fp, ds, ts, frames)
 
