@@ -600,8 +600,10 @@ class Archive:
     # -- frames ---------------------------------------------------------------------------------------
 
     def frame_index(self, info: InstanceInfo) -> FrameIndex:
-        """Where each frame is in the stored object; computed on first use, then kept in the index.
+        """Where each frame is in the stored object.
 
+        An uncompressed object's index is stored at ingest (storage/frames.py,
+        ``native_frame_index``); any other is computed on first use, then kept in the index.
         Keeping it is not on the request path: a viewer opening a series asks for each image once,
         and a commit (an fsync) per first frame cost ~3 ms of its ~8. New indexes are written in
         batches by a background thread (:meth:`_keep_frame_indexes`); until then, and after, this
