@@ -293,6 +293,10 @@ def _frames(info: InstanceInfo, numbers: list[int]) -> Response:
     first = frame(numbers[0])  # errors (404, 406) before the response starts
     if not offer.multipart:
         return Response(first, content_type=part_type)
+    if len(numbers) == 1:  # a viewer's usual request: one body with a Content-Length, not chunked
+        content_type, body = multipart.encode([multipart.Part.make(first, part_type, f"{location}{numbers[0]}")],
+                                              media_type=offer.media_type)
+        return Response(b"".join(body), content_type=content_type)
 
     def parts() -> Iterator[multipart.Part]:
         yield multipart.Part.make(first, part_type, f"{location}{numbers[0]}")
@@ -633,14 +637,14 @@ def make_blueprint(name: str, authenticate: ctx.Authenticate, url_prefix: str) -
     @bp.get(inst + "/frames/<frames>")
     def frames(study: str, series: str, sop: str, frames: str) -> Response:
         numbers = _frame_numbers(frames)
-        info = instances_in_scope(study, series, sop)[0]
+        info = ctx.archive().instance(study, series, sop, scope=ctx.scope())
         resp = _frames(info, numbers)
         _audit_small_read(info, "frames", len(numbers))
         return resp
 
     @bp.get(inst + "/bulkdata/<path:tagpath>")
     def bulkdata(study: str, series: str, sop: str, tagpath: str) -> Response:
-        return _bulkdata(instances_in_scope(study, series, sop)[0], tagpath)
+        return _bulkdata(ctx.archive().instance(study, series, sop, scope=ctx.scope()), tagpath)
 
     @bp.get("/studies/<study>/rendered")
     def study_rendered(study: str) -> Response:

@@ -555,6 +555,31 @@ class Archive:
             raise NotFound("no such study, series or instance")
         return out
 
+    def instance(self, study_uid: str, series_uid: str, sop_uid: str,
+                 scope: Scope | None = None) -> InstanceInfo:
+        """One instance by its three UIDs (frame and bulk-data requests); NotFound as :meth:`instances`.
+
+        A viewer scrolling a series asks for every frame on its own, so this is one statement run on
+        the DBAPI cursor (storage/index/prepared.py; ~25 µs, against ~100 µs through
+        ``Connection.execute``), and it brings the instance's frame index along: the frame request
+        that follows finds it in memory instead of asking the database again.
+        """
+        if scope is not None and scope.study_uids is not None and study_uid not in scope.study_uids:
+            raise NotFound("no such study, series or instance")
+        params: dict[str, Any] = {"study": study_uid, "series": series_uid, "sop": sop_uid}
+        stmt = _SQL.one_instance
+        if scope is not None:
+            params["patient"] = scope.patient_ref
+            stmt = _SQL.one_instance_of_patient
+        with self.engine.connect() as c:
+            row = stmt.execute(c, params).fetchone()
+        if row is None:
+            raise NotFound("no such study, series or instance")
+        info = InstanceInfo(*row[:-1])
+        if row[-1] and info.blob_key not in self._frame_indexes:
+            self._remember_frame_index(info.blob_key, FrameIndex.from_dict(json.loads(bytes(row[-1]))))
+        return info
+
     def _info(self, s: Session, inst: Instance) -> InstanceInfo:
         series = s.get(Series, inst.series_id)
         study = s.get(Study, series.study_id)
@@ -621,10 +646,13 @@ class Archive:
                 index = index_frames(io.BufferedReader(r, CHUNK))
             self._frame_index_writes.put((info.id, info.blob_key, json.dumps(index.to_dict()).encode()))
             self._start_frame_index_writer()
+        self._remember_frame_index(info.blob_key, index)
+        return index
+
+    def _remember_frame_index(self, blob_key: str, index: FrameIndex) -> None:
         if len(self._frame_indexes) > 10_000:
             self._frame_indexes.clear()
-        self._frame_indexes[info.blob_key] = index
-        return index
+        self._frame_indexes[blob_key] = index
 
     def _start_frame_index_writer(self) -> None:
         with self._lock:
@@ -755,6 +783,17 @@ def _subset(values: dict[str, Any], level: str) -> dict[str, Any]:
     return {k: values[k] for k in PHI_BY_LEVEL[level] if k in values}  # type: ignore[index]
 
 
+def _instance_select(*extra: Any) -> Any:
+    """The InstanceInfo columns (in its field order), then ``extra``, over the joined hierarchy."""
+    return (select(Instance.id, Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax,
+                   Series.series_uid, Study.study_uid, Patient.id, Patient.key_id, Instance.blob_key,
+                   Instance.blob_size, Instance.size, Instance.number_of_frames, Instance.rows,
+                   Instance.columns, Instance.instance_number, Instance.content_type, *extra)
+            .join(Series, Instance.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+            .join(Patient, Study.patient_id == Patient.id))
+
+
 class _SQL:
     """The statements of the ingest path, built once (see ``Archive._index``)."""
 
@@ -781,18 +820,16 @@ class _SQL:
     insert_audit = Prepared(insert(AuditEvent))
     insert_blob = Prepared(insert(InlineBlob))
     frame_index = select(Instance.frame_index).where(Instance.id == bindparam("id"))
+    one_instance = Prepared(_instance_select(Instance.frame_index).where(
+        Study.study_uid == bindparam("study"), Series.series_uid == bindparam("series"),
+        Instance.sop_uid == bindparam("sop")))
+    one_instance_of_patient = Prepared(one_instance._stmt.where(Patient.id == bindparam("patient")))
 
 
 @functools.cache
 def _instances_stmt(study: bool, series: bool, sop: bool, patient: bool, scope_studies: bool) -> Any:
     """The select behind :meth:`Archive.instances` for one combination of filters (InstanceInfo order)."""
-    stmt = (select(Instance.id, Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax,
-                   Series.series_uid, Study.study_uid, Patient.id, Patient.key_id, Instance.blob_key,
-                   Instance.blob_size, Instance.size, Instance.number_of_frames, Instance.rows,
-                   Instance.columns, Instance.instance_number, Instance.content_type)
-            .join(Series, Instance.series_id == Series.id)
-            .join(Study, Series.study_id == Study.id)
-            .join(Patient, Study.patient_id == Patient.id))
+    stmt = _instance_select()
     if study:
         stmt = stmt.where(Study.study_uid == bindparam("study"))
     if series:

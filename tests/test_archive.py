@@ -130,6 +130,24 @@ def test_scope_hides_other_patients(populated: Archive):
         populated.instances(other["StudyInstanceUID"], scope=Scope(ref))
 
 
+def test_one_instance_by_uids_within_scope(populated: Archive):
+    """Archive.instance (frame and bulk-data requests) answers as instances() does, scope included."""
+    ref = populated.find_patient("P1")
+    [info] = populated.instances(sop_uid=populated.instances()[0].sop_uid)
+    mine = next(i for i in populated.instances() if i.patient_ref == ref)
+    other = next(i for i in populated.instances() if i.patient_ref != ref)
+    assert populated.instance(info.study_uid, info.series_uid, info.sop_uid) == info
+    assert populated.instance(mine.study_uid, mine.series_uid, mine.sop_uid, scope=Scope(ref)) == mine
+    assert populated.instance(mine.study_uid, mine.series_uid, mine.sop_uid,
+                              scope=Scope(ref, frozenset({mine.study_uid}))) == mine
+    refused = [(other, Scope(ref)), (mine, Scope(ref, frozenset({"1.2.3"}))), (mine, Scope(ref + 999))]
+    for inst, scope in refused:
+        with pytest.raises(NotFound):
+            populated.instance(inst.study_uid, inst.series_uid, inst.sop_uid, scope=scope)
+    with pytest.raises(NotFound):  # UIDs that exist, but not together
+        populated.instance(mine.study_uid, other.series_uid, mine.sop_uid)
+
+
 def test_duplicate_policies(archive: Archive):
     ds = make_image(patient_id="DUP")
     first = archive.store(part10(ds))

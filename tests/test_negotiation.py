@@ -128,6 +128,34 @@ def test_q_values_choose_between_alternatives(server, objs):
     assert status == 200 and ctype == "application/zip"
 
 
+def test_one_frame_has_a_content_length_and_keeps_the_connection(server, objs):
+    """A viewer asks for one frame per request over a kept-alive connection: the answer is one body
+    with a Content-Length (not chunked), and the next request goes over the same connection."""
+    url = urlsplit(server.dicomweb_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        for ds in (objs["native"], objs["j2k"], objs["native"]):
+            conn.request("GET", url.path + _inst(ds) + "/frames/1", headers={"Accept": OHIF_QUOTED})
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200
+            assert resp.getheader("Transfer-Encoding") is None
+            assert int(resp.getheader("Content-Length")) == len(body)
+            assert not resp.will_close
+            (part,) = decode_bytes(body, resp.getheader("Content-Type"))
+            expected = next(generate_frames(ds.PixelData, number_of_frames=2)) if ds is objs["j2k"] \
+                else ds.PixelData
+            assert part.read() == expected
+        sock = conn.sock
+        conn.request("GET", url.path + _inst(objs["native"]) + "/frames/1,1", headers={"Accept": OHIF_QUOTED})
+        resp = conn.getresponse()
+        parts = decode_bytes(resp.read(), resp.getheader("Content-Type"))
+        assert conn.sock is sock  # still the first connection
+        assert [p.read() for p in parts] == [objs["native"].PixelData] * 2
+    finally:
+        conn.close()
+
+
 def test_single_part_frame_when_asked(server, objs):
     status, ctype, body = _get(server, _inst(objs["native"]) + "/frames/1",
                                "application/octet-stream")
