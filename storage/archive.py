@@ -43,7 +43,7 @@ from .crypto import DecryptingReader, EncryptingWriter
 from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull, StudyMismatch
 from .frames import FrameIndex, index_frames, native_frame_index, read_frame
 from .header import Header, read_header
-from .index.db import WriteLock, make_engine, purge_deleted, sessions, upgrade
+from .index.db import LockedSessions, WriteLock, make_engine, purge_deleted, sessions, upgrade
 from .index.models import (
     AuditEvent,
     InlineBlob,
@@ -151,7 +151,10 @@ class Archive:
             _serialise_sqlite_writes(self.write_engine)
         upgrade(self.engine)
         self.sessions = sessions(self.engine)
-        self.write_sessions = sessions(self.write_engine)
+        self._write_lock = WriteLock(self.write_engine)
+        self.write_sessions: Any = sessions(self.write_engine)
+        if self.engine.dialect.name == "sqlite":  # every write transaction waits on the lock
+            self.write_sessions = LockedSessions(self.write_sessions, self._write_lock)
         with self.sessions() as s:  # a new key only for a new index: never beside existing data
             fresh = s.scalars(select(SystemKey).limit(1)).first() is None
         ring = load_master_keys(settings.master_key_file, settings.master_key,
@@ -170,7 +173,6 @@ class Archive:
         self._patients: dict[bytes, tuple[int, str]] = {}  # pid hash -> (row id, key id)
         self._study_owner: dict[str, int] = {}  # study UID -> patient row id
         self._commit_lock = threading.Lock()
-        self._write_lock = WriteLock(self.write_engine)
         self._commit_queue: list[tuple[list[_Pending], threading.Event]] = []
         self._ingest_conn: Connection | None = None
         self._frame_indexes: dict[str, FrameIndex] = {}  # blob key -> index, this process

@@ -360,3 +360,31 @@ def test_native_frame_index_is_known_at_ingest(archive: Archive):
     assert kept is not None
     assert FrameIndex.from_dict(json.loads(kept)) == index_frames(io.BytesIO(data))
     assert archive.read_frame(info, 4) == ds.PixelData[3 * 512:]
+
+
+def test_every_sqlite_write_transaction_waits_on_the_write_lock(archive: Archive):
+    """Audit events, keys, letters, caches: every write transaction holds the flock beside the
+    database, so a writer in another process waits on it (woken at release) instead of sleeping in
+    SQLite's busy handler. The lock is re-entrant in its thread."""
+    import fcntl
+    import os
+
+    if archive.engine.dialect.name != "sqlite":
+        pytest.skip("the write lock is for the SQLite index")
+    fd = os.open(str(archive.engine.url.database) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with archive.write_sessions.begin():
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with archive._write_lock:  # e.g. the ingest path inside: no self-deadlock
+                pass
+            with pytest.raises(BlockingIOError):  # still held by the outer transaction
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the transaction
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        archive.audit.record("login", actor="test", outcome="success")
+        archive.store(part10(make_image(patient_id="LOCKED")))  # a new patient: its own transaction
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nothing left held
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
