@@ -81,6 +81,8 @@ def test_age_export_opens_with_age(stored: dict, tmp_path: Path) -> None:
 
 
 def test_export_is_audited_and_refuses_unknown_patient(stored: dict, tmp_path: Path) -> None:
+    stored["pacs"]("export", "--patient-id", "EXP-1", "--format", "age", "--out",  # its own export
+                   str(tmp_path / "mine.age"), "--passcode-stdin", input=PASSCODE + "\n")
     done = stored["pacs"]("export", "--patient-id", "NOPE", "--format", "gpg", "--out",
                           str(tmp_path / "x.gpg"), "--passcode-stdin", input=PASSCODE + "\n", check=False)
     assert done.returncode != 0 and "no such patient" in done.stderr
