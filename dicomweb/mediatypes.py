@@ -392,6 +392,19 @@ def negotiate(accept: str | None, offers: Sequence[Offer], *, lenient: bool = Tr
     """
     if not offers:
         raise NotAcceptable("nothing to offer for this resource")
+    key = (accept, tuple(offers), lenient)
+    chosen = _NEGOTIATED.get(key)
+    if chosen is None:
+        chosen = _negotiate(accept, offers, lenient)
+        if len(_NEGOTIATED) < 4096:  # a viewer sends the same few headers for every frame
+            _NEGOTIATED[key] = chosen
+    return chosen
+
+
+_NEGOTIATED: dict[tuple[str | None, tuple[Offer, ...], bool], Offer] = {}
+
+
+def _negotiate(accept: str | None, offers: Sequence[Offer], lenient: bool) -> Offer:
     ranges = parse_accept(accept)
     for strict in (True, False) if lenient else (True,):
         best: tuple[float, int, int, int, int] | None = None
