@@ -93,6 +93,27 @@ def test_tune_is_idempotent() -> None:
     assert transport.is_tuned()
 
 
+def test_uid_checks_are_remembered_but_still_refuse_bad_uids() -> None:
+    """The memoized set_uid answers as pynetdicom's does: same UIDs, same errors, every time."""
+    from pynetdicom import pdu_items, utils
+    from pynetdicom.pdu_items import TransferSyntaxSubItem
+
+    transport.tune()
+    assert pdu_items.set_uid is not utils.set_uid and pdu_items.set_uid.__wrapped__ is utils.set_uid
+    for _ in range(2):
+        item = TransferSyntaxSubItem()
+        item.transfer_syntax_name = b"1.2.840.10008.1.2.1"
+        assert item.transfer_syntax_name == "1.2.840.10008.1.2.1"
+        assert pdu_items.set_uid("1.2.3", "x") == utils.set_uid("1.2.3", "x")
+        with pytest.raises(ValueError):
+            pdu_items.set_uid("1" * 65, "Transfer Syntax Name")
+        with pytest.raises(ValueError):
+            pdu_items.set_uid("", "Abstract Syntax Name", allow_empty=False)
+        assert pdu_items.set_uid(None, "x") is None
+        with pytest.raises(TypeError):
+            pdu_items.set_uid(12, "x")
+
+
 @needs_dcmtk
 def test_dcmtk_storescu_byte_identical(scp, data: Path) -> None:
     port, received, _ = scp
