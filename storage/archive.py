@@ -796,8 +796,15 @@ def _instance_select(*extra: Any) -> Any:
             .join(Patient, Study.patient_id == Patient.id))
 
 
+def _one_instance_select() -> Any:
+    """:meth:`Archive.instance`'s select: InstanceInfo's columns and the frame index, by three UIDs."""
+    return _instance_select(Instance.frame_index).where(
+        Study.study_uid == bindparam("study"), Series.series_uid == bindparam("series"),
+        Instance.sop_uid == bindparam("sop"))
+
+
 class _SQL:
-    """The statements of the ingest path, built once (see ``Archive._index``)."""
+    """Statements built once: the ingest path's (see ``Archive._index``) and the one-instance lookup."""
 
     select_instance = select(Instance.id).where(Instance.sop_uid == bindparam("uid"))
     study_owner = select(Study.patient_id).where(Study.study_uid == bindparam("uid"))
@@ -822,10 +829,8 @@ class _SQL:
     insert_audit = Prepared(insert(AuditEvent))
     insert_blob = Prepared(insert(InlineBlob))
     frame_index = select(Instance.frame_index).where(Instance.id == bindparam("id"))
-    one_instance = Prepared(_instance_select(Instance.frame_index).where(
-        Study.study_uid == bindparam("study"), Series.series_uid == bindparam("series"),
-        Instance.sop_uid == bindparam("sop")))
-    one_instance_of_patient = Prepared(one_instance._stmt.where(Patient.id == bindparam("patient")))
+    one_instance = Prepared(_one_instance_select())
+    one_instance_of_patient = Prepared(_one_instance_select().where(Patient.id == bindparam("patient")))
 
 
 @functools.cache
