@@ -50,22 +50,26 @@ def service_root() -> str:
     root = g.get("pacs_service_root")
     if root is None:
         prefix = request.blueprint and current_app.blueprints[request.blueprint].url_prefix or ""
-        env = request.environ
-        key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
-               env.get("SERVER_PORT"), env.get("SCRIPT_NAME"), prefix)
-        root = None if "<" in prefix else _ROOTS.get(key)  # werkzeug's URL building: ~40 µs a request
-        if root is None:
-            rule_prefix = prefix if "<" not in prefix else _fill(prefix)
-            root = request.host_url.rstrip("/") + request.script_root + rule_prefix.rstrip("/")
-            if "<" not in prefix:
+        if "<" in prefix:  # a patient's door: the prefix holds the request's own selector
+            root = _root(_fill(prefix))
+        else:  # werkzeug's URL building costs ~40 µs a request: once per scheme, host and prefix
+            env = request.environ
+            key = (env.get("wsgi.url_scheme"), env.get("HTTP_HOST"), env.get("SERVER_NAME"),
+                   env.get("SERVER_PORT"), env.get("SCRIPT_NAME"), prefix)
+            root = _ROOTS.get(key)
+            if root is None:
                 if len(_ROOTS) > 1000:
                     _ROOTS.clear()
-                _ROOTS[key] = root
+                root = _ROOTS[key] = _root(prefix)
         g.pacs_service_root = root
     return root
 
 
 _ROOTS: dict[tuple[object, ...], str] = {}  # request's scheme, host, script root, prefix -> root
+
+
+def _root(rule_prefix: str) -> str:
+    return request.host_url.rstrip("/") + request.script_root + rule_prefix.rstrip("/")
 
 
 def _fill(prefix: str) -> str:

@@ -293,13 +293,13 @@ def _frames(info: InstanceInfo, numbers: list[int]) -> Response:
     first = frame(numbers[0])  # errors (404, 406) before the response starts
     if not offer.multipart:
         return Response(first, content_type=part_type)
+    first_part = multipart.Part.make(first, part_type, f"{location}{numbers[0]}")
     if len(numbers) == 1:  # a viewer's usual request: one body with a Content-Length, not chunked
-        content_type, body = multipart.encode([multipart.Part.make(first, part_type, f"{location}{numbers[0]}")],
-                                              media_type=offer.media_type)
+        content_type, body = multipart.encode([first_part], media_type=offer.media_type)
         return Response(b"".join(body), content_type=content_type)
 
     def parts() -> Iterator[multipart.Part]:
-        yield multipart.Part.make(first, part_type, f"{location}{numbers[0]}")
+        yield first_part
         for n in numbers[1:]:
             yield multipart.Part.make(frame(n), part_type, f"{location}{n}")
 

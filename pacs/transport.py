@@ -28,13 +28,13 @@ are not there):
    primitive arrives, the reactor checkpoint is cleared (``send_*`` and
    ``release``), or the DUL thread ends. Bounded by 50 ms as well.
 
-7. ``set_uid`` (UID checks) in pynetdicom's PDU, primitive and presentation modules remembers
-   its results (:func:`_memoized_set_uid`): an association proposing 120 SOP classes spent about
-   half of its negotiation re-checking the same UIDs.
-
 6. :func:`pacs.fastpath.install`: C-STOREs we receive are served in the DUL
    thread when the association's C-STORE handler registered a fast function
    (see that module).
+
+7. ``set_uid`` (UID checks) in pynetdicom's PDU, primitive and presentation modules remembers
+   its results (:func:`_memoized_set_uid`): an association proposing 120 SOP classes spent about
+   half of its negotiation re-checking the same UIDs.
 
 Items 3 and 4 replace the module-global ``time`` in ``pynetdicom.dul`` and
 ``pynetdicom.association`` with a proxy whose ``sleep`` only differs when
