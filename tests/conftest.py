@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,10 +24,35 @@ ROOT = Path(__file__).resolve().parent.parent
 PACS = str(Path(sys.executable).parent / "pacs")
 
 
+_PORTS_GIVEN: set[int] = set()
+_PORT_RANGE = (20000, 32768)  # below Linux's ephemeral range (32768-60999)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port below the ephemeral range, never handed out twice in this test run.
+
+    A port from ``bind(("", 0))`` is ephemeral: until the peer binds it (a C-MOVE destination is
+    chosen when its module's server starts and bound by storescp minutes later), any outgoing
+    connection may take it as its local port, and the peer fails to listen (seen once in a full
+    run). Each xdist worker draws from its own slice of the range.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    index = int(worker) if worker.isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    span = (_PORT_RANGE[1] - _PORT_RANGE[0]) // count
+    low = _PORT_RANGE[0] + index * span
+    for _ in range(1000):
+        port = random.randrange(low, low + span)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port found")
 
 
 def wait_for_port(port: int, timeout: float = 30) -> None:
