@@ -69,10 +69,13 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
 @pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM SCP and the DICOMweb server until interrupted."""
+    from .serve import PortInUse
     from .serve import serve as run
 
     try:
         sys.exit(run(ctx.settings, ctx.config))
+    except PortInUse as exc:
+        raise click.ClickException(f"refusing to start: {exc}. Nothing was changed.") from None
     except KeyUnavailable as exc:
         raise click.ClickException(
             f"refusing to start: {exc}. Nothing was changed. Check PACS_MASTER_KEY / "

@@ -1,10 +1,12 @@
 """``pacs serve``: the DIMSE SCP and the DICOMweb application (gunicorn) on one archive.
 
-Start-up: open the archive once here (creates the master key on first start, upgrades the schema,
-refuses a wrong key, sweeps orphan blobs); then start gunicorn, the retention schedule (a spawned
-process) and ``dimse_workers`` SCP processes accepting on one listening socket opened here. Each process
-opens its own archive after it starts. The parent supervises: a dead SCP worker is restarted, and
-SIGTERM/SIGINT stops everything.
+Start-up: bind the DICOM and HTTP ports first (one of them taken: a one-line error, exit 1, nothing
+started or changed); open the archive once here (creates the master key on first start, upgrades the
+schema, refuses a wrong key, sweeps orphan blobs); then start gunicorn on the bound HTTP socket
+(``--bind fd://N``), the retention schedule (a spawned process) and ``dimse_workers`` SCP processes
+accepting on the bound DICOM socket. Each process opens its own archive after it starts. The parent
+supervises: a dead SCP worker or a dead gunicorn is restarted on the same socket, and SIGTERM/SIGINT
+stops everything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -22,6 +25,26 @@ from storage.archive import Archive
 from storage.config import Settings
 
 log = logging.getLogger("pacs.serve")
+
+#: A gunicorn that exits is started again, at most once in this many seconds.
+HTTP_RESTART_INTERVAL = 5.0
+
+
+class PortInUse(Exception):
+    """A port ``pacs serve`` is configured to listen on is taken (or not ours to bind)."""
+
+
+def bind(kind: str, setting: str, host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or PortInUse naming the setting that moves it."""
+    from .transport import listen
+
+    try:
+        return listen(host, port)
+    except OSError as exc:
+        raise PortInUse(
+            f"cannot listen for {kind} on {host}:{port}: {exc.strerror}. Is another PACS or "
+            f"pacs serve running? Choose another port with {setting} in the configuration or "
+            f"PACS_{setting.upper()}") from None
 
 
 def prepare(settings: Settings) -> None:
@@ -43,14 +66,16 @@ def _child_env(settings: Settings, config_path: str | None) -> dict[str, str]:
     return env
 
 
-def start_http(settings: Settings, config_path: str | None) -> subprocess.Popen:
+def start_http(settings: Settings, config_path: str | None, listen_socket: socket.socket) -> subprocess.Popen:
+    """Gunicorn serving the DICOMweb app on ``listen_socket`` (bound here, inherited by gunicorn)."""
     env = _child_env(settings, config_path)
+    fd = listen_socket.fileno()
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(settings.http_workers),
-           "--bind", f"{settings.http_host}:{settings.http_port}", "--threads", "4",
+           "--bind", f"fd://{fd}", "--threads", "4",
            "--config", "python:pacs.gunicorn_hooks",  # uploads spread over the workers
            "--timeout", "300", "--graceful-timeout", str(int(settings.shutdown_grace)), "--log-level", "warning",
            "dicomweb:create_app()"]
-    return subprocess.Popen(cmd, env=env)
+    return subprocess.Popen(cmd, env=env, pass_fds=(fd,))
 
 
 # A few lines of stdlib Python: it sleeps most of the day in ~10 MB, and the retention run itself is a
@@ -99,21 +124,34 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None)
 
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
-    from .transport import listen
+    """Run everything until SIGTERM/SIGINT; returns the exit code. Raises PortInUse, KeyUnavailable."""
     from .workers import prefork
 
+    dicom_socket = bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
+    http_socket = bind("DICOMweb", "http_port", settings.http_host, settings.http_port)
+    http_socket.setblocking(True)
     prepare(settings)
-    http = start_http(settings, config_path)
+    http = start_http(settings, config_path, http_socket)
+    http_started = time.monotonic()
     retention = start_retention(settings, config_path)
     log.info("DICOMweb on http://%s:%d%s", settings.http_host, settings.http_port, settings.dicomweb_root)
     log.info("DICOM %s on %s:%d (%d processes)", settings.ae_title, settings.dicom_host,
              settings.dicom_port, settings.dimse_workers)
+
+    def keep_http() -> None:
+        """Start gunicorn again if it exited (on the same socket: no client sees the port closed)."""
+        nonlocal http, http_started
+        if http.poll() is None or time.monotonic() - http_started < HTTP_RESTART_INTERVAL:
+            return
+        log.warning("the DICOMweb server exited (status %s); starting it again", http.returncode)
+        http, http_started = start_http(settings, config_path, http_socket), time.monotonic()
+
+    def worker() -> None:
+        http_socket.close()  # gunicorn's, not this process's
+        dimse_worker(settings, dicom_socket)
+
     try:
-        if settings.dimse_workers <= 1:
-            dimse_worker(settings)
-            return 0
-        sock = listen(settings.dicom_host, settings.dicom_port)
-        return prefork(lambda: dimse_worker(settings, sock), settings.dimse_workers)
+        return prefork(worker, max(1, settings.dimse_workers), watch=keep_http)
     finally:
         retention.terminate()
         http.terminate()

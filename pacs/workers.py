@@ -46,9 +46,10 @@ def _spawn(serve: Callable[[], None]) -> int:
         os._exit(code)
 
 
-def prefork(serve: Callable[[], None], workers: int) -> int:
+def prefork(serve: Callable[[], None], workers: int, watch: Callable[[], None] | None = None) -> int:
     """Run ``workers`` copies of ``serve`` until SIGTERM/SIGINT; return an exit code.
 
+    ``watch`` is called every 0.2 s while they run (``pacs serve`` restarts gunicorn from it).
     Must be called from the main thread of a process that has no other threads.
     """
     if workers < 1:
@@ -67,6 +68,8 @@ def prefork(serve: Callable[[], None], workers: int) -> int:
             started[_spawn(serve)] = time.monotonic()
         while not stopping:
             time.sleep(0.2)
+            if watch is not None:
+                watch()
             for pid in list(started):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if not done:

@@ -2,12 +2,16 @@
 
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
+import pytest
+
 from storage.query import Query
-from tests.conftest import require, start_server
+from tests.conftest import PACS, free_port, require, start_server
 from tests.dicomgen import make_study
 
 
@@ -98,5 +102,65 @@ def test_workers_share_one_listening_socket(tmp_path):
             assert sorted(r["NumberOfStudyRelatedInstances"] for r in rows) == [3, 3, 3, 3]
         finally:
             archive.close()
+    finally:
+        srv.stop()
+
+
+def _gunicorn_master(pid: int) -> int | None:
+    """The gunicorn arbiter started by a ``pacs serve`` (its child running ``-m gunicorn``)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"gunicorn" in cmd:
+            return int(child)
+    return None
+
+
+@pytest.mark.parametrize("taken", ["PACS_DICOM_PORT", "PACS_HTTP_PORT"])
+def test_a_taken_port_is_refused_with_a_clear_message_and_nothing_changes(tmp_path, taken):
+    """Another program on a configured port: one line naming the port and the setting, exit 1,
+    no data directory, no key, no half-started server answering on the other port."""
+    holder = socket.create_server(("127.0.0.1", 0))
+    try:
+        ports = {"PACS_DICOM_PORT": str(free_port()), "PACS_HTTP_PORT": str(free_port())}
+        ports[taken] = str(holder.getsockname()[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+        env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_HOST="127.0.0.1",
+                   PACS_HTTP_HOST="127.0.0.1", **ports)
+        run = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1
+        assert f"127.0.0.1:{ports[taken]}" in run.stderr and taken in run.stderr
+        assert "Nothing was changed" in run.stderr and "Traceback" not in run.stderr
+        assert not (tmp_path / "data").exists()
+        other = "PACS_HTTP_PORT" if taken == "PACS_DICOM_PORT" else "PACS_DICOM_PORT"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(ports[other])), timeout=1).close()
+    finally:
+        holder.close()
+
+
+def test_a_dead_dicomweb_server_is_started_again(tmp_path):
+    """gunicorn killed: ``pacs serve`` starts it again on the same port; DIMSE never stops."""
+    srv = start_server(tmp_path)
+    try:
+        first = _gunicorn_master(srv.proc.pid)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        again = None
+        while time.monotonic() < deadline:
+            again = _gunicorn_master(srv.proc.pid)
+            if again not in (None, first):
+                try:
+                    body = urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=2).read()
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        assert again not in (None, first)
+        assert body == b"ok\n"
+        assert srv.proc.poll() is None
+        echo = subprocess.run(["echoscu", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)],
+                              capture_output=True, text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
     finally:
         srv.stop()
