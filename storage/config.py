@@ -83,17 +83,80 @@ class Settings:
         return s
 
 
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with; the message names the setting."""
+
+
+DUPLICATE_POLICIES = ("keep", "replace", "reject")
+
+
 def _parse_destinations(value: Any) -> dict[str, Destination]:
     out: dict[str, Destination] = {}
     if isinstance(value, str):
         for item in filter(None, (v.strip() for v in value.split(","))):
             ae, _, hostport = item.partition("=")
             host, _, port = hostport.rpartition(":")
+            if not ae.strip() or not port.strip().isdigit():
+                raise ConfigError(f"destinations: {item!r} is not AE=host:port")
             out[ae.strip()] = Destination(ae.strip(), host or "127.0.0.1", int(port))
     elif isinstance(value, dict):
         for ae, d in value.items():
-            out[ae] = Destination(ae, d.get("host", "127.0.0.1"), int(d["port"]))
+            if not isinstance(d, dict) or "port" not in d:
+                raise ConfigError(f"destinations: {ae!r} needs a port (and optionally a host)")
+            try:
+                out[ae] = Destination(ae, d.get("host", "127.0.0.1"), int(d["port"]))
+            except (TypeError, ValueError):
+                raise ConfigError(f"destinations: the port of {ae!r} is not a number") from None
+    else:
+        raise ConfigError("destinations: expected AE=host:port pairs or a [destinations] table")
     return out
+
+
+def _ae_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable AE title (PS3.5 6.2, VR AE), or None."""
+    if not value.strip():
+        return "is empty"
+    if len(value) > 16:
+        return f"{value!r} is longer than 16 characters"
+    if "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
+        return f"{value!r} holds a backslash or a character outside printable ASCII"
+    return None
+
+
+def check(s: Settings) -> Settings:
+    """Refuse values the server cannot run with, all at once, each naming its setting."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            problems.append(f"{name}: {what}, got {getattr(s, name)!r}")
+
+    for name in ("dicom_port", "http_port"):
+        need(1 <= getattr(s, name) <= 65535, name, "a port is 1-65535")
+    for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
+                 "max_upload_bytes"):
+        need(getattr(s, name) >= 1, name, "must be at least 1")
+    for name in ("inline_blob_limit", "retention_years", "shutdown_grace"):
+        need(getattr(s, name) >= 0, name, "must not be negative")
+    need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")
+    need(s.dimse_max_pdu == 0 or s.dimse_max_pdu >= 4096, "dimse_max_pdu",
+         "0 (no limit) or at least 4096 bytes")
+    need(s.duplicate_policy in DUPLICATE_POLICIES, "duplicate_policy",
+         "one of " + ", ".join(DUPLICATE_POLICIES))
+    need(s.dicomweb_root.startswith("/"), "dicomweb_root", "a path starting with /")
+    if (why := _ae_problem(s.ae_title)) is not None:
+        problems.append(f"ae_title: {why}")
+    for ae in s.allowed_calling_aets:
+        if (why := _ae_problem(ae)) is not None:
+            problems.append(f"allowed_calling_aets: {why}")
+    for ae, d in s.destinations.items():
+        if (why := _ae_problem(ae)) is not None:
+            problems.append(f"destinations: {why}")
+        if not 1 <= d.port <= 65535:
+            problems.append(f"destinations: the port of {ae} is {d.port}; a port is 1-65535")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return s
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -108,9 +171,15 @@ def _coerce(name: str, value: Any) -> Any:
     if t.startswith("bool"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if t.startswith("int"):
-        return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
     if t.startswith("float"):
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if "Path" in t:
         return Path(value) if value not in ("", None) else None
     return value
@@ -140,4 +209,4 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return Settings(**{k: _coerce(k, v) for k, v in values.items()}).resolved()
+    return check(Settings(**{k: _coerce(k, v) for k, v in values.items()}).resolved())
