@@ -48,6 +48,9 @@ class Context:
                 self._archive = Archive(self.settings, create_key=create_key)
             except KeyUnavailable as exc:
                 raise click.ClickException(f"cannot open the archive: {exc}") from None
+            except OSError as exc:
+                raise click.ClickException(f"cannot open the archive in {self.settings.data_dir}: "
+                                           f"{exc.strerror or exc}") from None
         return self._archive
 
 
@@ -69,12 +72,12 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
 @pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM SCP and the DICOMweb server until interrupted."""
-    from .serve import PortInUse
+    from .serve import CannotStart
     from .serve import serve as run
 
     try:
         sys.exit(run(ctx.settings, ctx.config))
-    except PortInUse as exc:
+    except CannotStart as exc:
         raise click.ClickException(f"refusing to start: {exc}. Nothing was changed.") from None
     except KeyUnavailable as exc:
         raise click.ClickException(

@@ -1,7 +1,7 @@
 """``pacs serve``: the DIMSE SCP and the DICOMweb application (gunicorn) on one archive.
 
-Start-up: bind the DICOM and HTTP ports first (one of them taken: a one-line error, exit 1, nothing
-started or changed); open the archive once here (creates the master key on first start, upgrades the
+Start-up: bind the DICOM and HTTP ports and check the data directory first (a port taken or a
+directory that takes no file: a one-line error, exit 1, nothing started); open the archive once here (creates the master key on first start, upgrades the
 schema, refuses a wrong key, sweeps orphan blobs); then start gunicorn on the bound HTTP socket
 (``--bind fd://N``), the retention schedule (a spawned process) and ``dimse_workers`` SCP processes
 accepting on the bound DICOM socket. Each process opens its own archive after it starts. The parent
@@ -30,21 +30,34 @@ log = logging.getLogger("pacs.serve")
 HTTP_RESTART_INTERVAL = 5.0
 
 
-class PortInUse(Exception):
-    """A port ``pacs serve`` is configured to listen on is taken (or not ours to bind)."""
+class CannotStart(Exception):
+    """Something ``pacs serve`` needs is not there: a port is taken, the data directory unusable."""
 
 
 def bind(kind: str, setting: str, host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``, or PortInUse naming the setting that moves it."""
+    """A listening socket on ``host:port``, or CannotStart naming the setting that moves it."""
     from .transport import listen
 
     try:
         return listen(host, port)
     except OSError as exc:
-        raise PortInUse(
+        raise CannotStart(
             f"cannot listen for {kind} on {host}:{port}: {exc.strerror}. Is another PACS or "
             f"pacs serve running? Choose another port with {setting} in the configuration or "
             f"PACS_{setting.upper()}") from None
+
+
+def check_data_dir(settings: Settings) -> None:
+    """The data directory exists (made if missing) and takes a new file; else CannotStart."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CannotStart(f"the data directory {settings.data_dir} cannot be used: "
+                          f"{exc.strerror or exc}. Set data_dir in the configuration or "
+                          "PACS_DATA_DIR") from None
 
 
 def prepare(settings: Settings) -> None:
@@ -124,12 +137,13 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None)
 
 
 def serve(settings: Settings, config_path: str | None = None) -> int:
-    """Run everything until SIGTERM/SIGINT; returns the exit code. Raises PortInUse, KeyUnavailable."""
+    """Run everything until SIGTERM/SIGINT; returns the exit code. Raises CannotStart, KeyUnavailable."""
     from .workers import prefork
 
     dicom_socket = bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
     http_socket = bind("DICOMweb", "http_port", settings.http_host, settings.http_port)
     http_socket.setblocking(True)
+    check_data_dir(settings)
     prepare(settings)
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()

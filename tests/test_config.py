@@ -79,3 +79,18 @@ def test_serve_with_a_bad_setting_says_which_and_starts_nothing(tmp_path):
     assert "ae_title" in run.stderr and "longer than 16 characters" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["import", "."], ["audit"]])
+def test_an_unusable_data_directory_is_one_line_not_a_traceback(tmp_path, command):
+    """A data directory that cannot be made (here: below a regular file)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(blocker / "data"), PACS_DICOM_PORT=str(free_port()),
+               PACS_HTTP_PORT=str(free_port()))
+    run = subprocess.run([PACS, *command], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert run.returncode == 1
+    assert str(blocker / "data") in run.stderr and "Not a directory" in run.stderr
+    assert "Traceback" not in run.stderr
