@@ -66,6 +66,7 @@ def make_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout
+    ae.connection_timeout = settings.connect_timeout  # a C-MOVE destination that is switched off
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
     if settings.dimse_fast_store and fastpath.is_enabled():  # larger PDUs cost it less (transport.py)

@@ -49,6 +49,7 @@ class Settings:
     destinations: dict[str, Destination] = field(default_factory=dict)
     duplicate_policy: str = "keep"  # keep | replace | reject  (a re-sent SOP Instance UID)
     network_timeout: float = 60.0
+    connect_timeout: float = 10.0  # opening the connection to a C-MOVE destination
     shutdown_grace: float = 10.0  # seconds running transfers get to finish on SIGTERM
 
     # HTTP / DICOMweb
@@ -139,6 +140,7 @@ def check(s: Settings) -> Settings:
     for name in ("inline_blob_limit", "retention_years", "shutdown_grace"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")
+    need(s.connect_timeout > 0, "connect_timeout", "must be more than 0 seconds")
     need(s.dimse_max_pdu == 0 or s.dimse_max_pdu >= 4096, "dimse_max_pdu",
          "0 (no limit) or at least 4096 bytes")
     need(s.duplicate_policy in DUPLICATE_POLICIES, "duplicate_policy",

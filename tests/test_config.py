@@ -43,6 +43,7 @@ def test_good_values_from_the_environment(tmp_path):
     ("HTTP_WORKERS", "0", "http_workers: must be at least 1"),
     ("DIMSE_WORKERS", "-1", "dimse_workers: must be at least 1"),
     ("NETWORK_TIMEOUT", "soon", "network_timeout: expected a number, got 'soon'"),
+    ("CONNECT_TIMEOUT", "0", "connect_timeout: must be more than 0 seconds"),
     ("DIMSE_MAX_PDU", "100", "dimse_max_pdu: 0 (no limit) or at least 4096"),
     ("DESTINATIONS", "WEASIS=nohostport", "destinations: 'WEASIS=nohostport' is not AE=host:port"),
     ("DESTINATIONS", "WEASIS=10.0.0.5:99999", "destinations: the port of WEASIS is 99999"),

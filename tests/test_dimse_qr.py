@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from tests.conftest import require, wait_for_port
+from tests.conftest import require, start_server, wait_for_port
 from tests.dicomgen import make_study
 
 #: patient id -> (name, [(study date, modality)])
@@ -161,6 +163,46 @@ def test_unknown_move_destination(server, data):
                         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={data['studies']['QR3'][0]}",
                         "127.0.0.1", str(server.dicom_port)], capture_output=True, text=True, timeout=60)
     assert "a801" in (r.stdout + r.stderr).lower() or "MoveDestinationUnknown" in r.stdout + r.stderr
+
+
+def test_move_to_a_switched_off_destination_fails_in_seconds(tmp_path):
+    """A configured destination that never answers the TCP handshake (a listening socket whose
+    backlog is full drops further SYNs, like a switched-off workstation behind a firewall): the
+    C-MOVE fails after ``connect_timeout``, not after the system's ~2-minute TCP timeout."""
+    require("movescu")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    queued = []
+    for _ in range(3):  # fill the accept queue; nobody ever accepts
+        c = socket.socket()
+        c.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            c.connect(silent.getsockname())
+        queued.append(c)
+    srv = start_server(tmp_path, PACS_CONNECT_TIMEOUT="2",
+                       PACS_DESTINATIONS=f"SILENT=127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        make_study(tmp_path / "in", n_series=1, per_series=1, patient_id="SILENT1",
+                   study_uid="1.2.826.0.1.3680043.8.498.4242.1")
+        subprocess.run(["storescu", "-aec", srv.ae_title, "+sd", "127.0.0.1", str(srv.dicom_port),
+                        str(tmp_path / "in")], check=True, capture_output=True, timeout=60)
+        t0 = time.monotonic()
+        r = subprocess.run(["movescu", "-v", "-aec", srv.ae_title, "-aem", "SILENT", "-S",
+                            "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", "StudyInstanceUID=1.2.826.0.1.3680043.8.498.4242.1",
+                            "127.0.0.1", str(srv.dicom_port)], capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 15, elapsed
+        assert "Final Move Response (Refused" in r.stdout + r.stderr or "Failed" in r.stdout + r.stderr
+        echo = subprocess.run(["echoscu", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)],
+                              capture_output=True, timeout=30)
+        assert echo.returncode == 0
+    finally:
+        srv.stop()
+        for c in queued:
+            c.close()
+        silent.close()
 
 
 def _assoc(server, *contexts):
