@@ -14,6 +14,7 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -196,7 +197,10 @@ class Archive:
         """Store one DICOM Part 10 object exactly as received. Raises BadInput, Duplicate, Conflict."""
         [result] = self.store_many([source], actor=actor, origin=origin, content_type=content_type)
         if isinstance(result, ArchiveError):
-            raise result
+            try:
+                raise result
+            finally:  # this frame must not keep its own exception alive (a reference cycle)
+                result = None  # type: ignore[assignment]
         return result
 
     def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike | str], *, actor: str = "",
@@ -217,7 +221,11 @@ class Archive:
                 results.append(self._write_blob(fp, content_type, study_uid))
             except ArchiveError as exc:
                 results.append(exc)
-            except Exception:  # noqa: BLE001 - one object fails alone; details in the server log
+            except Exception as exc:  # noqa: BLE001 - one object fails alone; details in the server log
+                if disk_full(exc):
+                    log.warning("an object was refused: no space left for the archive")
+                    results.append(StorageFull("no space left in the archive"))
+                    continue
                 log.exception("storing an object failed")
                 results.append(ArchiveError("internal error while storing this object"))
             finally:
@@ -285,14 +293,23 @@ class Archive:
                             content_type, replaced, outcome, inline=data, frame_index=frame_index)
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
+        full = False
         try:
             writer = EncryptingWriter(fh, dek, blob_key)
             _copy(fp, writer)
             self.blobs.commit(fh, durable=False)  # made durable in store_many, one sync per batch
-        except BaseException:
-            fh.close()
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+                fh.close()
             self.blobs.delete(blob_key)
-            raise
+            if not disk_full(exc):
+                raise
+            full = True
+        if full:
+            # raised here, not in the handler: the OSError's frames, and the views into the received
+            # buffer they hold, go now (a receive spool cannot be closed while something views it)
+            raise StorageFull("no space left in the blob store")
+
         return _Pending(v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
                         writer.plain_size, content_type, replaced, outcome, frame_index=frame_index)
 
@@ -363,9 +380,13 @@ class Archive:
                 except ArchiveError as exc:
                     p.fail(exc)
                     break
-                except Exception:  # noqa: BLE001 - e.g. the database is gone: refuse, keep serving
-                    log.exception("could not index an object")
-                    p.fail(ArchiveError("the index could not be written"))
+                except Exception as exc:  # noqa: BLE001 - e.g. the database is gone: refuse, keep serving
+                    if disk_full(exc):
+                        log.warning("an object was refused: no space left for the index")
+                        p.fail(StorageFull("no space left for the index"))
+                    else:
+                        log.exception("could not index an object")
+                        p.fail(ArchiveError("the index could not be written"))
                     break
             if p.failed and p.inline is None:
                 self.blobs.delete(p.blob_key)
@@ -778,6 +799,24 @@ class Archive:
         if n:
             log.warning("removed %d orphan blob(s) left by an interrupted store", n)
         return n
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the disk is full: ENOSPC from a file, SQLite's
+    SQLITE_FULL ("database or disk is full"), PostgreSQL's disk_full (SQLSTATE 53100)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if getattr(cur, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(cur, "sqlstate", None) == "53100":
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
+
+
+_SQLITE_FULL = 13
 
 
 def _subset(values: dict[str, Any], level: str) -> dict[str, Any]:

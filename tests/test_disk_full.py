@@ -1,0 +1,136 @@
+"""A full disk, for real: the data directory is a small tmpfs that fills during a push.
+
+Each object that does not fit is refused with Out of Resources (C-STORE A700, STOW-RS FailureReason
+A700) and a comment, on the same association; nothing half-written stays behind (as many blob files
+as indexed objects); the server keeps answering, and stores again once there is room.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+
+from storage.blobstore import is_inline
+from storage.query import Query
+from tests.conftest import require, start_server
+from tests.dicomgen import make_image, write
+from tests.test_dimse_store import dataset_bytes
+
+OUT_OF_RESOURCES = 0xA700
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """An 8 MB tmpfs at ``tmp_path/srv/data`` (the server's data directory); root only."""
+    mount = tmp_path / "srv" / "data"
+    mount.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _slices(folder: Path, count: int) -> list[Path]:
+    rng = np.random.default_rng(3)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    return [write(make_image(patient_id="FULL1", study_uid=study, series_uid=series, rows=256,
+                             columns=256, instance_number=i + 1,
+                             pixels=rng.integers(0, 4095, (256, 256), dtype=np.uint16)), folder)
+            for i in range(count)]
+
+
+def _stow(url: str, path: Path) -> dict:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode())
+    r = requests.post(f"{url}/studies", data=body, timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    assert r.headers["Content-Type"] == "application/dicom+json"
+    return r.json()
+
+
+def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_disk):
+    require("storescu")
+    files = _slices(tmp_path / "in", 80)  # 80 x 128 KB: 10 MB into 8 MB
+    srv = start_server(tmp_path / "srv")
+    try:
+        push = subprocess.run(["storescu", "-v", "-nh", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port),
+                               *map(str, files)], capture_output=True, text=True, timeout=300,
+                              env={"TCP_NODELAY": "1"})
+        log = push.stdout + push.stderr
+        answers = re.findall(r"Received Store Response \(([^)]*)\)", log)
+        assert len(answers) == len(files), log[-2000:]  # one association, every object answered
+        stored = answers.count("Success")
+        assert 0 < stored < len(files)
+        assert set(answers) == {"Success", "Refused: OutOfResources"}, set(answers)
+
+        echo = subprocess.run(["echoscu", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)],
+                              capture_output=True, timeout=30)
+        assert echo.returncode == 0
+
+        failed = _stow(srv.dicomweb_url, _slices(tmp_path / "stow", 1)[0])
+        [item] = failed["00081198"]["Value"]
+        assert item["00081197"]["Value"] == [OUT_OF_RESOURCES]
+        assert "no space left" in item["00000902"]["Value"][0]
+
+        archive = srv.archive()
+        try:
+            studies = archive.find(Query("STUDY", filters={"PatientID": "FULL1"},
+                                         return_keys=["StudyInstanceUID"]))
+            infos = [i for r in studies for i in archive.instances(r["StudyInstanceUID"])]
+            assert len(infos) == stored
+            files_on_disk = {p.name for p in (small_disk / "blobs").rglob("*") if p.is_file()}
+            assert files_on_disk == {i.blob_key for i in infos if not is_inline(i.blob_key)}
+            by_uid = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in files}
+            for info in infos:  # what was answered Success is whole (the data set as sent)
+                assert dataset_bytes(archive.read_bytes(info)) == \
+                    dataset_bytes(by_uid[info.sop_uid].read_bytes())
+        finally:
+            archive.close()
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        again = subprocess.run(["storescu", "-v", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port),
+                                str(files[-1])], capture_output=True, text=True, timeout=60)
+        assert "Received Store Response (Success)" in again.stdout + again.stderr
+    finally:
+        srv.stop()
+
+
+def test_disk_full_is_recognised_through_the_wrappers():
+    """ENOSPC, SQLite's SQLITE_FULL and PostgreSQL's disk_full, as SQLAlchemy hands them over."""
+    import errno
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from storage.archive import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    full = sqlite3.connect(":memory:")
+    full.execute("PRAGMA max_page_count=2")
+    full.execute("CREATE TABLE t (x BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        full.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    assert disk_full(OperationalError("INSERT", {}, raised.value))
+    assert not disk_full(OperationalError("SELECT", {}, sqlite3.OperationalError("no such table")))
+
+    class PgDiskFull(Exception):
+        sqlstate = "53100"
+
+    assert disk_full(OperationalError("INSERT", {}, PgDiskFull()))
+    assert not disk_full(io.UnsupportedOperation("not a disk error"))
