@@ -37,6 +37,7 @@ Sending from the DUL thread is safe: pynetdicom sends every PDU from this thread
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -50,7 +51,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from . import receive
-from .status import SOP_CLASS_NOT_SUPPORTED, UNABLE_TO_PROCESS
+from .status import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, UNABLE_TO_PROCESS
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,10 @@ class _Reader:
             if is_cmd or ctx != self.req[0]:
                 raise _Protocol("command or context change inside a data set")
             if state == _FAST:
-                self.spool.write(item[6:])
+                try:
+                    self.spool.write(item[6:])
+                except OSError as exc:  # the spool's disk is full or failing: refuse this one
+                    self._drop_spool(exc)
             if last:
                 self._finish(out)
             return
@@ -282,6 +286,17 @@ class _Reader:
         self.held.append(item)
         if last:
             self._command(out)
+
+    def _drop_spool(self, exc: OSError) -> None:
+        """Stop spooling the data set being received; it will be answered with a failure."""
+        self.spool.discard()
+        self.spool = None
+        self.state = _DISCARD
+        if exc.errno == errno.ENOSPC:
+            self.status = (OUT_OF_RESOURCES, "no space left to receive this object")
+        else:
+            log.warning("a C-STORE from %s could not be spooled: %s", self.actor, exc.strerror)
+            self.status = (UNABLE_TO_PROCESS, "the object could not be received; see the server log")
 
     def _command(self, out: list[memoryview]) -> None:
         try:

@@ -73,10 +73,12 @@ class _EncryptedTempFile:
 
     def finish(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
             assert self._raw is not None
-            self._raw.close()
+            try:
+                writer.close()
+            finally:
+                self._raw.close()  # closes the file even when the flush fails (a full disk)
 
     def open(self) -> BinaryIO:
         if self._mem is not None:
@@ -85,15 +87,18 @@ class _EncryptedTempFile:
         return io.BufferedReader(DecryptingReader(open(self.name, "rb"), self._key, "recv"), 1 << 20)
 
     def close(self) -> None:
-        self.finish()
-        self._mem = None
-        with _LOCK:
-            _SPOOLS.pop(self.name, None)
+        try:
+            self.finish()
+        finally:
+            self._mem = None
+            with _LOCK:
+                _SPOOLS.pop(self.name, None)
 
     def discard(self) -> None:
         """Close, and remove the file if the content had rolled over to one."""
         rolled = self._raw is not None
-        self.close()
+        with contextlib.suppress(OSError):  # e.g. the disk filled up while it was being written
+            self.close()
         if rolled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.name)

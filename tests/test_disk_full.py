@@ -82,6 +82,17 @@ def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_di
                               capture_output=True, timeout=30)
         assert echo.returncode == 0
 
+        # An object over the receive spool's memory limit (8 MB) goes to a file under data/tmp,
+        # which cannot grow: refused, and the next object on the same association is answered too.
+        big = write(make_image(patient_id="FULL1", rows=2048, columns=2560,
+                               pixels=np.ones((2048, 2560), dtype=np.uint16)), tmp_path / "big")
+        pair = subprocess.run(["storescu", "-v", "-nh", "-aec", srv.ae_title, "127.0.0.1",
+                               str(srv.dicom_port), str(big), str(files[-1])],
+                              capture_output=True, text=True, timeout=120)
+        answers = re.findall(r"Received Store Response \(([^)]*)\)", pair.stdout + pair.stderr)
+        assert answers == ["Refused: OutOfResources"] * 2, pair.stdout + pair.stderr
+        assert not any((small_disk / "tmp").iterdir())  # the spool file went with the refusal
+
         failed = _stow(srv.dicomweb_url, _slices(tmp_path / "stow", 1)[0])
         [item] = failed["00081198"]["Value"]
         assert item["00081197"]["Value"] == [OUT_OF_RESOURCES]
