@@ -83,8 +83,22 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
+def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> None:
+    """EVT_REJECTED (we refused an association): one ``login`` failure in the audit trail, as a
+    refused DICOMweb token is (PS3.15 A.5.3.11 Security Alert: a node not allowed to connect)."""
+    requestor = event.assoc.requestor
+    calling = (requestor.ae_title or "").strip()
+    if settings.allowed_calling_aets and calling not in settings.allowed_calling_aets:
+        why = "calling AE title not allowed"
+    else:
+        why = "too many associations, or nothing we support proposed"
+    archive.audit.record("login", actor=calling[:16], source=f"{requestor.address}:{requestor.port}",
+                         outcome="failure", detail=f"DICOM association rejected: {why}")
+
+
 def handlers(archive: Archive, settings: Settings) -> list:
     return [
+        (evt.EVT_REJECTED, handle_rejected, [archive, settings]),
         (evt.EVT_C_ECHO, lambda event: 0x0000),
         (evt.EVT_C_STORE, handle_store, [archive]),
         (evt.EVT_C_FIND, handle_find, [archive, settings]),

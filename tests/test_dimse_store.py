@@ -323,5 +323,10 @@ def test_calling_ae_not_in_allow_list_is_rejected(tmp_path):
         assert "reject" in (bad.stderr + bad.stdout).lower()
         good = run(["echoscu", "-aet", "GOOD", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)])
         assert good.returncode == 0, good.stderr
+        audit = srv.pacs("audit").stdout.splitlines()
+        refused = [line.split("\t") for line in audit if "\tlogin\tfailure\t" in line]
+        assert len(refused) == 1, audit  # the refused one, not the allowed one
+        assert refused[0][3] == "EVIL" and refused[0][4].startswith("127.0.0.1:")
+        assert "calling AE title not allowed" in refused[0][-1]
     finally:
         srv.stop()
