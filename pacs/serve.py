@@ -117,13 +117,14 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None)
 
     With ``listen_socket`` (the parent's, shared by every worker) it accepts there; alone, it binds.
     """
-    from . import fastpath, receive, send
+    from . import fastpath, receive, retrieve, send
     from .scp import handlers, make_ae
     from .transport import serve_forever
 
     fastpath.configure(settings.dimse_fast_store)
     receive.enable(settings.data_dir / "tmp")  # bounded memory, ciphertext only on disk
     send.enable()  # C-GET/C-MOVE stream stored objects from their blobs
+    retrieve.enable()  # a known but unreachable C-MOVE destination is A702, not A801
     # Responses are built by us from valid values; pydicom re-validating each one on encode
     # cost ~1 ms per C-STORE response (measured with py-spy).
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
