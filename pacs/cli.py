@@ -96,19 +96,27 @@ def import_(ctx: Context, folder: Path, quiet: bool) -> None:
     archive = ctx.archive(create_key=True)
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     outcome: Counter[str] = Counter()
-    refused: Counter[str] = Counter()
+    refused: dict[str, list[Path]] = {}  # reason -> files
     for path in tqdm(files, unit="file", disable=quiet or not sys.stderr.isatty()):
         try:
             result = archive.store(path, actor="pacs import", origin=os.uname().nodename)
             outcome[result.status] += 1
         except ArchiveError as exc:
-            refused[str(exc)] += 1
+            refused.setdefault(str(exc), []).append(path)
     click.echo(f"stored {outcome['stored']}, replaced {outcome['replaced']}, "
-               f"already there {outcome['duplicate']}, refused {sum(refused.values())}")
-    for reason, n in refused.most_common():
-        click.echo(f"  refused {n}: {reason}")
+               f"already there {outcome['duplicate']}, refused {sum(map(len, refused.values()))}")
+    for reason, paths in sorted(refused.items(), key=lambda item: -len(item[1])):
+        click.echo(f"  refused {len(paths)}: {reason}")
+        for path in paths[:IMPORT_LISTED]:
+            click.echo(f"    {path}")
+        if len(paths) > IMPORT_LISTED:
+            click.echo(f"    and {len(paths) - IMPORT_LISTED} more")
     if refused and not (outcome["stored"] or outcome["replaced"] or outcome["duplicate"]):
         sys.exit(1)
+
+
+#: Refused files named per reason in the ``pacs import`` summary (the rest are counted).
+IMPORT_LISTED = 5
 
 
 def _load_commands() -> None:
