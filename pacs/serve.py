@@ -1,12 +1,17 @@
 """``pacs serve``: the DIMSE SCP and the DICOMweb application (gunicorn) on one archive.
 
-Start-up: bind the DICOM and HTTP ports and check the data directory first (a port taken or a
-directory that takes no file: a one-line error, exit 1, nothing started); open the archive once here (creates the master key on first start, upgrades the
-schema, refuses a wrong key, sweeps orphan blobs); then start gunicorn on the bound HTTP socket
-(``--bind fd://N``), the retention schedule (a spawned process) and ``dimse_workers`` SCP processes
-accepting on the bound DICOM socket. Each process opens its own archive after it starts. The parent
-supervises: a dead SCP worker or a dead gunicorn is restarted on the same socket, and SIGTERM/SIGINT
-stops everything.
+Start-up:
+
+1. bind the DICOM and HTTP ports and check the data directory (a port taken or a directory that
+   takes no file: a one-line error, exit 1, nothing started);
+2. open the archive once here (creates the master key on first start, upgrades the schema, refuses
+   a wrong key, sweeps orphan blobs);
+3. start gunicorn on the bound HTTP socket (``--bind fd://N``), the retention schedule (a spawned
+   process) and ``dimse_workers`` SCP processes accepting on the bound DICOM socket. Each process
+   opens its own archive after it starts.
+
+The parent supervises: a dead SCP worker or a dead gunicorn is started again on the same socket,
+and SIGTERM/SIGINT stops everything.
 """
 
 from __future__ import annotations
