@@ -9,7 +9,8 @@ FailedSOPInstanceUIDList. Each instance is read and sent one at a time (see ``sc
 A destination we know but cannot reach (switched off, refusing): pynetdicom answers that with
 A801 "Move Destination unknown", which sends whoever reads it to check a configuration that is
 right. :func:`enable` makes that answer A702 "Refused: Out of resources - unable to perform
-sub-operations" with an error comment naming the destination, as dcmtk's and OsiriX's SCPs do.
+sub-operations" with an error comment naming the destination: what OsiriX's SCP answers when it
+cannot reach a destination, and dcmtk's dcmqrscp when every sub-operation of a move failed.
 """
 
 from __future__ import annotations
