@@ -117,11 +117,9 @@ def start_retention(settings: Settings, config_path: str | None) -> subprocess.P
     return subprocess.Popen(cmd, env=_child_env(settings, config_path))
 
 
-def dimse_worker(settings: Settings, listen_socket: socket.socket | None = None) -> None:
-    """One SCP process: its own archive, the tuned transport, until SIGTERM.
-
-    With ``listen_socket`` (the parent's, shared by every worker) it accepts there; alone, it binds.
-    """
+def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
+    """One SCP process: its own archive, the tuned transport, accepting on the parent's
+    ``listen_socket`` (shared by every worker) until SIGTERM."""
     from . import fastpath, receive, retrieve, send
     from .scp import handlers, make_ae
     from .transport import serve_forever
