@@ -14,7 +14,6 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import io
 import json
@@ -41,7 +40,15 @@ from .audit import AuditLog
 from .blobstore import DatabaseBlobStore, FileBlobStore, is_inline
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
-from .errors import ArchiveError, Conflict, Duplicate, NotFound, StorageFull, StudyMismatch
+from .errors import (
+    ArchiveError,
+    Conflict,
+    Duplicate,
+    NotFound,
+    StorageFull,
+    StudyMismatch,
+    disk_full,
+)
 from .frames import FrameIndex, index_frames, native_frame_index, read_frame
 from .header import Header, read_header
 from .index.db import LockedSessions, WriteLock, make_engine, purge_deleted, sessions, upgrade
@@ -799,24 +806,6 @@ class Archive:
         if n:
             log.warning("removed %d orphan blob(s) left by an interrupted store", n)
         return n
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) says the disk is full: ENOSPC from a file, SQLite's
-    SQLITE_FULL ("database or disk is full"), PostgreSQL's disk_full (SQLSTATE 53100)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
-            return True
-        if getattr(cur, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(cur, "sqlstate", None) == "53100":
-            return True
-        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
-    return False
-
-
-_SQLITE_FULL = 13
 
 
 def _subset(values: dict[str, Any], level: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .errors import disk_full
 from .index.models import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class AuditLog:
             with self._sessions.begin() as s:
                 self.add(s, action, actor=actor, source=source, outcome=outcome,
                          patient_ref=patient_ref, study_uid=study_uid, detail=detail, at=at)
-        except Exception:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
-            log.exception("could not write an audit event (%s)", action)
+        except Exception as exc:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
+            log.error("could not write an audit event (%s)%s", action,
+                      ": no space left for the index" if disk_full(exc) else "",
+                      exc_info=not disk_full(exc))
 
     def events(self, *, patient_ref: int | None = None, since: datetime | None = None,
                action: str | None = None, limit: int = 1000) -> Iterator[AuditEvent]:

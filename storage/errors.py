@@ -4,6 +4,8 @@ Each front door maps them once: ``dicomweb/`` to an HTTP status, ``pacs/`` to a 
 Messages never contain PHI: they name attributes and UIDs, never patient values.
 """
 
+import errno
+
 
 class ArchiveError(Exception):
     """Base class for every error the archive raises on purpose.
@@ -42,3 +44,21 @@ class Conflict(ArchiveError):
 
 class StudyMismatch(Conflict):
     """A stored object's StudyInstanceUID is not the study it was sent to (STOW-RS to /studies/{uid})."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the disk is full: ENOSPC from a file, SQLite's
+    SQLITE_FULL ("database or disk is full"), PostgreSQL's disk_full (SQLSTATE 53100)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if getattr(cur, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(cur, "sqlstate", None) == "53100":
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
+
+
+_SQLITE_FULL = 13

@@ -43,7 +43,7 @@ from sqlalchemy import select, update
 
 from .archive import Archive, InstanceInfo, Scope
 from .crypto import open_small, seal_small
-from .errors import NotFound
+from .errors import NotFound, disk_full
 from .index.models import Patient, Series, Study
 from .keys import hkdf
 
@@ -84,10 +84,15 @@ def series_metadata(archive: Archive, study_uid: str, series_uid: str,
     infos = archive.instances(study_uid, series_uid, scope=scope)
     text = "[" + ",".join(instance_json(archive, info) for info in infos) + "]"
     sealed = seal_small(_key(archive, row.key_id), zlib.compress(text.encode(), 1), _aad(series_uid))
-    with archive.write_sessions.begin() as s:
-        s.execute(update(Series).where(Series.id == row.id, Series.updated_at == row.updated_at,
-                                       Series.num_instances == row.num_instances)
-                  .values(metadata_cache=sealed))
+    try:
+        with archive.write_sessions.begin() as s:
+            s.execute(update(Series).where(Series.id == row.id, Series.updated_at == row.updated_at,
+                                           Series.num_instances == row.num_instances)
+                      .values(metadata_cache=sealed))
+    except Exception as exc:  # noqa: BLE001 - a cache: the answer stands, it is built again next time
+        if not disk_full(exc):
+            raise
+        log.warning("series metadata not cached: no space left for the index")
     return text
 
 
@@ -222,8 +227,9 @@ class MetadataWarmer:
                 built += 1
             except NotFound:
                 pass  # deleted meanwhile
-            except Exception:  # noqa: BLE001 - one bad series must not stop the others
-                log.warning("metadata warmer: series %d could not be built", series_id, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the others
+                log.warning("metadata warmer: series %d could not be built", series_id,
+                            exc_info=not disk_full(exc))
                 if len(self._failed) > 10_000:
                     self._failed.clear()
                 self._failed[series_id] = updated_at

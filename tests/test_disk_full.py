@@ -7,6 +7,7 @@ as indexed objects); the server keeps answering, and stores again once there is 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
@@ -113,6 +114,23 @@ def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_di
         finally:
             archive.close()
 
+        # Reading goes on while the disk is full: the series metadata is built (its cache cannot be
+        # kept) and frames are served; the log says why in one line each, without tracebacks.
+        with open(small_disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:  # until not a page is left, for the index either
+                filler.write(b"\0" * 4096)
+        series = f"{srv.dicomweb_url}/studies/{infos[0].study_uid}/series/{infos[0].series_uid}"
+        meta = requests.get(f"{series}/metadata", headers={"Accept": "application/dicom+json"}, timeout=60)
+        assert meta.status_code == 200, meta.text
+        assert len(meta.json()) == stored
+        frame = requests.get(f"{series}/instances/{infos[0].sop_uid}/frames/1", timeout=60, headers={
+            "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+        assert frame.status_code == 200 and len(frame.content) > 256 * 256 * 2
+        server_log = (tmp_path / "srv" / "server.log").read_text()
+        assert "series metadata not cached: no space left" in server_log
+        assert "Traceback" not in server_log
+        (small_disk / "filler").unlink()
+
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         again = subprocess.run(["storescu", "-v", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port),
                                 str(files[-1])], capture_output=True, text=True, timeout=60)
@@ -128,7 +146,7 @@ def test_disk_full_is_recognised_through_the_wrappers():
 
     from sqlalchemy.exc import OperationalError
 
-    from storage.archive import disk_full
+    from storage.errors import disk_full
 
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
