@@ -64,8 +64,11 @@ def _aad(series_uid: str) -> bytes:
 
 
 def series_metadata(archive: Archive, study_uid: str, series_uid: str,
-                    scope: Scope | None = None) -> str:
-    """JSON array text of the series' instances (relative BulkDataURIs); NotFound if not visible."""
+                    scope: Scope | None = None, *, must_cache: bool = False) -> str:
+    """JSON array text of the series' instances (relative BulkDataURIs); NotFound if not visible.
+
+    A cache that cannot be kept for lack of space is logged and the answer returned, unless
+    ``must_cache`` (the warmer), which then gets the error."""
     stmt = (select(Series.id, Series.metadata_cache, Series.updated_at, Series.num_instances,
                    Patient.key_id)
             .join(Study, Series.study_id == Study.id).join(Patient, Study.patient_id == Patient.id)
@@ -90,7 +93,7 @@ def series_metadata(archive: Archive, study_uid: str, series_uid: str,
                                            Series.num_instances == row.num_instances)
                       .values(metadata_cache=sealed))
     except Exception as exc:  # noqa: BLE001 - a cache: the answer stands, it is built again next time
-        if not disk_full(exc):
+        if must_cache or not disk_full(exc):
             raise
         log.warning("series metadata not cached: no space left for the index")
     return text
@@ -223,7 +226,7 @@ class MetadataWarmer:
             if self._stop.is_set():
                 break
             try:
-                series_metadata(archive, study_uid, series_uid)
+                series_metadata(archive, study_uid, series_uid, must_cache=True)
                 built += 1
             except NotFound:
                 pass  # deleted meanwhile

@@ -78,6 +78,9 @@ def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_di
         stored = answers.count("Success")
         assert 0 < stored < len(files)
         assert set(answers) == {"Success", "Refused: OutOfResources"}, set(answers)
+        with open(small_disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:  # the last free pages too: from here on the index cannot grow either
+                filler.write(b"\0" * 4096)
 
         echo = subprocess.run(["echoscu", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port)],
                               capture_output=True, timeout=30)
@@ -116,9 +119,6 @@ def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_di
 
         # Reading goes on while the disk is full: the series metadata is built (its cache cannot be
         # kept) and frames are served; the log says why in one line each, without tracebacks.
-        with open(small_disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
-            while True:  # until not a page is left, for the index either
-                filler.write(b"\0" * 4096)
         series = f"{srv.dicomweb_url}/studies/{infos[0].study_uid}/series/{infos[0].series_uid}"
         meta = requests.get(f"{series}/metadata", headers={"Accept": "application/dicom+json"}, timeout=60)
         assert meta.status_code == 200, meta.text
