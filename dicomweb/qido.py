@@ -173,9 +173,15 @@ def parse_query(level: Level, args: dict[str, list[str]], fixed: dict[str, str]
 
 
 def _non_negative(key: str, text: str) -> int:
-    if not text.strip().isdigit():
+    """A limit or offset: ASCII digits only ("²" is a digit to ``str.isdigit``, not to ``int``);
+    past any possible count it is clamped, since the index's integers are 64-bit."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
         raise BadInput(f"{key} must be a non-negative integer")
-    return int(text)
+    return min(int(text), _LARGEST)
+
+
+_LARGEST = 2**62
 
 
 def _match_value(keyword: str, vr: str, values: list[str]) -> str:

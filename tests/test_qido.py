@@ -172,6 +172,18 @@ def test_bad_queries_are_400_with_reason(server, data):
         assert reason in r.text and "Traceback" not in r.text
 
 
+def test_huge_or_odd_paging_values(server, data):
+    """Before: a 21-digit limit overflowed SQLite's integers and "²" passed the digit check, both 500."""
+    everything = requests.get(f"{server.dicomweb_url}/studies")
+    huge = requests.get(f"{server.dicomweb_url}/studies?limit={10**20}")
+    assert huge.status_code == 200 and _uids(huge.json()) == _uids(everything.json())
+    past = requests.get(f"{server.dicomweb_url}/studies?offset={10**20}")
+    assert past.status_code == 200 and past.json() == []
+    for odd in ("limit=%C2%B2", "offset=%D9%A3"):  # superscript two; Arabic-Indic three
+        r = requests.get(f"{server.dicomweb_url}/studies?{odd}")
+        assert r.status_code == 400 and "non-negative integer" in r.text, odd
+
+
 def test_unsupported_key_is_ignored_with_warning(server, data):
     r = requests.get(f"{server.dicomweb_url}/studies",
                      params={"PatientID": "QIDO-P2", "PatientMotherBirthName": "X"})
