@@ -146,7 +146,7 @@ def parse_viewport(text: str) -> Viewport:
 def parse_quality(text: str) -> int:
     """``quality`` 1..100 (PS3.18 8.3.5.1.2)."""
     text = text.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 100:
         raise RenderError(f"bad quality {text[:16]!r}: an integer 1..100")
     return int(text)
 

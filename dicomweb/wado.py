@@ -321,7 +321,7 @@ def _tag_path(text: str) -> list[int | str]:
                 raise BadInput(f"bad tag {step[:16]!r} in bulk data path")
             out.append(int(step, 16))
         else:
-            if not step.isdigit():
+            if not (step.isascii() and step.isdigit()):
                 raise BadInput(f"bad item index {step[:16]!r} in bulk data path")
             out.append(step)
     return out

@@ -45,7 +45,7 @@ def _int(name: str, low: int = 1, high: int = 1 << 16) -> int | None:
     raw = _param(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadInput(f"WADO-URI: {name} must be an integer {low}..{high}, got {raw[:16]!r}")
     return int(raw)
 

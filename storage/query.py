@@ -18,6 +18,7 @@ index ``ix_studies_listing``, so ``LIMIT 101`` reads 101 index entries instead o
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ TABLES = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instanc
 _MULTI_VALUED_COLUMNS = {"modalities", "sop_classes"}
 _INT_COLUMNS = {"series_number", "instance_number", "number_of_frames", "rows", "columns",
                 "num_studies", "num_series", "num_instances"}
+_SQL_INT = re.compile(r"-?[0-9]{1,18}")  # ASCII digits that fit a 64-bit column ("²" is a digit too)
 
 
 @dataclass
@@ -140,7 +142,7 @@ class QueryEngine:
         if f.attr.where != "clear" or col in _MULTI_VALUED_COLUMNS:
             return False
         if col in _INT_COLUMNS:
-            return kind == "single" and f.matcher.values[0].lstrip("-").isdigit()
+            return kind == "single" and _SQL_INT.fullmatch(f.matcher.values[0]) is not None
         return kind in ("single", "list", "range")
 
     def _select(self, q: Query, visible: tuple[Level, ...], filters: list[_Filter], plan: _Plan

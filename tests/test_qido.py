@@ -184,6 +184,14 @@ def test_huge_or_odd_paging_values(server, data):
         assert r.status_code == 400 and "non-negative integer" in r.text, odd
 
 
+@pytest.mark.parametrize("query", ["SeriesNumber=99999999999999999999", "SeriesNumber=%C2%B2",
+                                   "InstanceNumber=-99999999999999999999"])
+def test_integer_keys_past_64_bits_or_not_ascii_match_nothing(server, data, query):
+    """Before: SQLite's integer overflow, or int("²"), made these a 500."""
+    r = requests.get(f"{server.dicomweb_url}/instances?{query}")
+    assert r.status_code == 200 and r.json() == []
+
+
 def test_unsupported_key_is_ignored_with_warning(server, data):
     r = requests.get(f"{server.dicomweb_url}/studies",
                      params={"PatientID": "QIDO-P2", "PatientMotherBirthName": "X"})

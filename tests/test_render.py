@@ -189,7 +189,7 @@ def test_parse_viewport_and_quality() -> None:
         with pytest.raises(RenderError):
             parse_viewport(bad)
     assert parse_quality("1") == 1 and parse_quality("100") == 100
-    for bad in ("0", "101", "x", "-5", "50.5", ""):
+    for bad in ("0", "101", "x", "-5", "50.5", "", "\u00b2", "\u0665\u0660"):  # ², Arabic-Indic 50
         with pytest.raises(RenderError, match="quality"):
             parse_quality(bad)
 

@@ -236,6 +236,7 @@ def test_bulkdata_pixel_data_and_nested_attribute(client, server, data):
     assert dose.strip() == b"370000000"
     assert _get(_url(server, data.implicit) + "/bulkdata/00540016/3/00181074")[0] == 404
     assert _get(_url(server, data.implicit) + "/bulkdata/zz")[0] == 400
+    assert _get(_url(server, data.implicit) + "/bulkdata/00540016/%C2%B2/00181074")[0] == 400
 
 
 def test_pdf_bulkdata_and_rendered_give_the_original(server, data):

@@ -101,6 +101,7 @@ def test_pdf_comes_back_as_the_original(base, objs):
     ({"objectUID": "1.2.3.4"}, 404),
     ({"frameNumber": "9"}, 404),
     ({"windowCenter": "40"}, 400),
+    ({"contentType": "image/jpeg", "rows": "\u00b2"}, 400),  # a digit to str.isdigit, not to int
     ({"contentType": "text/html"}, 406),
     ({"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.4.80"}, 406),
 ])
