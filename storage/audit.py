@@ -44,9 +44,9 @@ class AuditLog:
                 self.add(s, action, actor=actor, source=source, outcome=outcome,
                          patient_ref=patient_ref, study_uid=study_uid, detail=detail, at=at)
         except Exception as exc:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
+            full = disk_full(exc)
             log.error("could not write an audit event (%s)%s", action,
-                      ": no space left for the index" if disk_full(exc) else "",
-                      exc_info=not disk_full(exc))
+                      ": no space left for the index" if full else "", exc_info=not full)
 
     def events(self, *, patient_ref: int | None = None, since: datetime | None = None,
                action: str | None = None, limit: int = 1000) -> Iterator[AuditEvent]:

@@ -97,7 +97,8 @@ def _parse_destinations(value: Any) -> dict[str, Destination]:
         for item in filter(None, (v.strip() for v in value.split(","))):
             ae, _, hostport = item.partition("=")
             host, _, port = hostport.rpartition(":")
-            if not ae.strip() or not port.strip().isdigit():
+            port = port.strip()
+            if not ae.strip() or not (port.isascii() and port.isdigit()):
                 raise ConfigError(f"destinations: {item!r} is not AE=host:port")
             out[ae.strip()] = Destination(ae.strip(), host or "127.0.0.1", int(port))
     elif isinstance(value, dict):

@@ -46,6 +46,7 @@ def test_good_values_from_the_environment(tmp_path):
     ("CONNECT_TIMEOUT", "0", "connect_timeout: must be more than 0 seconds"),
     ("DIMSE_MAX_PDU", "100", "dimse_max_pdu: 0 (no limit) or at least 4096"),
     ("DESTINATIONS", "WEASIS=nohostport", "destinations: 'WEASIS=nohostport' is not AE=host:port"),
+    ("DESTINATIONS", "WEASIS=10.0.0.5:\u00b2", "destinations: 'WEASIS=10.0.0.5:\u00b2' is not AE=host:port"),
     ("DESTINATIONS", "WEASIS=10.0.0.5:99999", "destinations: the port of WEASIS is 99999"),
     ("DICOMWEB_ROOT", "dicom-web", "dicomweb_root: a path starting with /"),
 ])
