@@ -104,8 +104,43 @@ class _EncryptedTempFile:
                 os.unlink(self.name)
 
 
+class _PynetdicomSpool(_EncryptedTempFile):
+    """The spool pynetdicom writes into itself: a failed write (a full disk) is kept, not raised.
+
+    pynetdicom aborts the association when its spool cannot be written. Keeping the error instead
+    lets the rest of the data set arrive and be dropped; :func:`open_received` then raises it, and the
+    C-STORE handler answers that one object Out of Resources while the association goes on.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return super().write(data)
+            except OSError as exc:
+                self.error = exc
+                self._drop_content()
+        return len(data)
+
+    def _drop_content(self) -> None:
+        """Forget what was received and remove the file; stay registered for :func:`open_received`."""
+        rolled = self._raw is not None
+        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
+            self.finish()
+        self._mem = None
+        if rolled:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name)
+
+    def open(self) -> BinaryIO:
+        if self.error is not None:
+            raise self.error
+        return super().open()
+
+
 def _factory(*_args: Any, **_kwargs: Any) -> _EncryptedTempFile:
-    return _EncryptedTempFile(_DIR[0])
+    return _PynetdicomSpool(_DIR[0])
 
 
 def new_spool() -> _EncryptedTempFile:
@@ -129,7 +164,9 @@ def is_enabled() -> bool:
 
 
 def open_received(path: str | os.PathLike) -> BinaryIO:
-    """The plaintext of a received spool file (preamble, file meta and data set)."""
+    """The plaintext of a received spool file (preamble, file meta and data set).
+
+    Raises FileNotFoundError for an unknown spool, or the OSError that stopped it being written."""
     with _LOCK:
         spool = _SPOOLS.get(str(path))
     if spool is None:

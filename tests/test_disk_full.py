@@ -139,6 +139,33 @@ def test_a_full_disk_refuses_each_object_cleanly_and_recovers(tmp_path, small_di
         srv.stop()
 
 
+def test_pynetdicoms_own_receive_path_refuses_a_spool_that_does_not_fit(tmp_path, small_disk):
+    """``dimse_fast_store = false``: pynetdicom writes the data set into our spool itself.
+
+    An object over the spool's memory limit goes to a file that cannot grow: that one C-STORE is
+    answered Out of Resources, the association goes on, and no spool file stays behind.
+    """
+    require("storescu")
+    srv = start_server(tmp_path / "srv", PACS_DIMSE_FAST_STORE="false")
+    try:
+        with open(small_disk / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
+            filler.write(b"\0" * (6 << 20))  # 2 MB left: under the 12 MB the object needs
+        big = write(make_image(patient_id="FULL2", rows=2048, columns=3072,
+                               pixels=np.ones((2048, 3072), dtype=np.uint16)), tmp_path / "big")
+        small = _slices(tmp_path / "in", 1)[0]
+        pair = subprocess.run(["storescu", "-v", "-nh", "-aec", srv.ae_title, "127.0.0.1",
+                               str(srv.dicom_port), str(big), str(small)],
+                              capture_output=True, text=True, timeout=120)
+        log = pair.stdout + pair.stderr
+        answers = re.findall(r"Received Store Response \(([^)]*)\)", log)
+        assert answers == ["Refused: OutOfResources", "Success"], log[-3000:]
+        assert "Association Aborted" not in log
+        assert not any((small_disk / "tmp").iterdir())
+        assert "Traceback" not in (tmp_path / "srv" / "server.log").read_text()
+    finally:
+        srv.stop()
+
+
 def test_disk_full_is_recognised_through_the_wrappers():
     """ENOSPC, SQLite's SQLITE_FULL and PostgreSQL's disk_full, as SQLAlchemy hands them over."""
     import errno
