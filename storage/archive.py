@@ -8,7 +8,7 @@ A C-STORE, a STOW-RS part and ``pacs import`` all end in :meth:`Archive.store`:
 4. index patient/study/series/instance in one transaction; if that fails, delete the blob.
 
 So an indexed instance always has its blob; a crash between 3 and 4 leaves an orphan blob, which
-:meth:`sweep_orphans` removes at start.
+:meth:`sweep_orphans` removes at start and in the daily `pacs retention apply` (after an hour).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""``pacs retention apply [--dry-run]``: crypto-shred patients past retention."""
+"""``pacs retention apply [--dry-run]``: crypto-shred patients past retention (run daily by ``pacs serve``).
+
+The daily run also removes orphan blobs (written by a store that was interrupted before its index
+commit, over an hour ago): ``pacs serve`` sweeps them at start, and a worker that crashed and was
+started again by the supervisor would otherwise leave its orphans until the next restart.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Only list the patients that are due.")
 @pass_ctx
 def apply(ctx: Context, dry_run: bool) -> None:
-    """Shred every patient whose last visit is older than retention_years (key destroyed first)."""
+    """Shred every patient whose last visit is older than retention_years (key destroyed first).
+
+    Then remove orphan blobs older than an hour (not with --dry-run)."""
     from storage.retention import apply as run
 
     archive = ctx.archive()
@@ -27,3 +34,7 @@ def apply(ctx: Context, dry_run: bool) -> None:
     for p in due:
         click.echo(f"{verb}: patient {p.patient_ref} (last visit {p.last_visit}, {p.instances} instance(s))")
     click.echo(f"{len(due)} patient(s) {verb}")
+    if not dry_run:
+        orphans = archive.sweep_orphans()
+        if orphans:
+            click.echo(f"removed {orphans} orphan blob(s) left by interrupted stores")

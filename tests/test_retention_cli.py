@@ -1,0 +1,53 @@
+"""``pacs retention apply``, the daily run: it also removes orphan blobs an interrupted store left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from storage.archive import Archive
+from storage.config import load_settings
+from tests.conftest import PACS
+from tests.dicomgen import make_image
+from tests.test_archive import part10
+
+
+def _pacs(data: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env["PACS_DATA_DIR"] = str(data)
+    return subprocess.run([PACS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _orphan(archive: Archive, age_seconds: float) -> str:
+    key = archive.blobs.new_key()
+    fh = archive.blobs.create(key)
+    fh.write(b"written by a store interrupted before its index commit")
+    archive.blobs.commit(fh)
+    then = time.time() - age_seconds
+    os.utime(archive.blobs.path(key), (then, then))
+    return key
+
+
+def test_the_daily_run_removes_old_orphan_blobs_and_nothing_else(tmp_path):
+    data = tmp_path / "data"
+    archive = Archive(load_settings(env={"PACS_DATA_DIR": str(data)}), create_key=True)
+    try:
+        kept = archive.store(part10(make_image(rows=256, columns=256)))  # a blob file, indexed
+        old = _orphan(archive, age_seconds=2 * 3600)
+        recent = _orphan(archive, age_seconds=60)  # perhaps a store still running: left alone
+
+        dry = _pacs(data, "retention", "apply", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert old in set(archive.blobs.keys())
+
+        run = _pacs(data, "retention", "apply")
+        assert run.returncode == 0, run.stderr
+        assert "removed 1 orphan blob(s)" in run.stdout
+        left = set(archive.blobs.keys())
+        assert recent in left and old not in left
+        [info] = archive.instances(sop_uid=kept.sop_instance_uid)
+        assert archive.read_bytes(info)
+    finally:
+        archive.close()
