@@ -118,8 +118,8 @@ class _PynetdicomSpool(_EncryptedTempFile):
         if self.error is None:
             try:
                 return super().write(data)
-            except OSError as exc:
-                self.error = exc
+            except OSError as exc:  # kept without its frames: they view pynetdicom's PDU buffer
+                self.error = exc.with_traceback(None)
                 self._drop_content()
         return len(data)
 
