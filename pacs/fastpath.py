@@ -37,7 +37,6 @@ Sending from the DUL thread is safe: pynetdicom sends every PDU from this thread
 
 from __future__ import annotations
 
-import errno
 import inspect
 import logging
 import os
@@ -51,7 +50,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from . import receive
-from .status import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, UNABLE_TO_PROCESS
+from .status import SOP_CLASS_NOT_SUPPORTED, UNABLE_TO_PROCESS
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +291,7 @@ class _Reader:
         self.spool.discard()
         self.spool = None
         self.state = _DISCARD
-        if exc.errno == errno.ENOSPC:
-            self.status = (OUT_OF_RESOURCES, "no space left to receive this object")
-        else:
-            log.warning("a C-STORE from %s could not be spooled: %s", self.actor, exc.strerror)
-            self.status = (UNABLE_TO_PROCESS, "the object could not be received; see the server log")
+        self.status = receive.refusal(exc, self.actor)
 
     def _command(self, out: list[memoryview]) -> None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import logging
 import os
 import tempfile
 import threading
@@ -23,6 +24,11 @@ from typing import Any, BinaryIO
 from pynetdicom import _config, dimse_messages
 
 from storage.crypto import DecryptingReader, EncryptingWriter
+from storage.errors import disk_full
+
+from .status import OUT_OF_RESOURCES, UNABLE_TO_PROCESS
+
+log = logging.getLogger(__name__)
 
 _SPOOLS: dict[str, _EncryptedTempFile] = {}
 _LOCK = threading.Lock()
@@ -161,6 +167,15 @@ def enable(directory: Path | None = None) -> None:
 
 def is_enabled() -> bool:
     return dimse_messages.NamedTemporaryFile is _factory  # type: ignore[attr-defined]
+
+
+def refusal(exc: OSError, actor: str) -> tuple[int, str]:
+    """The C-STORE status and comment for a data set whose spool could not be written (both paths)."""
+    if disk_full(exc):
+        log.warning("a C-STORE from %s was refused: no space left to receive it", actor)
+        return OUT_OF_RESOURCES, "no space left to receive this object"
+    log.warning("a C-STORE from %s could not be spooled: %s", actor, exc.strerror or exc)
+    return UNABLE_TO_PROCESS, "the object could not be received; see the server log"
 
 
 def open_received(path: str | os.PathLike) -> BinaryIO:

@@ -13,10 +13,10 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from storage.archive import Archive
-from storage.errors import ArchiveError, disk_full
+from storage.errors import ArchiveError
 
 from . import fastpath, receive
-from .status import OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
+from .status import SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -
     return SUCCESS, ""
 
 
-def _spool_failure(exc: OSError, actor: str) -> Dataset:
-    if disk_full(exc):
-        log.warning("a C-STORE from %s was refused: no space left to receive it", actor)
-        return status(OUT_OF_RESOURCES, "no space left to receive this object")
-    if not isinstance(exc, FileNotFoundError):
-        log.warning("a C-STORE from %s could not be received: %s", actor, exc.strerror)
-    return status_for_error(exc)
-
-
 def _outcome(ds: Dataset) -> tuple[int, str]:
     return int(ds.Status), str(ds.get("ErrorComment", ""))
 
@@ -61,8 +52,10 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     if receive.is_enabled():  # the data set arrived in an encrypted spool file
         try:
             source = receive.open_received(event.dataset_path)
-        except OSError as exc:  # the spool could not be written (a full disk) or is gone
-            return _spool_failure(exc, actor)
+        except FileNotFoundError as exc:
+            return status_for_error(exc)
+        except OSError as exc:  # the spool could not be written (a full disk)
+            return status(*receive.refusal(exc, actor))
         with source:
             code, comment = store(archive, source, actor, origin)
     else:
