@@ -246,6 +246,39 @@ def test_pynetdicom_storescu_app(server, tmp_path):
         archive.close()
 
 
+def test_pynetdicom_getscu_and_movescu_apps(server, tmp_path):
+    """pynetdicom's own getscu, and its movescu with the Storage SCP it starts itself (``--store``),
+    get a study back whole: every instance, every element as sent."""
+    study, series = generate_uid(), generate_uid()
+    sent = {}
+    for i in range(3):
+        ds = make_image(patient_id="PYAPP2", study_uid=study, series_uid=series, modality="MR",
+                        instance_number=i + 1, pixel_seed=i)
+        sent[str(ds.SOPInstanceUID)] = write(ds, tmp_path / "in")
+    r = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", server.ae_title,
+                        "127.0.0.1", str(server.dicom_port), str(tmp_path / "in")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    app = [sys.executable, "-m", "pynetdicom"]
+    calls = {
+        "got": ["getscu", "-S", "-aec", server.ae_title],
+        "moved": ["movescu", "-S", "-aec", server.ae_title, "-aem", "MOVESCP", "--store",
+                  "--store-aet", "MOVESCP", "--store-port", str(server.extra["move_port"])],
+    }
+    for folder, call in calls.items():
+        out = tmp_path / folder
+        out.mkdir()
+        r = subprocess.run([*app, *call, *query, "-od", str(out), "127.0.0.1", str(server.dicom_port)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "Completed: 3, Failed: 0" in r.stderr, r.stderr[-2000:]
+        got = received(out)
+        assert set(got) == set(sent), folder
+        for sop_uid, path in sent.items():
+            assert same_elements(pydicom.dcmread(io.BytesIO(got[sop_uid])), pydicom.dcmread(path)), folder
+
+
 # -- malformed input --------------------------------------------------------------------------------
 
 def _raw_part10(path: Path, sop_uid: str, body: bytes) -> Path:
