@@ -97,6 +97,8 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, 
         out.add(_element(_tag(unique), dictionary_VR(unique), match[unique]))
     out.QueryRetrieveLevel = level
     out.RetrieveAETitle = ae_title
+    if "InstanceAvailability" in identifier:  # PS3.4 C.4.1.1.3.2: asked for, so answered
+        out.InstanceAvailability = "ONLINE"  # all we hold is on line (as QIDO-RS says too)
     if non_ascii:
         out.SpecificCharacterSet = "ISO_IR 192"
     return out

@@ -88,6 +88,15 @@ def test_study_root_study_level_date_range(server, data, tmp_path):
     assert all("20200101" <= r.StudyDate <= "20201231" for r in rsps)
 
 
+def test_instance_availability_is_answered_when_asked(server, data, tmp_path):
+    for level, pairs in (("STUDY", ["PatientID=QR3"]), ("IMAGE", [f"StudyInstanceUID={data['studies']['QR3'][0]}"])):
+        rsps, log = findscu(server, tmp_path, "-S", *keys(f"QueryRetrieveLevel={level}", *pairs,
+                                                          "InstanceAvailability"))
+        assert rsps and all(r.InstanceAvailability == "ONLINE" for r in rsps), log
+    rsps, _ = findscu(server, tmp_path, "-S", *keys("QueryRetrieveLevel=STUDY", "PatientID=QR3"))
+    assert "InstanceAvailability" not in rsps[0]  # only when asked
+
+
 def test_study_root_uid_list(server, data, tmp_path):
     wanted = [data["studies"]["QR1"][1], data["studies"]["QR3"][0]]
     rsps, log = findscu(server, tmp_path, "-S", *keys("QueryRetrieveLevel=STUDY",
