@@ -1,7 +1,7 @@
 """The DICOM Application Entity: which services we offer and which handler serves each.
 
 Handlers are bound to the archive at registration (pynetdicom's ``(event, handler, [args])``), never
-through globals. The handlers themselves live in store.py, find.py and retrieve.py.
+through globals. The handlers themselves live in store.py, find.py, retrieve.py and commit.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -23,6 +24,7 @@ from storage.archive import Archive
 from storage.config import Settings
 
 from . import fastpath
+from .commit import handle_action
 from .find import handle_find
 from .retrieve import handle_get, handle_move
 from .store import handle_store
@@ -62,7 +64,8 @@ QR_MODELS = (
 
 
 def make_ae(settings: Settings) -> AE:
-    """An AE offering Verification, Storage (every storage SOP class, every transfer syntax) and Q/R."""
+    """An AE offering Verification, Storage (every storage SOP class, every transfer syntax), Q/R and
+    Storage Commitment (Push Model)."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout
@@ -80,6 +83,7 @@ def make_ae(settings: Settings) -> AE:
                                  scu_role=False, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
+    ae.add_supported_context(StorageCommitmentPushModel)
     return ae
 
 
@@ -104,4 +108,5 @@ def handlers(archive: Archive, settings: Settings) -> list:
         (evt.EVT_C_FIND, handle_find, [archive, settings]),
         (evt.EVT_C_MOVE, handle_move, [archive, settings]),
         (evt.EVT_C_GET, handle_get, [archive, settings]),
+        (evt.EVT_N_ACTION, handle_action, [archive, settings]),
     ]
