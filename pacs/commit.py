@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PUSH_MODEL_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_COMMITMENT = 1  # Action Type ID (J.3.2.1)
 ALL_HELD, SOME_FAILED = 1, 2  # Event Type IDs (J.3.3.1)
-NO_SUCH_INSTANCE, CLASS_INSTANCE_CONFLICT = 0x0112, 0x0119  # Failure Reason (PS3.4 C.14.1.1 / J)
+NO_SUCH_INSTANCE, CLASS_INSTANCE_CONFLICT = 0x0112, 0x0119  # Failure Reason (PS3.4 Annex J)
 PROCESSING_FAILURE, INVALID_ARGUMENT, NO_SUCH_ACTION = 0x0110, 0x0115, 0x0123
 ATTEMPTS, RETRY_SECONDS = 3, 2.0
 
@@ -56,15 +56,13 @@ def handle_action(event: Event, archive: Archive, settings: Settings) -> tuple[D
         refs = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
                 for i in info.ReferencedSOPSequence]
     except Exception:  # noqa: BLE001 - any missing or undecodable attribute: the request is invalid
-        return _status(INVALID_ARGUMENT, "a Transaction UID and a Referenced SOP Sequence naming "
-                                         "SOP classes and instances are required")
+        return _status(INVALID_ARGUMENT, "needs a Transaction UID and Referenced SOP Sequence items")
     if not transaction or not refs:
-        return _status(INVALID_ARGUMENT, "a Transaction UID and at least one referenced instance are required")
+        return _status(INVALID_ARGUMENT, "needs a Transaction UID and at least one referenced instance")
     destination = settings.destinations.get(calling)
     if destination is None:
         log.warning("storage commitment from %s refused: it is not among the configured destinations", calling)
-        return _status(PROCESSING_FAILURE, f"add {calling} to destinations: the result is sent on a "
-                                           "new association")
+        return _status(PROCESSING_FAILURE, f"{calling} is not in destinations (results go back there)")
     threading.Thread(target=_report, args=(archive, settings, calling, destination, transaction, refs),
                      name="storage-commitment", daemon=True).start()
     return _status(0x0000)
@@ -74,7 +72,7 @@ def _status(code: int, comment: str = "") -> tuple[Dataset, None]:
     ds = Dataset()
     ds.Status = code
     if comment:
-        ds.ErrorComment = comment[:64]
+        ds.ErrorComment = comment[:64]  # LO
     return ds, None
 
 
