@@ -36,6 +36,14 @@ are not there):
    its results (:func:`_memoized_set_uid`): an association proposing 120 SOP classes spent about
    half of its negotiation re-checking the same UIDs.
 
+8. ``Association._serve_request`` hands a DIMSE *response* back to the message queue when a
+   ``send_*()`` is waiting (the reactor checkpoint is cleared). pynetdicom pauses the reactor
+   during a ``send_*()`` with a handshake that has a window: a ``send_*()`` that starts just as
+   the reactor resumes from the previous one still sees it paused, and the reactor may then take
+   the new response off the queue and drop it ("Received unexpected C-ECHO service message"),
+   leaving the sender to wait out its DIMSE timeout (60 s by default). Measured: 4 of 4,500
+   back-to-back C-ECHOs on a busy machine; the same happens to C-STOREs of a C-MOVE.
+
 Items 3 and 4 replace the module-global ``time`` in ``pynetdicom.dul`` and
 ``pynetdicom.association`` with a proxy whose ``sleep`` only differs when
 called from those two reactor loops (identified by the calling thread and,
@@ -151,6 +159,8 @@ def _check_internals() -> None:
              "DIMSE provider has no msg_queue")
     _require("_reactor_checkpoint" in inspect.getsource(_association.Association.__init__),
              "Association has no _reactor_checkpoint")
+    _require("if not msg.is_valid_request:" in inspect.getsource(_association.Association._serve_request),
+             "Association._serve_request changed")
     sock_src = inspect.getsource(AssociationSocket.recv)
     _require("self.socket.recv(bufsize)" in sock_src, "AssociationSocket.recv changed")
     _require(_dul.time is time and _association.time is time, "reactor modules' time patched")
@@ -443,8 +453,19 @@ def _patch_association() -> None:
         self._pacs_wake.set()
         orig_kill(self)
 
+    orig_serve = cls._serve_request
+
+    def _serve_request(self: Any, msg: Any, context_id: int) -> None:
+        # A response taken off the queue while a send_*() waits for it is that sender's: hand it
+        # back instead of dropping it (item 8 of the module docstring).
+        if not msg.is_valid_request and not self._reactor_checkpoint.is_set():
+            self.dimse.msg_queue.put((context_id, msg))
+            return
+        orig_serve(self, msg, context_id)
+
     cls.__init__ = __init__  # type: ignore[method-assign]
     cls.kill = kill  # type: ignore[method-assign]
+    cls._serve_request = _serve_request  # type: ignore[method-assign]
     _association.time = _TimeProxy(_assoc_sleep)  # type: ignore[assignment]
 
 

@@ -93,6 +93,26 @@ def test_tune_is_idempotent() -> None:
     assert transport.is_tuned()
 
 
+def test_a_response_the_reactor_takes_while_a_sender_waits_goes_back_to_the_sender() -> None:
+    """The window in pynetdicom's reactor pause (transport item 8): a response the reactor took off
+    the queue during a send_*() is handed back, not dropped; with no send_*() running it is dropped,
+    as pynetdicom does."""
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    transport.tune()
+    assoc = Association(client_ae(), "requestor")
+    rsp = C_ECHO()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0x0000
+    assoc._reactor_checkpoint.clear()  # what send_c_echo() does while it waits
+    assoc._serve_request(rsp, 1)
+    assert assoc.dimse.msg_queue.get_nowait() == (1, rsp)
+    assoc._reactor_checkpoint.set()  # nobody waiting: an unexpected response is dropped
+    assoc._serve_request(rsp, 1)
+    assert assoc.dimse.msg_queue.empty()
+
+
 def test_uid_checks_are_remembered_but_still_refuse_bad_uids() -> None:
     """The memoized set_uid answers as pynetdicom's does: same UIDs, same errors, every time."""
     from pynetdicom import pdu_items, utils
