@@ -4,11 +4,12 @@ Usage (data from ``python -m bench.gen DATA``)::
 
     python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc]
         [--scenarios small-1,ct-1,ct-4,big-1] [--small-count 500] [--ct-count 200]
+        [--stock-client]
 
 Every (server, scenario) pair gets a fresh server process with its own
 temporary storage directory. The client is dcmtk ``storescu`` with
-``TCP_NODELAY=1``; ``ct-4`` runs 4 storescu processes on 4 quarters of the
-files. Measurement starts once the server's process tree is idle (see :func:`wait_idle`).
+``TCP_NODELAY=1`` (``--stock-client``: without it, Nagle's algorithm on);
+``ct-4`` runs 4 storescu processes on 4 quarters of the files. Measurement starts once the server's process tree is idle (see :func:`wait_idle`).
 Memory is the server process tree's summed PSS (proportional set size: a page shared by several
 processes counts once, split between them), sampled every 0.5 s and once at the end; "growth" is
 the peak minus the PSS just before the client started. Summed RSS would count the pages our forked
@@ -231,9 +232,14 @@ def orthanc_server(binary: str = "Orthanc") -> Server:
     return Server("orthanc", start)
 
 
-def run_storescu(files: list[Path], port: int, parallel: int, timeout: float) -> bool:
-    """Send ``files`` over ``parallel`` associations; return True if all succeeded."""
-    env = dict(os.environ, TCP_NODELAY="1")
+def run_storescu(files: list[Path], port: int, parallel: int, timeout: float, *,
+                 nodelay: bool = True) -> bool:
+    """Send ``files`` over ``parallel`` associations; return True if all succeeded.
+
+    ``nodelay=False`` runs storescu as installed: Debian's dcmtk leaves Nagle's algorithm on unless
+    ``TCP_NODELAY`` is set in the environment, as do many modalities' DICOM stacks."""
+    env = dict(os.environ, TCP_NODELAY="1") if nodelay else {
+        k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     chunks = [files[i::parallel] for i in range(parallel)]
     procs = []
     for chunk in chunks:
@@ -282,7 +288,8 @@ def wait_idle(pid: int, timeout: float = 30.0) -> None:
         before = now
 
 
-def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float) -> Result:
+def measure(server: Server, scenario: str, files: list[Path], parallel: int, timeout: float,
+            nodelay: bool = True) -> Result:
     """Start ``server`` fresh, send ``files``, stop it, return the figures."""
     # Start with nothing dirty in the page cache: a server that does not fsync (Orthanc) leaves
     # ~100 MB of CT to be written back during the next server's run, where it delays every fsync.
@@ -299,7 +306,7 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
         cpu0 = tree_cpu_seconds(proc.pid)
         with MemorySampler(proc.pid) as memory:
             t0 = time.perf_counter()
-            ok = run_storescu(files, port, parallel, timeout)
+            ok = run_storescu(files, port, parallel, timeout, nodelay=nodelay)
             seconds = time.perf_counter() - t0
         return Result(
             server.name, scenario, len(files), seconds, megabytes,
@@ -356,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pacs-cmd", default=DEFAULT_PACS_CMD, help="command line of our server")
     ap.add_argument("--repeat", type=int, default=1, help="runs per pair (median is kept)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
+    ap.add_argument("--stock-client", action="store_true",
+                    help="run storescu without TCP_NODELAY=1 (Nagle on, as installed)")
     args = ap.parse_args(argv)
 
     known = {
@@ -388,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[Result]] = {name: [] for name in servers}
         for _ in range(args.repeat):  # interleaved, so load drift hits every server alike
             for name in servers:
-                r = measure(known[name], scen, files, par, args.timeout)
+                r = measure(known[name], scen, files, par, args.timeout, not args.stock_client)
                 runs[name].append(r)
                 print(f"# {name} {scen}: {r.rate:.0f}/s ok={r.ok}", file=sys.stderr, flush=True)
         for name in servers:

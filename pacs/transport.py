@@ -14,6 +14,12 @@ are not there):
 2. ``AssociationSocket.recv`` / ``.ready``: reads with ``recv_into`` in
    256 KiB chunks (and straight into the PDU buffer for large PDUs) instead
    of 4 KiB ``recv`` calls; ``ready`` is true while buffered bytes remain.
+   Each read sets TCP_QUICKACK (Linux): what was read is acknowledged at
+   once. A peer with Nagle's algorithm on (dcmtk as installed, without
+   ``TCP_NODELAY=1``) holds its next small segment until the previous one is
+   acknowledged, and the kernel's delayed ACK made that ~40 ms per message:
+   a stock ``storescu`` pushed 21 small objects/s (Orthanc: 11/s), now ~250/s;
+   a stock ``getscu`` of 50 CT slices took 2.5 s, now 0.34 s.
 3. The DUL reactor's idle ``time.sleep(0.001)`` becomes a ``select`` on the
    peer socket plus a wake-up socketpair that is written whenever another
    thread queues a primitive for the DUL (``to_provider_queue``,
@@ -179,6 +185,16 @@ def set_nodelay(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+
+
+def _ack_now(sock: socket.socket) -> None:
+    """Acknowledge what was just read at once (TCP_QUICKACK, which Linux clears again by itself)."""
+    if _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
 class _RxBuffer:
     """Read-ahead buffer for one association socket."""
 
@@ -211,11 +227,13 @@ class _RxBuffer:
                     got = sock.recv_into(mv[filled:], need)
                     if not got:
                         return out[:filled]
+                    _ack_now(sock)
                     filled += got
                     continue
                 got = sock.recv_into(self.view, READ_CHUNK)
                 if not got:
                     return out[:filled]
+                _ack_now(sock)
                 take = min(need, got)
                 mv[filled : filled + take] = self.view[:take]
                 filled += take

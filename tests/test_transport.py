@@ -113,6 +113,38 @@ def test_a_response_the_reactor_takes_while_a_sender_waits_goes_back_to_the_send
     assert assoc.dimse.msg_queue.empty()
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_every_read_acknowledges_at_once() -> None:
+    """transport item 2: each read sets TCP_QUICKACK, so a peer with Nagle's algorithm on (dcmtk
+    without TCP_NODELAY=1) is not left waiting ~40 ms per message for our delayed ACK."""
+
+    class Recording(socket.socket):
+        calls: list[tuple[int, int, int]] = []
+
+        def setsockopt(self, level, option, value):  # noqa: ANN001, ANN201
+            self.calls.append((level, option, value))
+            return super().setsockopt(level, option, value)
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        ours = Recording(fileno=accepted.detach())
+        try:
+            peer.sendall(b"x" * 10)
+            rx = transport._RxBuffer()
+            assert bytes(rx.read(ours, 4)) == b"xxxx"
+            assert (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1) in Recording.calls
+            Recording.calls.clear()
+            big = threading.Thread(target=peer.sendall, args=(b"y" * (transport.READ_CHUNK + 10),))
+            big.start()  # a large read goes straight into the PDU; the sender may block meanwhile
+            assert bytes(rx.read(ours, 6 + transport.READ_CHUNK + 10)).endswith(b"y" * 10)
+            big.join(10)
+            assert (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1) in Recording.calls
+        finally:
+            ours.close()
+            peer.close()
+
+
 def test_uid_checks_are_remembered_but_still_refuse_bad_uids() -> None:
     """The memoized set_uid answers as pynetdicom's does: same UIDs, same errors, every time."""
     from pynetdicom import pdu_items, utils
