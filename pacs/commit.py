@@ -34,6 +34,8 @@ from storage.archive import Archive
 from storage.config import Destination, Settings
 from storage.errors import NotFound
 
+from .status import SUCCESS, status
+
 log = logging.getLogger(__name__)
 
 #: The well-known SOP Instance of the Push Model (PS3.4 J.3.5).
@@ -65,15 +67,12 @@ def handle_action(event: Event, archive: Archive, settings: Settings) -> tuple[D
         return _status(PROCESSING_FAILURE, f"{calling} is not in destinations (results go back there)")
     threading.Thread(target=_report, args=(archive, settings, calling, destination, transaction, refs),
                      name="storage-commitment", daemon=True).start()
-    return _status(0x0000)
+    return _status(SUCCESS)
 
 
 def _status(code: int, comment: str = "") -> tuple[Dataset, None]:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]  # LO
-    return ds, None
+    """An N-ACTION answer: the status, and no Action Reply."""
+    return status(code, comment), None
 
 
 def result(archive: Archive, transaction: str, refs: list[tuple[str, str]], ae_title: str) -> tuple[int, Dataset]:
@@ -123,7 +122,7 @@ def _report(archive: Archive, settings: Settings, calling: str, destination: Des
             finally:
                 assoc.release()
             code = getattr(status, "Status", None)
-            if code == 0x0000:
+            if code == SUCCESS:
                 log.info("storage commitment result sent to %s (%d held, %d failed)", calling,
                          len(info.ReferencedSOPSequence), len(info.get("FailedSOPSequence", [])))
                 return

@@ -102,9 +102,15 @@ class _EncryptedTempFile:
 
     def discard(self) -> None:
         """Close, and remove the file if the content had rolled over to one."""
+        self._forget()
+        self.close()
+
+    def _forget(self) -> None:
+        """Drop what was received, and the file if the content had rolled over to one."""
         rolled = self._raw is not None
         with contextlib.suppress(OSError):  # e.g. the disk filled up while it was being written
-            self.close()
+            self.finish()
+        self._mem = None
         if rolled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.name)
@@ -126,18 +132,8 @@ class _PynetdicomSpool(_EncryptedTempFile):
                 return super().write(data)
             except OSError as exc:  # kept without its frames: they view pynetdicom's PDU buffer
                 self.error = exc.with_traceback(None)
-                self._drop_content()
+                self._forget()  # still registered: open_received() finds it and raises the error
         return len(data)
-
-    def _drop_content(self) -> None:
-        """Forget what was received and remove the file; stay registered for :func:`open_received`."""
-        rolled = self._raw is not None
-        with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
-            self.finish()
-        self._mem = None
-        if rolled:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.name)
 
     def open(self) -> BinaryIO:
         if self.error is not None:
