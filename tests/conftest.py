@@ -24,6 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACS = str(Path(sys.executable).parent / "pacs")
 
 
+def pacs_command(data: Path, *args: str) -> subprocess.CompletedProcess:
+    """``pacs ARGS`` on the data directory ``data``, with no other PACS_* setting from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env["PACS_DATA_DIR"] = str(data)
+    return subprocess.run([PACS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
 _PORTS_GIVEN: set[int] = set()
 _PORT_RANGE = (20000, 32768)  # below Linux's ephemeral range (32768-60999)
 

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 from storage.archive import Archive
 from storage.config import load_settings
 from storage.query import Query
-from tests.conftest import PACS
+from tests.conftest import pacs_command
 from tests.dicomgen import make_study
-
-
-def _pacs(data: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
-    env["PACS_DATA_DIR"] = str(data)
-    return subprocess.run([PACS, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_import_stores_a_folder_and_names_what_it_refused(tmp_path):
@@ -27,7 +17,7 @@ def test_import_stores_a_folder_and_names_what_it_refused(tmp_path):
     for n in range(7):  # more of one reason than are listed by name
         (folder / "junk" / f"{n}.bin").parent.mkdir(exist_ok=True)
         (folder / "junk" / f"{n}.bin").write_bytes(b"\0" * 50)
-    run = _pacs(tmp_path / "data", "import", "-q", str(folder))
+    run = pacs_command(tmp_path / "data", "import", "-q", str(folder))
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "stored 6, replaced 0, already there 0, refused 9"
@@ -36,7 +26,7 @@ def test_import_stores_a_folder_and_names_what_it_refused(tmp_path):
     assert "    and 3 more" in lines  # 8 refused for that reason, 5 named
     assert any(str(folder / "cut.dcm") in line for line in lines)
 
-    again = _pacs(tmp_path / "data", "import", "-q", str(folder / "nested"))
+    again = pacs_command(tmp_path / "data", "import", "-q", str(folder / "nested"))
     assert again.stdout.splitlines()[0] == "stored 0, replaced 0, already there 6, refused 0"
 
     archive = Archive(load_settings(env={"PACS_DATA_DIR": str(tmp_path / "data")}))
@@ -51,6 +41,6 @@ def test_import_stores_a_folder_and_names_what_it_refused(tmp_path):
 def test_import_of_nothing_storable_fails(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("nothing here")
-    run = _pacs(tmp_path / "data", "import", "-q", str(tmp_path / "in"))
+    run = pacs_command(tmp_path / "data", "import", "-q", str(tmp_path / "in"))
     assert run.returncode == 1
     assert run.stdout.splitlines()[0] == "stored 0, replaced 0, already there 0, refused 1"

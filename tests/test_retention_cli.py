@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-from pathlib import Path
 
 from storage.archive import Archive
 from storage.config import load_settings
-from tests.conftest import PACS
+from tests.conftest import pacs_command
 from tests.dicomgen import make_image
 from tests.test_archive import part10
-
-
-def _pacs(data: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
-    env["PACS_DATA_DIR"] = str(data)
-    return subprocess.run([PACS, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def _orphan(archive: Archive, age_seconds: float) -> str:
@@ -38,11 +30,11 @@ def test_the_daily_run_removes_old_orphan_blobs_and_nothing_else(tmp_path):
         old = _orphan(archive, age_seconds=2 * 3600)
         recent = _orphan(archive, age_seconds=60)  # perhaps a store still running: left alone
 
-        dry = _pacs(data, "retention", "apply", "--dry-run")
+        dry = pacs_command(data, "retention", "apply", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert old in set(archive.blobs.keys())
 
-        run = _pacs(data, "retention", "apply")
+        run = pacs_command(data, "retention", "apply")
         assert run.returncode == 0, run.stderr
         assert "removed 1 orphan blob(s)" in run.stdout
         left = set(archive.blobs.keys())
