@@ -2,10 +2,14 @@
 
 ``POST {root}/studies`` and ``POST {root}/studies/{study}``, with either
 
-* ``type="application/dicom"``: each part a DICOM Part 10 object, stored as received; or
-* ``type="application/dicom+json"`` (PS3.18 10.5.1.2.2, as dcm4chee accepts it): a part holding a
-  JSON array of datasets (PS3.18 F.2) whose BulkDataURI values name other parts by their
-  Content-Location; see :func:`store_json_request` for how an object is built from them.
+* ``multipart/related; type="application/dicom"``: each part a DICOM Part 10 object, stored as
+  received;
+* ``multipart/related; type="application/dicom+json"`` (PS3.18 10.5.1.2.2, as dcm4chee accepts it):
+  a part holding a JSON array of datasets (PS3.18 F.2) whose BulkDataURI values name other parts by
+  their Content-Location; see :func:`store_json_request` for how an object is built from them; or
+* a single ``application/dicom`` body, one instance and no multipart, as the Google and Microsoft
+  cloud DICOM services accept it (``curl -H 'Content-Type: application/dicom' --data-binary @f.dcm``):
+  the same path, response and failure semantics as a one-part multipart request.
 
 Every object goes through :meth:`Archive.store_many`. The body is decoded part by part
 (:func:`dicomweb.multipart.decode`: a small part in memory, a large one in an encrypted spool); DICOM
@@ -188,20 +192,53 @@ def _parts() -> Iterator[Part]:
                   max_part_size=limit, max_total=limit)
 
 
+def _single_body() -> Iterator[Part]:
+    """The request body itself as the one ``application/dicom`` part (a cloud-service client).
+
+    It is copied into an encrypted spool (in memory up to 1 MiB), so the body is never held whole
+    in memory nor written in clear, and no more than ``max_upload_bytes`` is read.
+    """
+    limit = settings().max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+    spool = EncryptedSpool(max_size=1 << 20)
+    try:
+        total = 0
+        while chunk := request.stream.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    yield Part.make(spool, DICOM)
+
+
 def stow(study: str | None = None) -> Response:
     """Store the parts of a STOW-RS request (PS3.18 10.5)."""
     media_type, params = parse_content_type(request.headers.get("Content-Type"))
+    outcome = Outcome(study)
+    if media_type == DICOM:
+        store_dicom_parts(_single_body(), outcome)
+        return _answer(outcome)
     if media_type != "multipart/related":
-        raise UnsupportedMediaType(f"STOW-RS takes multipart/related, not {media_type or 'nothing'}")
+        raise UnsupportedMediaType(f"STOW-RS takes multipart/related or {DICOM}, "
+                                   f"not {media_type or 'nothing'}")
     root_type = (params.get("type") or "").lower()
     if root_type not in (DICOM, DICOM_JSON):
         raise UnsupportedMediaType(
             f"multipart type {root_type or '(none)'} is not supported: use {DICOM} or {DICOM_JSON}")
-    outcome = Outcome(study)
     if root_type == DICOM:
         store_dicom_parts(_parts(), outcome)
     else:
         store_json_request(list(_parts()), outcome, study)
+    return _answer(outcome)
+
+
+def _answer(outcome: Outcome) -> Response:
+    """The PS3.18 10.5.3 response: 200, 202 or 409 with the stored and failed instances."""
     if not outcome.stored and not outcome.failed:
         abort(400, "the request holds no instances")
     body = json.dumps(outcome.body()).encode()
