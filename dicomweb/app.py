@@ -71,7 +71,16 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int]:
+        """The process is up (a load balancer's liveness check)."""
         return "ok\n", 200
+
+    @app.get("/readyz")
+    def readyz() -> tuple[dict[str, str], int]:
+        """The index and the blob store answer (readiness): 200, or 503 naming what does not."""
+        from storage.health import readiness, ready
+
+        checks = readiness(app.extensions["archive"])
+        return checks, 200 if ready(checks) else 503
 
     return app
 
