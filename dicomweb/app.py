@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         """The process is up (a load balancer's liveness check)."""
         return "ok\n", 200
 
+    _metrics(app)
+
     @app.get("/readyz")
     def readyz() -> tuple[dict[str, str], int]:
         """The index and the blob store answer (readiness): 200, or 503 naming what does not."""
@@ -83,6 +85,39 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
         return checks, 200 if ready(checks) else 503
 
     return app
+
+
+def _metrics(app: Flask) -> None:
+    """Count every request by service (blueprint) and status class; serve ``/metrics``.
+
+    ``/metrics`` takes the provider credentials of the DICOMweb services (open from this machine
+    in the embedded default, else any API token): request volumes are not patient data, but they
+    are the site's business.
+    """
+    import time
+
+    from flask import g
+
+    from storage import metrics
+
+    @app.before_request
+    def _started() -> None:
+        g.pacs_started = time.perf_counter()
+
+    @app.after_request
+    def _counted(resp: Response) -> Response:
+        started = g.get("pacs_started")
+        if started is not None:
+            metrics.http_request(request.blueprint or request.endpoint or "none", resp.status_code,
+                                 time.perf_counter() - started)
+        return resp
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        auth.provider_authenticate()
+        body, content_type = metrics.exposition()
+        return Response(body, mimetype=content_type.split(";")[0],
+                        content_type=content_type)
 
 
 class HostPort:

@@ -31,6 +31,7 @@ from typing import Any
 import pydicom
 from flask import Blueprint, Response, abort, request
 
+from storage import metrics
 from storage.archive import StoreResult
 from storage.errors import ArchiveError, BadInput, Conflict, Duplicate, StorageFull, StudyMismatch
 from storage.spool import EncryptedSpool
@@ -59,6 +60,9 @@ PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP = 0x0111
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
+_METRIC_REASON = {OUT_OF_RESOURCES: "out_of_resources", DUPLICATE_SOP: "duplicate",
+                  STUDY_UID_MISMATCH: "study_mismatch", CANNOT_UNDERSTAND: "bad_input",
+                  DATASET_MISMATCH: "bad_input", SOP_CLASS_NOT_SUPPORTED: "bad_input"}
 _REFERENCED_SOP_SEQ = "00081199"
 _FAILED_SOP_SEQ = "00081198"
 _RETRIEVE_URL = "00081190"
@@ -241,6 +245,9 @@ def _answer(outcome: Outcome) -> Response:
     """The PS3.18 10.5.3 response: 200, 202 or 409 with the stored and failed instances."""
     if not outcome.stored and not outcome.failed:
         abort(400, "the request holds no instances")
+    metrics.stored("stow", len(outcome.stored))
+    for _, _, reason, _ in outcome.failed:
+        metrics.refused("stow", _METRIC_REASON.get(reason, "processing_failure"))
     body = json.dumps(outcome.body()).encode()
     resp = Response(body, status=outcome.status())
     resp.headers["Content-Type"] = DICOM_JSON  # exactly: dicomweb-client parses nothing else

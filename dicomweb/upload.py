@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, render_template, request, send_file
 
+from storage import metrics
 from storage.artifacts import ArtifactError, ArtifactTooLarge, UnsupportedArtifact
 from storage.errors import ArchiveError, NotFound
 from storage.ingest import attach, describe
@@ -81,6 +82,7 @@ def upload_file() -> tuple[Response, int]:
         from .errors import status_of
 
         return _refuse(status_of(exc) or 400, str(exc))
+    metrics.stored("upload")
     return jsonify(describe(result)), 200
 
 

@@ -37,3 +37,10 @@ def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
         return
     with _lock:
         _posts_running -= 1
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A gunicorn worker is gone: its live gauges leave ``/metrics`` (storage/metrics.py)."""
+    from storage import metrics
+
+    metrics.process_exited(worker.pid)

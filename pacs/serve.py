@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pydicom
 
+from storage import metrics
 from storage.archive import Archive
 from storage.config import Settings
 
@@ -149,6 +150,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     http_socket.setblocking(True)
     check_data_dir(settings)
     prepare(settings)
+    metrics.prepare(settings.data_dir / "run" / "metrics")  # before any child: they inherit it
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()
     retention = start_retention(settings, config_path)

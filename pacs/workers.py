@@ -18,6 +18,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from storage import metrics
+
 LOGGER = logging.getLogger(__name__)
 
 #: Seconds a worker gets to finish after SIGTERM before it is killed.
@@ -76,6 +78,7 @@ def prefork(serve: Callable[[], None], workers: int, watch: Callable[[], None] |
                     continue
                 uptime = time.monotonic() - started.pop(pid)
                 LOGGER.warning("worker %d exited (status %d) after %.1f s", pid, status, uptime)
+                metrics.process_exited(pid)
                 backoff = min(MAX_BACKOFF, max(0.5, backoff * 2)) if uptime < MIN_UPTIME else 0.0
                 deadline = time.monotonic() + backoff
                 while not stopping and time.monotonic() < deadline:

@@ -1,0 +1,135 @@
+"""What the archive counts for Prometheus (``/metrics``): stores, refusals, latencies, queue depths.
+
+One registry of metric names for both doors, in prometheus_client's multiprocess mode: ``pacs serve``
+runs several DIMSE and gunicorn worker processes, each writing its own counters to memory-mapped files
+under ``PROMETHEUS_MULTIPROC_DIR`` (set by :func:`prepare` in the parent before any child starts),
+and ``/metrics`` adds them up. Labels are closed sets chosen here (a door, a service, a reason, a
+status class): never a UID, a name, an address or anything else from a request, so nothing about a
+patient reaches the metrics or the files behind them.
+
+prometheus_client is imported lazily: it picks multiprocess mode when it is first imported, so the
+environment variable must be set before that, and processes that never count (``pacs import`` and
+the other admin commands) never load it. Counting never fails a request: any error is swallowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Closed label values (anything else is counted as "other").
+DOORS = ("dimse", "stow", "upload")
+REASONS = ("out_of_resources", "duplicate", "study_mismatch", "bad_input", "processing_failure")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def prepare(run_dir: Path) -> None:
+    """Start each ``pacs serve`` with empty metric files in ``run_dir`` (inherited by children)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, mode=0o700)
+    os.environ[ENV] = str(run_dir)
+
+
+def enabled() -> bool:
+    return bool(os.environ.get(ENV))
+
+
+@cache
+def _metrics() -> dict[str, Any]:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return {
+        "stored": Counter("pacs_stored_instances", "Instances stored, by door", ["door"]),
+        "refused": Counter("pacs_store_refusals", "Instances refused, by door and reason",
+                           ["door", "reason"]),
+        "http": Counter("pacs_http_requests", "HTTP requests, by service and status class",
+                        ["service", "status"]),
+        "http_seconds": Histogram("pacs_http_request_seconds", "HTTP request latency, by service",
+                                  ["service"], buckets=LATENCY_BUCKETS),
+        "dimse": Counter("pacs_dimse_requests", "DIMSE requests, by service and outcome",
+                         ["service", "outcome"]),
+        "dimse_seconds": Histogram("pacs_dimse_request_seconds", "DIMSE request latency, by service",
+                                   ["service"], buckets=LATENCY_BUCKETS),
+        "associations": Counter("pacs_dimse_associations", "DIMSE associations, by outcome",
+                                ["outcome"]),
+        "active": Gauge("pacs_dimse_associations_active", "DIMSE associations open now",
+                        multiprocess_mode="livesum"),
+        "commit_queue": Gauge("pacs_ingest_commit_queue", "Stores waiting for the next group commit",
+                              multiprocess_mode="livesum"),
+    }
+
+
+def _closed(value: str, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else "other"
+
+
+def _update(name: str, method: str, value: float, **labels: str) -> None:
+    """``metric[labels].method(value)``, or nothing when metrics are off or anything goes wrong."""
+    if not enabled():
+        return
+    with contextlib.suppress(Exception):  # counting never fails a request
+        metric = _metrics()[name]
+        getattr(metric.labels(**labels) if labels else metric, method)(value)
+
+
+def stored(door: str, n: int = 1) -> None:
+    if n:
+        _update("stored", "inc", n, door=_closed(door, DOORS))
+
+
+def refused(door: str, reason: str) -> None:
+    _update("refused", "inc", 1, door=_closed(door, DOORS), reason=_closed(reason, REASONS))
+
+
+def http_request(service: str, status: int, seconds: float) -> None:
+    """One answered HTTP request; ``service`` is a blueprint name (a closed set of our own)."""
+    _update("http", "inc", 1, service=service, status=_closed(f"{status // 100}xx", STATUS_CLASSES))
+    _update("http_seconds", "observe", seconds, service=service)
+
+
+def dimse_request(service: str, outcome: str, seconds: float) -> None:
+    """One answered DIMSE request: ``service`` like ``C-FIND``, ``outcome`` success|warning|failure."""
+    _update("dimse", "inc", 1, service=service, outcome=outcome)
+    _update("dimse_seconds", "observe", seconds, service=service)
+
+
+def association(outcome: str) -> None:
+    """``accepted`` or ``rejected``; an accepted one counts as active until :func:`association_ended`."""
+    _update("associations", "inc", 1, outcome=outcome)
+    if outcome == "accepted":
+        _update("active", "inc", 1)
+
+
+def association_ended() -> None:
+    _update("active", "dec", 1)
+
+
+def commit_queue(depth: int) -> None:
+    _update("commit_queue", "set", depth)
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every process's metrics added up, in the Prometheus text format, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    if enabled():
+        MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay counted)."""
+    if not enabled():
+        return
+    with contextlib.suppress(Exception):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
