@@ -100,21 +100,25 @@ def start_http(settings: Settings, config_path: str | None, listen_socket: socke
 # A few lines of stdlib Python: it sleeps most of the day in ~10 MB, and the retention run itself is a
 # short-lived `pacs retention apply` (the whole archive code loaded only while it runs).
 _DAILY = """import os, subprocess, sys, time
-parent = os.getppid()
-time.sleep(60)  # not while the server is starting
-while True:
-    subprocess.run(sys.argv[1:])
-    for _ in range(86400 // 5):
-        time.sleep(5)
+parent, first = os.getppid(), float(sys.argv[1])
+def wait(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(5, max(0, end - time.monotonic())))
         if os.getppid() != parent:  # pacs serve is gone: so are we
             sys.exit(0)
+wait(first)  # not while the server is starting (retention_first_run_delay)
+while True:
+    subprocess.run(sys.argv[2:])
+    wait(86400)
 """
 
 
 def start_retention(settings: Settings, config_path: str | None) -> subprocess.Popen:
-    """Apply retention a minute after start, then daily, in its own small process."""
-    cmd = [sys.executable, "-c", _DAILY, sys.executable, "-c", "from pacs.cli import main; main()",
-           "retention", "apply"]
+    """Apply retention ``retention_first_run_delay`` seconds after start, then daily, in its own
+    small process (``--scheduled``: over ``retention_max_per_run`` it refuses; storage/retention.py)."""
+    cmd = [sys.executable, "-c", _DAILY, str(settings.retention_first_run_delay), sys.executable,
+           "-c", "from pacs.cli import main; main()", "retention", "apply", "--scheduled"]
     return subprocess.Popen(cmd, env=_child_env(settings, config_path))
 
 

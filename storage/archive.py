@@ -23,7 +23,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,18 @@ from typing import Any, BinaryIO, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import Connection, bindparam, case, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    bindparam,
+    case,
+    delete,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,6 +76,7 @@ from .index.models import (
 from .index.prepared import Prepared
 from .keys import load_master_keys
 from .query import Query, QueryEngine, phi_aad, phi_where
+from .retention import study_date_of
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -459,7 +471,8 @@ class Archive:
             key_id, _ = self.vault.new_patient_key(s)
             s.flush()
             patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
-                              phi=b"", created_at=_utcnow(), last_visit="")
+                              phi=b"", created_at=_utcnow(), last_study_date="",
+                              last_received_at=_utcnow())
             s.add(patient)
             s.flush()
             patient.phi = self.vault.seal(key_id, phi_where("PATIENT", patient), _subset(v, "PATIENT"))
@@ -540,9 +553,9 @@ class Archive:
         _SQL.update_study.execute(c, {"sid": study_id, "new_series": new_series, "now": now,
                                       "mods": "\\".join(modalities), "classes": "\\".join(classes)})
         _SQL.update_series.execute(c, {"rid": series_id, "now": now})
-        visit = str(v.get("StudyDate", ""))[:8] or now.strftime("%Y%m%d")
         done = _SQL.update_patient.execute(c, {"pid": p.patient_ref, "new_series": new_series,
-                                               "new_study": int(study is None), "visit": visit})
+                                               "new_study": int(study is None),
+                                               "study_date": study_date_of(v), "received": now})
         if done.rowcount != 1:
             self._patients.clear()
             raise NotFound("the patient was removed while the object was being stored")
@@ -756,12 +769,17 @@ class Archive:
         return len(blob_keys)
 
     def shred_patient(self, patient_ref: int, *, actor: str = "", origin: str = "",
-                      reason: str = "request") -> int:
-        """Crypto-shred: destroy the patient's wrapped key first, then index rows and blobs."""
+                      reason: str = "request", check: Callable[[Patient], None] | None = None) -> int:
+        """Crypto-shred: destroy the patient's wrapped key first, then index rows and blobs.
+
+        ``check`` sees the patient's row, locked, before anything is destroyed; raising aborts
+        (a retention run re-checks that the patient is still due: storage/retention.py)."""
         with self.write_sessions.begin() as s:
-            patient = s.get(Patient, patient_ref)
+            patient = s.get(Patient, patient_ref, with_for_update=True)
             if patient is None:
                 raise NotFound("no such patient")
+            if check is not None:
+                check(patient)
             key_id = patient.key_id
             blob_keys = s.scalars(select(Instance.blob_key).join(Series).join(Study)
                                   .where(Study.patient_id == patient_ref)).all()
@@ -851,8 +869,13 @@ class _SQL:
         num_instances=Patient.num_instances + 1,
         num_series=Patient.num_series + bindparam("new_series"),
         num_studies=Patient.num_studies + bindparam("new_study"),
-        last_visit=case((Patient.last_visit < bindparam("visit"), bindparam("visit")),
-                        else_=Patient.last_visit)))
+        # the retention clock (storage/retention.py): each only ever moves forward
+        last_study_date=case((Patient.last_study_date < bindparam("study_date"), bindparam("study_date")),
+                             else_=Patient.last_study_date),
+        last_received_at=case((or_(Patient.last_received_at.is_(None),
+                                   Patient.last_received_at < bindparam("received", type_=DateTime)),
+                               bindparam("received", type_=DateTime)),
+                              else_=Patient.last_received_at)))
     insert_instance = Prepared(insert(Instance))
     insert_audit = Prepared(insert(AuditEvent))
     insert_blob = Prepared(insert(InlineBlob))

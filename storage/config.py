@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .period import parse_limit, parse_period
+
 
 @dataclass(frozen=True)
 class Destination:
@@ -67,7 +69,10 @@ class Settings:
     case_sensitive_person_names: bool = False
 
     # Patients
-    retention_years: int = 7
+    retention_years: float | str = 7  # years (fractions allowed) or a duration: "18 months" (storage/period.py)
+    retention_clock: str = "latest"  # latest: later of last study date and last receipt | study_date
+    retention_max_per_run: str = "1%"  # most patients an unconfirmed run shreds: "N%" (at least 10) or N
+    retention_first_run_delay: float = 60.0  # seconds after `pacs serve` starts before the first run
     letter_max_failures: int = 10
 
     def resolved(self) -> Settings:
@@ -89,6 +94,7 @@ class ConfigError(ValueError):
 
 
 DUPLICATE_POLICIES = ("keep", "replace", "reject")
+RETENTION_CLOCKS = ("latest", "study_date")
 
 
 def _parse_destinations(value: Any) -> dict[str, Destination]:
@@ -138,8 +144,9 @@ def check(s: Settings) -> Settings:
     for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
                  "max_upload_bytes"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
-    for name in ("inline_blob_limit", "retention_years", "shutdown_grace"):
+    for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay"):
         need(getattr(s, name) >= 0, name, "must not be negative")
+    _check_retention(s, problems, need)
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")
     need(s.connect_timeout > 0, "connect_timeout", "must be more than 0 seconds")
     need(s.dimse_max_pdu == 0 or s.dimse_max_pdu >= 4096, "dimse_max_pdu",
@@ -162,11 +169,23 @@ def check(s: Settings) -> Settings:
     return s
 
 
+def _check_retention(s: Settings, problems: list[str], need: Any) -> None:
+    """Retention settings (issue 13): a period under 30 days is a typo that would shred everything."""
+    for name, parse in (("retention_years", parse_period), ("retention_max_per_run", parse_limit)):
+        try:
+            parse(getattr(s, name))
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}, got {getattr(s, name)!r}")
+    need(s.retention_clock in RETENTION_CLOCKS, "retention_clock", "one of " + ", ".join(RETENTION_CLOCKS))
+
+
 def _coerce(name: str, value: Any) -> Any:
     f = {f.name: f for f in dataclasses.fields(Settings)}[name]
     t = str(f.type)
     if name == "destinations":
         return _parse_destinations(value)
+    if name in ("retention_years", "retention_max_per_run"):  # checked (and parsed) by check()
+        return value if isinstance(value, (int, float)) and name == "retention_years" else str(value)
     if "list" in t:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]

@@ -14,7 +14,8 @@ security.md "Patient letters":
   :data:`ALARM_PER_MINUTE` raises an alarm (log + audit event ``alarm``).
 * Sessions are server-side rows (a random 256-bit id in the cookie, its SHA-256 in the index,
   a fixed expiry), so a session can be ended and every worker sees it.
-* Letters expire at the end of retention (last visit + ``retention_years``) unless given a date.
+* Letters expire at the end of retention (storage/retention.py: its clock) unless given a date; a
+  letter that would be expired already (a past date, a record past retention) is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import secrets as pysecrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select, update
@@ -85,6 +86,15 @@ class LetterInvalid(AccessDenied):
 
 class UnknownLetter(AccessDenied):
     status = 404
+
+
+class LetterRefused(ArchiveError):
+    """A letter that would be expired already is not issued; the message says why."""
+
+
+def _clock_words(clock: str) -> str:
+    return "the latest study date" if clock == "study_date" else \
+        "the later of the latest study date and the last receipt"
 
 
 @dataclass(frozen=True)
@@ -199,22 +209,30 @@ class Letters:
     # -- issue, revoke, list ------------------------------------------------------------------
 
     def default_expiry(self, patient_ref: int) -> datetime:
-        """End of retention: the patient's last visit + ``retention_years`` (today if none)."""
+        """End of retention: the day the record becomes due (storage/retention.py, its clock)."""
+        from .retention import due_date
+
         with self.archive.sessions() as s:
             p = s.get(Patient, patient_ref)
             if p is None:
                 raise NotFound("no such patient")
-            last = p.last_visit
-        try:
-            start = datetime.strptime(last[:8], "%Y%m%d").date() if last else date.today()
-        except ValueError:
-            start = date.today()
-        years = self.archive.settings.retention_years
-        try:
-            end = start.replace(year=start.year + years)
-        except ValueError:  # 29 February
-            end = start.replace(year=start.year + years, day=28)
-        return datetime(end.year, end.month, end.day) + timedelta(days=1)
+            end = due_date(p.last_study_date, p.last_received_at, self.archive.settings)
+        return datetime(end.year, end.month, end.day)
+
+    def _refuse_expired(self, patient_ref: int, expires_at: datetime | None) -> datetime:
+        """The expiry a new letter gets; LetterRefused if it would be expired already (issue 13)."""
+        end = self.default_expiry(patient_ref)
+        now = _utcnow()
+        if end <= now:
+            raise LetterRefused(
+                f"the patient's record is past retention since {end:%Y-%m-%d} "
+                f"(retention_years = {self.archive.settings.retention_years}, counted from "
+                f"{_clock_words(self.archive.settings.retention_clock)}); it is shredded at the next "
+                "retention run, so a letter would not open it")
+        if expires_at is not None and expires_at <= now:
+            raise LetterRefused(f"the expiry date {expires_at:%Y-%m-%d} is already past: "
+                                "a letter that expired before it is mailed opens nothing")
+        return expires_at or end
 
     def issue(self, patient_ref: int, *, study_uids: list[str] | None = None,
               expires_at: datetime | None = None, base_url: str = "", actor: str = "",
@@ -226,7 +244,7 @@ class Letters:
                 infos = self.archive.instances(study_uid=uid)
                 if infos[0].patient_ref != patient_ref:
                     raise NotFound("no such study for this patient")
-        expires = expires_at or self.default_expiry(patient_ref)
+        expires = self._refuse_expired(patient_ref, expires_at)
         selector = secrets.new_selector()
         code = secrets.new_access_code()
         passcode = secrets.new_passcode()
@@ -247,6 +265,10 @@ class Letters:
                 origin: str = "") -> IssuedLetter:
         """Revoke a letter (locked or not) and issue a new one for the same patient and studies."""
         old = self.get(letter)
+        if old.expires_at is not None and old.expires_at <= _utcnow():
+            raise LetterRefused(f"letter {old.id} expired on {old.expires_at:%Y-%m-%d}; a reissued "
+                                "letter would expire with it. Issue a new one with `pacs letter issue`")
+        self._refuse_expired(old.patient_ref, old.expires_at)  # before the old one is revoked
         self.revoke(old.id, actor=actor, origin=origin)
         return self.issue(old.patient_ref, study_uids=list(old.study_uids) or None,
                           expires_at=old.expires_at, base_url=base_url, actor=actor, origin=origin)

@@ -27,7 +27,7 @@ from sqlalchemy import Select, and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .attributes import ATTRIBUTES, LEVELS, UNIQUE_KEY, Attr, Level, levels_up_to
-from .errors import BadInput
+from .errors import BadInput, NotFound
 from .index.models import Instance, Patient, Series, Study
 from .matching import Matcher, compile_matcher
 from .vault import Vault
@@ -115,6 +115,8 @@ class QueryEngine:
                 rows = conn.execute(stmt).all()
             for row in rows:
                 rec = self._record(row, plan)
+                if rec is None:  # shredded under this query (issue 13): as if never there
+                    continue
                 out = {k: rec.get(k) for k in keys}
                 out["_patient_ref"] = row[0]
                 yield out
@@ -123,6 +125,8 @@ class QueryEngine:
         with self._engine.connect() as conn:
             for row in conn.execution_options(yield_per=500).execute(stmt):
                 rec = self._record(row, plan)
+                if rec is None:  # shredded under this query (issue 13): as if never there
+                    continue
                 if not all(f.matcher(rec.get(f.attr.keyword)) for f in py_filters):
                     continue
                 if skipped < q.offset:
@@ -188,13 +192,17 @@ class QueryEngine:
             order = [t["SERIES"]["id"], *order]
         return stmt.order_by(*order)
 
-    def _record(self, row: Any, plan: _Plan) -> dict[str, Any]:
+    def _record(self, row: Any, plan: _Plan) -> dict[str, Any] | None:
+        """The row's values, decrypted; None when the patient's key is gone (shredded meanwhile)."""
         rec = {kw: row[i] for kw, i in plan.clear}
         if plan.sealed:
             key_id, unseal = row[1], self._vault.unseal
-            for lvl, phi_i, uid_i, is_bytes in plan.sealed:
-                uid = row[uid_i].hex() if is_bytes else row[uid_i]
-                rec.update(unseal(key_id, phi_aad(lvl, uid), row[phi_i]))
+            try:
+                for lvl, phi_i, uid_i, is_bytes in plan.sealed:
+                    uid = row[uid_i].hex() if is_bytes else row[uid_i]
+                    rec.update(unseal(key_id, phi_aad(lvl, uid), row[phi_i]))
+            except NotFound:
+                return None
         return rec
 
 

@@ -1,4 +1,8 @@
-"""``pacs retention apply [--dry-run]``: crypto-shred patients past retention (run daily by ``pacs serve``).
+"""``pacs retention apply [--dry-run | --confirm [--yes]]``: crypto-shred patients past retention.
+
+The clock and the rails are in storage/retention.py. ``pacs serve`` runs ``apply --scheduled``
+daily (pacs/serve.py): over ``retention_max_per_run`` it writes one log line and an audit alarm and
+shreds nothing; a person then looks (``--dry-run``) and goes past it with ``--confirm``.
 
 The daily run also removes orphan blobs (written by a store that was interrupted before its index
 commit, over an hour ago): ``pacs serve`` sweeps them at start, and a worker that crashed and was
@@ -7,34 +11,82 @@ started again by the supervisor would otherwise leave its orphans until the next
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from datetime import datetime
 
 import click
 
 from pacs.cli import Context, pass_ctx
 
+log = logging.getLogger("pacs.retention")
+
 
 @click.group(name="retention")
 def cli() -> None:
-    """Retention of patient records (retention_years after the last visit)."""
+    """Retention of patient records (retention_years after the latest study date or receipt)."""
+
+
+def _line(verb: str, p) -> str:  # noqa: ANN001 - storage.retention.Due
+    study = (f"{p.last_study_date[:4]}-{p.last_study_date[4:6]}-{p.last_study_date[6:]}"
+             if p.last_study_date else "-")
+    return (f"{verb}: patient {p.patient_ref} (last study {study}, last receipt "
+            f"{p.last_received:%Y-%m-%d}, due since {p.due_since:%Y-%m-%d}, "
+            f"{p.instances} instance(s))")
 
 
 @cli.command()
-@click.option("--dry-run", is_flag=True, help="Only list the patients that are due.")
+@click.option("--dry-run", is_flag=True,
+              help="Only list the due patients: internal reference and dates, nothing identifying.")
+@click.option("--confirm", is_flag=True,
+              help="Shred every due patient even past retention_max_per_run (asks first).")
+@click.option("--yes", is_flag=True, help="With --confirm: do not ask.")
+@click.option("--scheduled", is_flag=True, hidden=True)  # the daily run of pacs serve
+@click.option("--today", type=click.DateTime(["%Y-%m-%d"]), hidden=True)  # tests: a clock moved on
 @pass_ctx
-def apply(ctx: Context, dry_run: bool) -> None:
-    """Shred every patient whose last visit is older than retention_years (key destroyed first).
+def apply(ctx: Context, dry_run: bool, confirm: bool, yes: bool, scheduled: bool,
+          today: datetime | None) -> None:
+    """Shred every patient past retention (key destroyed first), then remove orphan blobs older
+    than an hour. Refuses, shredding nothing, when more are due than retention_max_per_run."""
+    from storage import retention
 
-    Then remove orphan blobs older than an hour (not with --dry-run)."""
-    from storage.retention import apply as run
-
+    if yes and not confirm:
+        raise click.UsageError("--yes goes with --confirm")
+    if dry_run and confirm:
+        raise click.UsageError("--dry-run and --confirm exclude each other")
     archive = ctx.archive()
-    due = run(archive, dry_run=dry_run, actor="pacs retention", origin=os.uname().nodename)
-    verb = "due" if dry_run else "shredded"
-    for p in due:
-        click.echo(f"{verb}: patient {p.patient_ref} (last visit {p.last_visit}, {p.instances} instance(s))")
-    click.echo(f"{len(due)} patient(s) {verb}")
-    if not dry_run:
-        orphans = archive.sweep_orphans()
-        if orphans:
-            click.echo(f"removed {orphans} orphan blob(s) left by interrupted stores")
+    day = today.date() if today else retention.today_utc()
+    actor = "retention schedule" if scheduled else (
+        "pacs retention --confirm" if confirm else "pacs retention")
+    origin = os.uname().nodename
+    if dry_run:
+        due = retention.due(archive, day)
+        allowed, patients = retention.max_per_run(archive)
+        for p in due:
+            click.echo(_line("due", p))
+        click.echo(f"{len(due)} patient(s) due; one run may shred {allowed} of {patients} "
+                   f"(retention_max_per_run = {archive.settings.retention_max_per_run!r})")
+        if len(due) > allowed:
+            click.echo("a scheduled run would refuse and shred nothing; "
+                       "`pacs retention apply --confirm` shreds them")
+        return
+    limit = None
+    if confirm:
+        limit = retention.count_due(archive, day)
+        if limit and not yes:
+            click.confirm(f"Shred {limit} patient(s)? Their keys are destroyed; this cannot be "
+                          "undone", abort=True)
+    try:
+        shredded = retention.apply(archive, today=day, limit=limit, actor=actor, origin=origin)
+    except retention.OverLimit as exc:
+        if scheduled:  # the one line in the server log; the alarm is in the audit trail
+            log.error("retention: %s", exc)
+            sys.exit(3)
+        raise click.ClickException(str(exc)) from None
+    for p in shredded:
+        click.echo(_line("shredded", p))
+    click.echo(f"{len(shredded)} patient(s) shredded")
+    orphans = archive.sweep_orphans()
+    if orphans:
+        click.echo(f"removed {orphans} orphan blob(s) left by interrupted stores")

@@ -52,7 +52,9 @@ class Patient(Base):
     id_hash: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)  # HMAC(PatientID) alone
     key_id: Mapped[str] = mapped_column(String(32), ForeignKey("patient_keys.key_id"))
     phi: Mapped[bytes] = mapped_column(LargeBinary)
-    last_visit: Mapped[str] = mapped_column(String(8), default="")  # YYYYMMDD, latest study or receipt
+    # The retention clock (storage/retention.py, migration 0005): both kept, never one for the other.
+    last_study_date: Mapped[str] = mapped_column(String(8), default="")  # YYYYMMDD, latest StudyDate
+    last_received_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # UTC, last object received
     created_at: Mapped[datetime] = mapped_column(DateTime)
     num_studies: Mapped[int] = mapped_column(Integer, default=0)
     num_series: Mapped[int] = mapped_column(Integer, default=0)
