@@ -302,12 +302,17 @@ class Letters:
             return [_info(r) for r in s.scalars(stmt).all()]
 
     def forget_patient(self, patient_ref: int) -> int:
-        """Delete every letter and session of a (shredded) patient; returns how many letters."""
+        """End every letter and session of a (shredded) patient; returns how many letters.
+
+        The letters stay as revoked rows with their code and passcode hashes wiped, so a patient
+        who comes back with one is told it is gone for good (410), not that it never existed."""
         with self.archive.write_sessions.begin() as s:
             ids = s.scalars(select(Letter.id).where(Letter.patient_ref == patient_ref)).all()
             if ids:
                 s.execute(delete(PatientSession).where(PatientSession.letter_id.in_(ids)))
-                s.execute(delete(Letter).where(Letter.id.in_(ids)))
+                s.execute(update(Letter).where(Letter.id.in_(ids)).values(
+                    revoked_at=func.coalesce(Letter.revoked_at, _utcnow()), code_hash=b"\0" * 32,
+                    passcode_hash="", study_uids=""))
         return len(ids)
 
     # -- authentication --------------------------------------------------------------------------
@@ -454,7 +459,7 @@ class Letters:
         """Whether a typed passcode is this letter's (Argon2id verify)."""
         with self.archive.sessions() as s:
             row = s.get(Letter, letter_id)
-            return bool(row) and secrets.verify_passcode(row.passcode_hash, passcode)
+            return bool(row and row.passcode_hash) and secrets.verify_passcode(row.passcode_hash, passcode)
 
 
 def _seconds(delta: timedelta) -> int:
