@@ -87,10 +87,16 @@ def _audit_small_read(info: InstanceInfo, what: str, items: int = 1) -> None:
 
 
 def _stored_chunks(info: InstanceInfo) -> Iterator[bytes]:
-    """The stored Part 10 bytes of one instance, 1 MiB at a time (opened lazily)."""
-    with ctx.archive().open(info) as reader:
-        while chunk := reader.read(CHUNK):
-            yield chunk
+    """The stored Part 10 bytes of one instance, 1 MiB at a time. Opened now: a patient shredded
+    meanwhile is NotFound here, before a byte of it is sent (issue 13)."""
+    reader = ctx.archive().open(info)
+
+    def chunks() -> Iterator[bytes]:
+        with reader:
+            while chunk := reader.read(CHUNK):
+                yield chunk
+
+    return chunks()
 
 
 def instance_body(info: InstanceInfo, target: str | None) -> tuple[Iterable[bytes], str]:
@@ -163,7 +169,11 @@ def _retrieve(infos: list[InstanceInfo], what: str) -> Response:
 
     def parts() -> Iterator[multipart.Part]:
         for info in infos:
-            body, ts = instance_body(info, offer.transfer_syntax)
+            try:
+                body, ts = instance_body(info, offer.transfer_syntax)
+            except NotFound:  # its patient was shredded while this streamed (issue 13): left out
+                log.info("retrieve: an instance went while the response was sent; left out")
+                continue
             yield multipart.Part.make(body, offer.part_content_type(ts), _location(info))
 
     return _multipart(DICOM, parts())
