@@ -125,6 +125,9 @@ def test_a_legacy_study_survives_restart_and_retention_until_the_period_ends(tmp
             assert _wado(srv, study[pid]) == sent
 
         letter = parse_letter(srv.pacs("letter", "issue", "--patient-id", "RET-E2E-1").stdout)
+        past = srv.pacs("letter", "issue", "--patient-id", "RET-E2E-2", "--expires", "2020-01-01",
+                        check=False)
+        assert past.returncode == 1 and "the expiry date 2020-01-01 is already past" in past.stderr
         end = today.replace(year=today.year + 7) if (today.month, today.day) != (2, 29) else \
             date(today.year + 7, 2, 28)
         assert letter["expires"] == f"{end + timedelta(days=1):%Y-%m-%d}"
@@ -191,6 +194,10 @@ def test_a_scheduled_run_over_the_limit_shreds_nothing_until_a_person_confirms(t
         alarms = srv.pacs("audit", "--action", "alarm").stdout
         assert "retention run refused: 12 patient(s) due, limit 10 of 12; nothing shredded" in alarms
         assert srv.pacs("audit", "--action", "shred").stdout.count("\tshred\t") == 0
+
+        letter = srv.pacs("letter", "issue", "--patient-id", "RET-LIM-0", check=False)
+        assert letter.returncode == 1 and "past retention since 2023-01-07" in letter.stderr
+        assert "access code" not in letter.stdout
 
         by_hand = srv.pacs("retention", "apply", check=False)
         assert by_hand.returncode == 1 and "nothing was shredded" in by_hand.stderr
