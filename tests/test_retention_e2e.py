@@ -296,3 +296,50 @@ def test_wado_rs_of_a_study_shredded_while_it_streams_ends_cleanly(tmp_path, cap
     finally:
         web_archive.close()
         writer.close()
+
+
+def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_traceback(tmp_path, caplog):
+    """getscu asks for four instances; the patient is shredded after the first is sent: the other
+    three are failed sub-operations (PS3.4 C.4.3.1.3.2), one log line each, no traceback."""
+    from pacs import fastpath, send
+    from pacs.scp import handlers, make_ae
+    from pacs.transport import make_server, stop_server
+
+    fastpath.configure(True)  # as a DIMSE worker of pacs serve is set up (pacs/serve.py)
+    send.enable()
+    settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "data")}, ae_title="PACS")
+    writer = Archive(settings, create_key=True)
+    paths = make_study(tmp_path / "s", n_series=1, per_series=4, patient_id="RET-G", rows=8, columns=8)
+    ref = [writer.store(p) for p in paths][0].patient_ref
+    study_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    scp_archive = Archive(settings)
+    opened: list[str] = []
+    original = scp_archive.open
+
+    def open_meeting_a_shred(info):  # noqa: ANN001, ANN202
+        if len(set(opened)) == 1 and info.sop_uid not in opened:  # the first is sent: the next meets it
+            shred(writer, ref, actor="retention", origin="", reason="retention")
+        opened.append(info.sop_uid)
+        return original(info)
+
+    scp_archive.open = open_meeting_a_shred  # type: ignore[method-assign]
+    port = free_port()
+    server = make_server(make_ae(settings), "127.0.0.1", port, evt_handlers=handlers(scp_archive, settings))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        wait_for_port(port)
+        r = subprocess.run([require("getscu"), "-v", "-aec", "PACS", "-S", "+B", "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={study_uid}", "-od", str(out), "127.0.0.1", str(port)],
+                           capture_output=True, text=True, timeout=120)
+        assert len(list(out.iterdir())) == 1, r.stderr[-2000:]
+        assert "Number of Completed Suboperations : 1" in r.stderr
+        assert "Number of Failed Suboperations    : 3" in r.stderr
+        assert "SubOperationsCompleteOneOrMoreFailures" in r.stderr  # B000, PS3.4 C.4.3.1.3.2
+        assert not [rec for rec in caplog.records if rec.exc_info]
+    finally:
+        server.shutdown()
+        stop_server(server, 1)
+        scp_archive.close()
+        writer.close()
