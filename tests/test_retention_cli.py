@@ -43,3 +43,31 @@ def test_the_daily_run_removes_old_orphan_blobs_and_nothing_else(tmp_path):
         assert archive.read_bytes(info)
     finally:
         archive.close()
+
+
+def test_confirm_with_yes_shreds_past_the_limit_without_asking(tmp_path):
+    from datetime import datetime
+
+    from sqlalchemy import update
+
+    from storage.index.models import Patient
+    from tests.dicomgen import make_study
+
+    data = tmp_path / "data"
+    archive = Archive(load_settings(env={"PACS_DATA_DIR": str(data)}), create_key=True)
+    try:
+        for i in range(11):
+            archive.store(make_study(tmp_path / f"p{i}", n_series=1, per_series=1, patient_id=f"RET-YES-{i}",
+                                     study_date="20100105", rows=8, columns=8)[0])
+        with archive.write_sessions.begin() as s:
+            s.execute(update(Patient).values(last_received_at=datetime(2016, 1, 6)))
+    finally:
+        archive.close()
+    alone = pacs_command(data, "retention", "apply", "--yes")
+    assert alone.returncode == 2 and "--yes goes with --confirm" in alone.stderr
+    refused = pacs_command(data, "retention", "apply")
+    assert refused.returncode == 1 and "11 patient(s) are past retention" in refused.stderr
+    run = pacs_command(data, "retention", "apply", "--confirm", "--yes")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("shredded: patient") == 11 and "11 patient(s) shredded" in run.stdout
+    assert "RET-YES" not in run.stdout
