@@ -301,12 +301,10 @@ def test_wado_rs_of_a_study_shredded_while_it_streams_ends_cleanly(tmp_path, cap
 def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_traceback(tmp_path, caplog):
     """getscu asks for four instances; the patient is shredded after the first is sent: the other
     three are failed sub-operations (PS3.4 C.4.3.1.3.2), one log line each, no traceback."""
-    from pacs import fastpath, send
+    from pacs import send
     from pacs.scp import handlers, make_ae
-    from pacs.transport import make_server, stop_server
 
-    fastpath.configure(True)  # as a DIMSE worker of pacs serve is set up (pacs/serve.py)
-    send.enable()
+    send.enable()  # C-GET streams stored objects from their blobs, as in a DIMSE worker
     settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "data")}, ae_title="PACS")
     writer = Archive(settings, create_key=True)
     paths = make_study(tmp_path / "s", n_series=1, per_series=4, patient_id="RET-G", rows=8, columns=8)
@@ -324,8 +322,8 @@ def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_trac
 
     scp_archive.open = open_meeting_a_shred  # type: ignore[method-assign]
     port = free_port()
-    server = make_server(make_ae(settings), "127.0.0.1", port, evt_handlers=handlers(scp_archive, settings))
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    server = make_ae(settings).start_server(("127.0.0.1", port), block=False,
+                                            evt_handlers=handlers(scp_archive, settings))
     out = tmp_path / "out"
     out.mkdir()
     try:
@@ -340,7 +338,6 @@ def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_trac
         assert not [rec for rec in caplog.records if rec.exc_info]
     finally:
         server.shutdown()
-        stop_server(server, 1)
         scp_archive.close()
         writer.close()
 
