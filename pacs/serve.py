@@ -154,7 +154,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     http_socket.setblocking(True)
     check_data_dir(settings)
     prepare(settings)
-    metrics.prepare(settings.data_dir / "run" / "metrics")  # before any child: they inherit it
+    metrics_dir = metrics.prepare()  # before any child: they inherit it
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()
     retention = start_retention(settings, config_path)
@@ -183,3 +183,4 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
             http.wait(timeout=15)
         except subprocess.TimeoutExpired:
             http.kill()
+        metrics.remove(metrics_dir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,26 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def prepare(run_dir: Path) -> None:
-    """Start each ``pacs serve`` with empty metric files in ``run_dir`` (inherited by children)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, mode=0o700)
-    os.environ[ENV] = str(run_dir)
+def run_dir(pid: int) -> Path:
+    """Where the ``pacs serve`` of process ``pid`` keeps its metric files: in memory (``/dev/shm``)
+    where there is one, so a full data disk cannot fault a worker writing a counter (prometheus_client
+    writes through mmap: a page it cannot back is SIGBUS, not an error)."""
+    shm = Path("/dev/shm")
+    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"pacs-metrics-{pid}"
+
+
+def prepare() -> Path:
+    """Empty metric files for this ``pacs serve`` (its children inherit the environment variable)."""
+    path = run_dir(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    os.environ[ENV] = str(path)
+    return path
+
+
+def remove(path: Path) -> None:
+    """Drop the metric files when ``pacs serve`` stops."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def enabled() -> bool:

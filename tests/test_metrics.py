@@ -56,13 +56,17 @@ def test_metrics_count_stores_refusals_and_requests(tmp_path: Path) -> None:
 
         secrets = [patient, name, images[0].StudyInstanceUID, images[0].SOPInstanceUID]
         assert not [s for s in secrets if s in r.text]
-        files = list((srv.data_dir / "run" / "metrics").iterdir())
+        from storage.metrics import run_dir
+
+        assert srv.proc is not None
+        files = list(run_dir(srv.proc.pid).iterdir())
         assert files  # the workers' counters are kept there
         for f in files:
             raw = f.read_bytes()
             assert not [s for s in secrets if s.encode() in raw], f.name
     finally:
         srv.stop()
+    assert not run_dir(srv.proc.pid).exists()  # removed when pacs serve stops
 
 
 def test_metrics_need_credentials_from_outside(tmp_path: Path) -> None:
