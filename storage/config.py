@@ -65,6 +65,7 @@ class Settings:
 
     # Matching
     case_sensitive_person_names: bool = False
+    phonetic_fuzzy_matching: bool = False  # fuzzy person names: also words that sound alike
 
     # Patients
     retention_years: int = 7
