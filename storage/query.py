@@ -141,6 +141,10 @@ class QueryEngine:
                             "read every row")
         return self._index_ready
 
+    def index_ready_reset(self) -> None:
+        """Ask ``reindex_state`` again at the next search (after a re-indexing run)."""
+        self._index_ready = False
+
     def run(self, q: Query) -> Iterator[dict[str, Any]]:
         visible = levels_up_to(q.level)
         sql_filters, py_filters = [], []
