@@ -18,7 +18,8 @@ the master key) learns from each — equality of truncated tokens, nothing else:
 ``pre``  each prefix (1..8 characters) of each word (words are split at ``^ = , space``). Learns:
          which rows share a word starting with the same 1..8 letters, per attribute, and how many
          do, e.g. that 1 % of patients share one 5-letter start; not the letters themselves.
-``tri``  each 3-character substring of the folded value. Learns: which rows share a trigram.
+``tri``  each 3-character substring of the folded value (names and descriptions; not of IDs).
+         Learns: which rows share a trigram.
 ``ph``   the Double Metaphone codes (primary and alternate) of each word of a person name.
          Learns: which rows share a word that sounds alike.
 
@@ -69,6 +70,8 @@ INDEXED: tuple[str, ...] = (
     "SeriesDescription", "PerformingPhysicianName", "OperatorsName", "ProtocolName",
     "PerformedProcedureStepDescription",
 )
+#: Identifiers: whole value and prefixes only (``ACC123*``); a trigram search of an ID scans.
+_IDENTIFIERS = frozenset({"PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID"})
 _BY_LEVEL: dict[Level, tuple[str, ...]] = {
     lvl: tuple(k for k in INDEXED if ATTRIBUTES[k].level == lvl)
     for lvl in ("PATIENT", "STUDY", "SERIES")}
@@ -110,7 +113,7 @@ class BlindIndex:
 
     def token(self, keyword: str, kind: str, text: str) -> bytes:
         msg = f"{keyword}\x1f{kind}\x1f{text}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).digest()[:TOKEN_BYTES]
+        return hmac.digest(self._key, msg, hashlib.sha256)[:TOKEN_BYTES]
 
     # -- ingest ------------------------------------------------------------------------------------
 
@@ -121,10 +124,12 @@ class BlindIndex:
             value = values.get(kw)
             if value in (None, ""):
                 continue
-            person = ATTRIBUTES[kw].vr == "PN"
+            person, ident = ATTRIBUTES[kw].vr == "PN", kw in _IDENTIFIERS
+            key, head = self._key, f"{kw}\x1f"
             for one in str(value).split("\\"):
                 if one.strip():
-                    out.update(self.token(kw, kind, text) for kind, text in _terms(one, person))
+                    out.update(hmac.digest(key, f"{head}{kind}\x1f{text}".encode(), "sha256")[:TOKEN_BYTES]
+                               for kind, text in set(_terms(one, person, trigrams=not ident)))
         return out
 
     # -- queries -----------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ class BlindIndex:
         if m.kind in ("single", "list"):
             return [[[_Term("eq", fold(v).strip())]] for v in m.values]
         if m.kind == "wildcard":
-            groups = _wildcard_terms(m.values[0])
+            groups = _wildcard_terms(m.values[0], trigrams=keyword not in _IDENTIFIERS)
             return [[[t] for t in groups]] if groups else None
         if m.kind == "fuzzy":
             groups = []
@@ -165,7 +170,7 @@ class BlindIndex:
         return None
 
 
-def _terms(value: str, person: bool) -> Iterable[tuple[str, str]]:
+def _terms(value: str, person: bool, trigrams: bool = True) -> Iterable[tuple[str, str]]:
     f = fold(value)
     yield "eq", f.strip()
     for w in words(f):
@@ -174,11 +179,11 @@ def _terms(value: str, person: bool) -> Iterable[tuple[str, str]]:
         if person:
             for code in phonetic_codes(w):
                 yield "ph", code
-    for i in range(len(f) - NGRAM + 1):
+    for i in range(len(f) - NGRAM + 1 if trigrams else 0):
         yield "tri", f[i:i + NGRAM]
 
 
-def _wildcard_terms(pattern: str) -> list[_Term]:
+def _wildcard_terms(pattern: str, trigrams: bool = True) -> list[_Term]:
     """Terms every value matching the wildcard ``pattern`` holds (see the module docstring)."""
     f = fold(pattern)
     if "*" not in f and "?" not in f:  # a person name matched without case: the whole value
@@ -192,7 +197,7 @@ def _wildcard_terms(pattern: str) -> list[_Term]:
         for p in pieces:
             if p.start() > 0 or anchored:
                 terms.append(_Term("pre", p.group()[:PREFIX_MAX]))
-        for i in range(len(text) - NGRAM + 1):
+        for i in range(len(text) - NGRAM + 1 if trigrams else 0):
             terms.append(_Term("tri", text[i:i + NGRAM]))
     unique = sorted(dict.fromkeys(terms), key=lambda t: (-t.strength, t.kind))
     chosen: list[_Term] = []
