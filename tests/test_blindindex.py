@@ -240,3 +240,32 @@ def test_same_new_patient_from_four_associations(tmp_path):
             archive.close()
     finally:
         srv.stop()
+
+
+def test_migration_of_an_archive_from_before_the_tokens(archive: Archive):
+    """Down one revision (no token tables), up again: the archive is marked for `pacs reindex`,
+    searches stay right meanwhile, and after it they go through the tokens."""
+    from alembic import command
+    from alembic.config import Config
+
+    from storage.index.db import MIGRATIONS
+
+    _store(archive, "MG-1", "Migrate^Me")
+    archive.close()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with archive.write_engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006-1")  # to before the token tables (and whatever follows)
+    again = Archive(archive.settings)
+    try:
+        with again.engine.connect() as c:
+            assert not again.queries.index_ready(c)
+        assert _names(again, PatientName="MIGRATE*") == ["Migrate^Me"]
+        reindex(again)
+        with again.engine.connect() as c:
+            assert again.queries.index_ready(c)
+            assert c.execute(select(func.count()).select_from(PatientToken.__table__)).scalar() > 0
+        assert _names(again, PatientName="MIGRATE*") == ["Migrate^Me"]
+    finally:
+        again.close()
