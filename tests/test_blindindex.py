@@ -20,7 +20,7 @@ from storage.config import load_settings
 from storage.index.models import Patient, PatientKey, PatientToken, ReindexState, StudyToken
 from storage.query import Query
 from storage.reindex import reindex
-from tests.conftest import require, start_server
+from tests.conftest import pacs_command, require, start_server
 from tests.dicomgen import make_image, write
 
 
@@ -269,3 +269,30 @@ def test_migration_of_an_archive_from_before_the_tokens(archive: Archive):
         assert _names(again, PatientName="MIGRATE*") == ["Migrate^Me"]
     finally:
         again.close()
+
+
+def test_pacs_reindex_command(tmp_path):
+    """`pacs reindex` on a data directory: resumable state, done, and --restart indexes all again."""
+    data = tmp_path / "data"
+    archive = Archive(load_settings(env={}, data_dir=data), create_key=True)
+    try:
+        _store(archive, "CLI-1", "Command^Line")
+        with archive.write_sessions.begin() as s:
+            s.execute(delete(PatientToken))
+            s.execute(update(ReindexState).values(done=False, last_id=0))
+    finally:
+        archive.close()
+    proc = pacs_command(data, "reindex", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "indexed 1 patient row(s), 1 study row(s), 1 series row(s)" in proc.stdout
+    again = pacs_command(data, "reindex", "--quiet")
+    assert "indexed 0 patient row(s)" in again.stdout  # nothing left to do
+    restart = pacs_command(data, "reindex", "--restart", "--quiet")
+    assert "indexed 1 patient row(s)" in restart.stdout
+    archive = Archive(load_settings(env={}, data_dir=data))
+    try:
+        assert _names(archive, PatientName="COMMAND*") == ["Command^Line"]
+        with archive.engine.connect() as c:
+            assert archive.queries.index_ready(c)
+    finally:
+        archive.close()
