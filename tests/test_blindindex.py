@@ -296,3 +296,21 @@ def test_pacs_reindex_command(tmp_path):
             assert archive.queries.index_ready(c)
     finally:
         archive.close()
+
+
+def test_process_memory_is_bounded_and_searches_read_keys_with_rows(settings, monkeypatch):
+    """With room for 3 data keys, 12 patients are stored and found: keys evicted from the LRU are
+    unwrapped from the rows the search reads (no query per match), and nothing else accumulates."""
+    import storage.vault
+
+    monkeypatch.setattr(storage.vault, "_KEYS_MAX", 3)
+    archive = Archive(settings, create_key=True)
+    try:
+        for i in range(12):
+            _store(archive, f"LRU-{i}", f"Bounded^Person{i:02d}")
+        archive.vault._read = None  # a per-match key lookup would fail now: keys come with rows
+        assert _names(archive, PatientName="BOUNDED*") == [f"Bounded^Person{i:02d}" for i in range(12)]
+        assert len(archive.vault._deks) <= 3 and len(archive.vault._field_keys) <= 3
+        assert not any(type(v) is dict for v in vars(archive.vault).values())  # no unbounded map
+    finally:
+        archive.close()
