@@ -3,9 +3,10 @@
 A C-STORE, a STOW-RS part and ``pacs import`` all end in :meth:`Archive.store`:
 
 1. read the header (up to the pixel data) from the received bytes, as received;
-2. find or create the patient and their data key (its own short transaction);
+2. find the patient and their data key, or mint a key for a new one (storage/newpatient.py);
 3. stream the bytes through AES-256-GCM into a new blob under a random name, then fsync;
-4. index patient/study/series/instance in one transaction; if that fails, delete the blob.
+4. index patient (if new: key, row, blind-index tokens), study, series, instance in one group-
+   committed transaction; if that fails, delete the blob.
 
 So an indexed instance always has its blob; a crash between 3 and 4 leaves an orphan blob, which
 :meth:`sweep_orphans` removes at start and in the daily `pacs retention apply` (after an hour).
@@ -14,6 +15,7 @@ So an indexed instance always has its blob; a crash between 3 and 4 leaves an or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -69,12 +71,16 @@ from .index.models import (
     Instance,
     Patient,
     PatientKey,
+    PatientToken,
     Series,
+    SeriesToken,
     Study,
+    StudyToken,
     SystemKey,
 )
 from .index.prepared import Prepared
 from .keys import load_master_keys
+from .newpatient import KnownPatients, NewPatient, NewPatients
 from .query import Query, QueryEngine, phi_aad, phi_where
 from .retention import study_date_of
 from .vault import Vault
@@ -114,6 +120,7 @@ class _Pending:
     failed: bool = False
     actor: str = ""
     origin: str = ""
+    new_patient: NewPatient | None = None  # created by the transaction that indexes this object
 
     def fail(self, exc: ArchiveError) -> None:
         if isinstance(self.outcome, StoreResult):
@@ -185,12 +192,15 @@ class Archive:
         self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
         self.inline_blobs = DatabaseBlobStore(self.engine)
         self.queries = QueryEngine(self.sessions, self.vault,
-                                   pn_ignore_case=not settings.case_sensitive_person_names)
+                                   pn_ignore_case=not settings.case_sensitive_person_names,
+                                   phonetic=settings.phonetic_fuzzy_matching)
+        self.blind = self.queries.blind
         self.audit = AuditLog(self.write_sessions)
         self._tmp = settings.data_dir / "tmp"
         self._tmp.mkdir(exist_ok=True)
         self._lock = threading.Lock()
-        self._patients: dict[bytes, tuple[int, str]] = {}  # pid hash -> (row id, key id)
+        self._patients = KnownPatients()  # pid hash -> (row id, key id), bounded
+        self._new_patients = NewPatients()
         self._study_owner: dict[str, int] = {}  # study UID -> patient row id
         self._commit_lock = threading.Lock()
         self._commit_queue: list[tuple[list[_Pending], threading.Event]] = []
@@ -295,10 +305,12 @@ class Archive:
                     return StoreResult("duplicate", info.sop_class_uid, sop_uid, info.study_uid,
                                        info.series_uid, info.patient_ref, info.transfer_syntax)
                 replaced = old.id
-        patient_ref, key_id = self._patient_for(v, study_uid)
-        dek = self.vault.dek(key_id) if self.settings.encrypt else None
+        patient_ref, key_id, new = self._patient_for(v, study_uid)
+        dek = None
+        if self.settings.encrypt:
+            dek = new.dek if new is not None else self.vault.dek(key_id)
         outcome = StoreResult("replaced" if replaced is not None else "stored", v["SOPClassUID"],
-                              sop_uid, study_uid, series_uid, patient_ref,
+                              sop_uid, study_uid, series_uid, patient_ref or 0,
                               header.transfer_syntax)
         size = fp.seek(0, io.SEEK_END)
         frames = native_frame_index(header.transfer_syntax, v, header.pixel_head, header.pixel_at, size)
@@ -308,8 +320,9 @@ class Archive:
             writer = EncryptingWriter(sink, dek, blob_key)
             _copy(fp, writer)
             data = sink.getvalue()
-            return _Pending(v, patient_ref, key_id, blob_key, len(data), writer.plain_size,
-                            content_type, replaced, outcome, inline=data, frame_index=frame_index)
+            return _Pending(v, patient_ref or 0, key_id, blob_key, len(data), writer.plain_size,
+                            content_type, replaced, outcome, inline=data, frame_index=frame_index,
+                            new_patient=new)
         blob_key = self.blobs.new_key()
         fh = self.blobs.create(blob_key)
         full = False
@@ -329,8 +342,9 @@ class Archive:
             # buffer they hold, go now (a receive spool cannot be closed while something views it)
             raise StorageFull("no space left in the blob store")
 
-        return _Pending(v, patient_ref, key_id, blob_key, self.blobs.size(blob_key),
-                        writer.plain_size, content_type, replaced, outcome, frame_index=frame_index)
+        return _Pending(v, patient_ref or 0, key_id, blob_key, self.blobs.size(blob_key),
+                        writer.plain_size, content_type, replaced, outcome, frame_index=frame_index,
+                        new_patient=new)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
         """Index the written blobs; whatever is not indexed loses its blob (its outcome is the error).
@@ -342,7 +356,8 @@ class Archive:
         """
         for p in pending:
             p.actor, p.origin = actor, origin
-            self.vault.dek(p.key_id)  # keys are fetched before the write lock is taken, not under it
+            if p.new_patient is None:  # keys are fetched before the write lock is taken, not under it
+                self.vault.dek(p.key_id)
             if p.replaced is not None:
                 self._delete_instances([p.replaced])
         done = threading.Event()
@@ -378,17 +393,36 @@ class Archive:
 
     def _index_all(self, pending: list[_Pending]) -> None:
         try:
-            with self._ingest_transaction() as c:
-                for p in pending:
-                    self._index(c, p, actor=p.actor, origin=p.origin)
-            return
-        except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
-            log.debug("batch index transaction failed; indexing one by one", exc_info=True)
+            try:
+                with self._ingest_transaction() as c:
+                    created: dict[bytes, tuple[int, str, bytes]] = {}
+                    for p in pending:
+                        self._index(c, p, actor=p.actor, origin=p.origin, created=created)
+                self._created(pending)
+                return
+            except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
+                log.debug("batch index transaction failed; indexing one by one", exc_info=True)
+            self._index_one_by_one(pending)
+        finally:
+            for p in pending:
+                if p.new_patient is not None:
+                    self._new_patients.done(p.new_patient)
+
+    def _created(self, pending: list[_Pending]) -> None:
+        """After a commit: the new patients' keys and rows are known like any other now."""
+        for p in pending:
+            if p.new_patient is not None and not p.failed:
+                if p.key_id == p.new_patient.key_id:
+                    self.vault.remember(p.key_id, p.new_patient.dek)
+                self._patients[p.new_patient.pid_hash] = (p.patient_ref, p.key_id)
+
+    def _index_one_by_one(self, pending: list[_Pending]) -> None:
         for p in pending:
             for attempt in range(2):  # a concurrent creator of the same study/series: retry once
                 try:
                     with self._ingest_transaction() as c:
-                        self._index(c, p, actor=p.actor, origin=p.origin)
+                        self._index(c, p, actor=p.actor, origin=p.origin, created={})
+                    self._created([p])
                     break
                 except self._integrity_errors:
                     if self._has_instance(p.outcome.sop_instance_uid):  # type: ignore[union-attr]
@@ -434,55 +468,99 @@ class Archive:
         with self.sessions() as s:
             return s.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid)) is not None
 
-    def _patient_for(self, v: dict[str, Any], study_uid: str) -> tuple[int, str]:
-        """The patient row and key for this object, created if new (own transaction).
+    def _patient_for(self, v: dict[str, Any], study_uid: str
+                     ) -> tuple[int | None, str, NewPatient | None]:
+        """(row, key id, None) of a known patient; (None, key id, the new patient) of a new one.
 
-        Known patients are cached in memory (pid hash -> row, key id): a patient row never changes
-        its key, and a shredded one makes the index transaction fail (rowcount 0), which evicts it.
+        Nothing is written here: a new patient's key, row and tokens are written by the transaction
+        that indexes the object (:meth:`_index`, storage/newpatient.py). Known patients are kept in
+        a bounded LRU (pid hash -> row, key id): a patient row never changes its key, and a shredded
+        one makes the index transaction fail (rowcount 0), which evicts it.
         """
         issuer = str(v.get("IssuerOfPatientID", ""))
         pid = str(v.get("PatientID", ""))
         pid_hash = self.vault.blind("pid", f"{issuer}|{pid}")
         known = self._patients.get(pid_hash)
         if known is None:
-            with self.sessions() as s:  # the common case reads only: no write lock, no commit
-                known = self._known_patient(s, pid_hash)
+            new = self._new_patients.get(pid_hash)  # before the index: its creator removes it after
+            if new is not None:  # this process is creating the patient right now: the same key
+                return None, new.key_id, new
+            with self.engine.connect() as c:  # reads only: no write lock, no commit
+                row = _SQL.select_patient.execute(c, {"h": pid_hash}).fetchone()
+            known = (row[0], row[1]) if row is not None else None
         if known is not None:
             self._check_study_owner(study_uid, known[0])
             self._patients[pid_hash] = known
-            return known
+            return known[0], known[1], None
+        key_id, dek, wrapped = self.vault.mint_patient_key()
+        values = _subset(v, "PATIENT")
+        new = self._new_patients.claim(NewPatient(
+            pid_hash, self.vault.blind("pid", pid), key_id, dek, wrapped, values,
+            frozenset(self.blind.tokens("PATIENT", values))))
+        # no study check here: another process may be creating this patient and the study right
+        # now; the index transaction refuses a study of another patient (Conflict)
+        return None, new.key_id, new
+
+    def _ensure_patient(self, c: Connection, p: _Pending,
+                        created: dict[bytes, tuple[int, str, bytes]]) -> bytes | None:
+        """The patient of ``p`` in this transaction, created if new; returns the data key to seal
+        with when it is not in the index yet. ``created``: patients this transaction wrote."""
+        new = p.new_patient
+        if new is None:
+            return None
+        got = created.get(new.pid_hash)
+        if got is None:
+            row = _SQL.select_patient.execute(c, {"h": new.pid_hash}).fetchone()
+            if row is not None:  # created meanwhile by another process
+                got = (row[0], row[1], b"")
+        if got is None:
+            now = _utcnow()
+            _SQL.insert_key.execute(c, {"key_id": new.key_id, "kek_version": new.wrapped.kek_version,
+                                        "wrapped": new.wrapped.blob, "created_at": now})
+            phi = self.vault.seal(new.key_id, phi_aad("PATIENT", new.pid_hash.hex()), new.values,
+                                  new.dek)
+            patient_id = _SQL.insert_patient.execute(c, {
+                "pid_hash": new.pid_hash, "id_hash": new.id_hash, "key_id": new.key_id, "phi": phi,
+                "last_study_date": "", "last_received_at": now, "created_at": now, "num_studies": 0,
+                "num_series": 0,
+                "num_instances": 0}).fetchone()[0]
+            _SQL.insert_patient_token.execute_many(
+                c, [{"token": t, "patient_id": patient_id} for t in sorted(new.tokens)])
+            got = created[new.pid_hash] = (patient_id, new.key_id, new.dek)
+        patient_id, key_id, dek = got
+        if key_id != p.key_id:  # our blob is under a key that lost the race: the patient's, now
+            dek = dek or self.vault.dek(key_id)
+            if self.settings.encrypt:
+                self._rekey(p, key_id, dek)
+            p.key_id = key_id
+        p.patient_ref = patient_id
+        p.outcome = dataclasses.replace(p.outcome, patient_ref=patient_id)  # type: ignore[arg-type]
+        return dek or None
+
+    def _rekey(self, p: _Pending, key_id: str, dek: bytes) -> None:
+        """Re-encrypt ``p``'s blob under the patient's key ``key_id`` (see storage/newpatient.py)."""
+        assert p.new_patient is not None
+        old = p.new_patient.dek
+        if p.inline is not None:
+            blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
+            with DecryptingReader(io.BytesIO(p.inline), old, p.blob_key, p.blob_size) as source:
+                _copy(source, EncryptingWriter(sink, dek, blob_key))  # type: ignore[arg-type]
+            p.inline, p.blob_key = sink.getvalue(), blob_key
+            p.blob_size = len(p.inline)
+            return
+        blob_key = self.blobs.new_key()
+        fh = self.blobs.create(blob_key)
         try:
-            known = self._create_patient(v, pid_hash, pid)
-        except IntegrityError:  # created meanwhile by another process (PostgreSQL has no write lock)
-            with self.sessions() as s:
-                known = self._known_patient(s, pid_hash)
-            if known is None:
-                raise
-        self._check_study_owner(study_uid, known[0])
-        self._patients[pid_hash] = known
-        return known
-
-    def _create_patient(self, v: dict[str, Any], pid_hash: bytes, pid: str) -> tuple[int, str]:
-        """A new patient row with a new data key, unless it exists by now (own transaction)."""
-        with self.write_sessions.begin() as s:
-            known = self._known_patient(s, pid_hash)
-            if known is not None:
-                return known
-            key_id, _ = self.vault.new_patient_key(s)
-            s.flush()
-            patient = Patient(pid_hash=pid_hash, id_hash=self.vault.blind("pid", pid), key_id=key_id,
-                              phi=b"", created_at=_utcnow(), last_study_date="",
-                              last_received_at=_utcnow())
-            s.add(patient)
-            s.flush()
-            patient.phi = self.vault.seal(key_id, phi_where("PATIENT", patient), _subset(v, "PATIENT"))
-            s.flush()
-            return patient.id, key_id
-
-    @staticmethod
-    def _known_patient(s: Session, pid_hash: bytes) -> tuple[int, str] | None:
-        row = s.execute(select(Patient.id, Patient.key_id).where(Patient.pid_hash == pid_hash)).first()
-        return (row.id, row.key_id) if row is not None else None
+            with DecryptingReader(self.blobs.open(p.blob_key), old, p.blob_key, p.blob_size) as source:
+                _copy(source, EncryptingWriter(fh, dek, blob_key))  # type: ignore[arg-type]
+            self.blobs.commit(fh, durable=self.settings.fsync)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fh.close()
+            self.blobs.delete(blob_key)
+            raise
+        self.blobs.delete(p.blob_key)
+        p.blob_key, p.blob_size = blob_key, self.blobs.size(blob_key)
 
     def _check_study_owner(self, study_uid: str, patient_ref: int) -> None:
         """Refuse a study UID that belongs to another patient (cached; a mismatch is re-read)."""
@@ -497,7 +575,8 @@ class Archive:
                 self._study_owner.clear()
             self._study_owner[study_uid] = owner
 
-    def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str) -> None:
+    def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str,
+               created: dict[bytes, tuple[int, str, bytes]]) -> None:
         """Add one stored blob's rows (and its audit event) to the caller's transaction.
 
         Statements compiled once (``_SQL``, storage/index/prepared.py), not ORM objects: this runs
@@ -506,7 +585,8 @@ class Archive:
         Rows are locked in one order (study, series, patient) so PostgreSQL writers never deadlock;
         SQLite write transactions are serialised already (BEGIN IMMEDIATE).
         """
-        v, now, seal = p.values, _utcnow(), self.vault.seal
+        dek = self._ensure_patient(c, p, created)
+        v, now, seal = p.values, _utcnow(), functools.partial(self.vault.seal, dek=dek)
         o = p.outcome
         assert isinstance(o, StoreResult)
         modality = str(v.get("Modality", ""))
@@ -522,6 +602,8 @@ class Archive:
                 "modalities": "", "sop_classes": "", "num_series": 0, "num_instances": 0,
                 "phi": seal(p.key_id, phi_aad("STUDY", o.study_uid), values), "updated_at": now,
             }).fetchone()[0]
+            _SQL.insert_study_token.execute_many(c, [{"token": t, "study_id": study_id}
+                                                     for t in sorted(self.blind.tokens("STUDY", values))])
             modalities: list[str] = []
             classes: list[str] = []
         elif study[1] != p.patient_ref:
@@ -532,15 +614,19 @@ class Archive:
             classes = [c_ for c_ in study[3].split("\\") if c_]
         series = _SQL.select_series.execute(c, {"uid": o.series_uid}).fetchone()  # (id, study)
         if series is None:
+            series_values = _subset(v, "SERIES")
             series_id = _SQL.insert_series.execute(c, {
                 "study_id": study_id, "series_uid": o.series_uid, "modality": modality,
                 "series_number": _int(v.get("SeriesNumber")),
                 "series_date": str(v.get("SeriesDate", "")),
                 "series_time": str(v.get("SeriesTime", "")),
                 "body_part": str(v.get("BodyPartExamined", ""))[:16], "num_instances": 0,
-                "phi": seal(p.key_id, phi_aad("SERIES", o.series_uid), _subset(v, "SERIES")),
+                "phi": seal(p.key_id, phi_aad("SERIES", o.series_uid), series_values),
                 "updated_at": now,
             }).fetchone()[0]
+            _SQL.insert_series_token.execute_many(
+                c, [{"token": t, "series_id": series_id}
+                    for t in sorted(self.blind.tokens("SERIES", series_values))])
         elif series[1] != study_id:
             raise Conflict("SeriesInstanceUID is already stored in a different study")
         else:
@@ -853,6 +939,12 @@ class _SQL:
     """Statements built once: the ingest path's (see ``Archive._index``) and the one-instance lookup."""
 
     select_instance = select(Instance.id).where(Instance.sop_uid == bindparam("uid"))
+    select_patient = Prepared(select(Patient.id, Patient.key_id).where(Patient.pid_hash == bindparam("h")))
+    insert_key = Prepared(insert(PatientKey))
+    insert_patient = Prepared(insert(Patient).returning(Patient.id))
+    insert_patient_token = Prepared(insert(PatientToken))
+    insert_study_token = Prepared(insert(StudyToken))
+    insert_series_token = Prepared(insert(SeriesToken))
     study_owner = select(Study.patient_id).where(Study.study_uid == bindparam("uid"))
     select_study = Prepared(select(Study.id, Study.patient_id, Study.modalities, Study.sop_classes)
                             .where(Study.study_uid == bindparam("uid")).with_for_update())

@@ -67,6 +67,7 @@ class Settings:
 
     # Matching
     case_sensitive_person_names: bool = False
+    phonetic_fuzzy_matching: bool = False  # fuzzy person names: also words that sound alike
 
     # Patients
     retention_years: float | str = 7  # years (fractions allowed) or a duration: "18 months" (storage/period.py)

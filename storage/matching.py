@@ -1,14 +1,23 @@
 """DICOM attribute matching, PS3.4 C.2.2.2: pure functions over strings, no database.
 
-A query value is compiled once into a :class:`Matcher`; ``Matcher.sql`` says whether it can be pushed
-into SQL on a clear column (single value, UID list, range) and ``Matcher(value)`` tests a stored value.
+A query value is compiled once into a :class:`Matcher`; ``Matcher(value)`` tests a stored value.
+
+Person names match case- and accent-insensitively unless configured otherwise: both sides are
+*folded* (:func:`fold`: upper case, accents dropped, one character for one, so ``?`` still means one
+character), the way the blind indexes (storage/blindindex.py) fold them. Fuzzy matching: every word
+of the query starts a word of the name (``jo`` finds ``Doe^John``); with ``phonetic`` a word that
+sounds alike (same Double Metaphone code, from the ``doublemetaphone`` package) matches too.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
+
+from doublemetaphone import doublemetaphone
 
 from .errors import BadInput
 
@@ -16,6 +25,32 @@ Kind = Literal["universal", "single", "list", "wildcard", "range", "fuzzy", "any
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _DT = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
+#: What separates the words of a name (components ^, groups =) for fuzzy matching and the indexes.
+WORD_SEPARATORS = "^= ,"
+_WORDS = re.compile(r"[\^= ,]+")
+_QUERY_WORDS = re.compile(r"[\^= ,*?]+")
+
+
+@lru_cache(maxsize=8192)
+def _fold_char(c: str) -> str:
+    d = "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x))
+    if len(d) != 1:
+        d = c
+    u = d.upper()
+    return u if len(u) == 1 else d
+
+
+def fold(text: str) -> str:
+    """Upper case without accents, character for character (``Müller`` -> ``MULLER``, ``ß`` stays)."""
+    if text.isascii():
+        return text.upper()
+    return "".join(map(_fold_char, text))
+
+
+@lru_cache(maxsize=8192)
+def phonetic_codes(word: str) -> tuple[str, ...]:
+    """Double Metaphone codes (primary, alternate; empty ones dropped) of one folded word."""
+    return tuple(c for c in dict.fromkeys(doublemetaphone(word)) if c)
 
 
 @dataclass
@@ -29,6 +64,8 @@ class Matcher:
     regex: re.Pattern[str] | None = None
     fuzzy_words: list[str] = field(default_factory=list)
     subs: list[Matcher] = field(default_factory=list)
+    folded: bool = False  # wildcard: the regex is folded, and so is the stored value it tests
+    phonetic: bool = False  # fuzzy: sounds-alike words match too
 
     def __call__(self, stored: object) -> bool:
         """Does the stored value (str, list of str, or None) match? Multi-valued: any value matches."""
@@ -45,14 +82,15 @@ class Matcher:
         if self.kind == "list":
             return s in self.values
         if self.kind == "wildcard":
-            return bool(self.regex.fullmatch(s))  # type: ignore[union-attr]
+            return bool(self.regex.fullmatch(fold(s) if self.folded else s))  # type: ignore[union-attr]
         if self.kind == "range":
             return (self.low is None or s >= self.low) and (self.high is None or s <= self.high + "~")
         if self.kind == "any":
             return any(m._one(s) for m in self.subs)
         if self.kind == "fuzzy":
-            parts = [p for p in re.split(r"[\^= ,]+", s.upper()) if p]
-            return all(any(p.startswith(w) for p in parts) for w in self.fuzzy_words)
+            parts = [p for p in _WORDS.split(fold(s)) if p]
+            return all(any(p.startswith(w) or (self.phonetic and _sounds_alike(p, w)) for p in parts)
+                       for w in self.fuzzy_words)
         return False
 
 
@@ -64,9 +102,16 @@ def _as_strings(stored: object) -> list[str]:
     return [v for v in str(stored).split("\\")] if "\\" in str(stored) else [str(stored)]
 
 
+def _sounds_alike(part: str, word: str) -> bool:
+    return not set(phonetic_codes(part)).isdisjoint(phonetic_codes(word))
+
+
 def _wildcard_regex(value: str, ignore_case: bool) -> re.Pattern[str]:
+    """``*`` and ``?`` as regex; with ``ignore_case`` the pattern is folded (see :func:`fold`)."""
+    if ignore_case:
+        value = fold(value)
     pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
-    return re.compile(pattern, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+    return re.compile(pattern, re.DOTALL)
 
 
 def _check_range_bound(vr: str, bound: str, keyword: str) -> str:
@@ -94,7 +139,7 @@ def _split_range(vr: str, text: str) -> tuple[str | None, str | None]:
 
 
 def compile_matcher(keyword: str, vr: str, value: object, *, fuzzy: bool = False,
-                    pn_ignore_case: bool = True) -> Matcher:
+                    pn_ignore_case: bool = True, phonetic: bool = False) -> Matcher:
     """Compile a query value for an attribute of the given VR (C.2.2.2.1-C.2.2.2.5)."""
     if value is None:
         return Matcher("universal")
@@ -124,8 +169,9 @@ def compile_matcher(keyword: str, vr: str, value: object, *, fuzzy: bool = False
                 raise BadInput(f"{keyword}: '{u[:70]}' is not a UID")
         return Matcher("list", uids) if len(uids) > 1 else Matcher("single", uids)
     if vr == "PN" and fuzzy:
-        words = [w for w in re.split(r"[\^= ,*?]+", text.upper()) if w]
-        return Matcher("fuzzy", fuzzy_words=words) if words else Matcher("universal")
+        words = [w for w in _QUERY_WORDS.split(fold(text)) if w]
+        return (Matcher("fuzzy", fuzzy_words=words, phonetic=phonetic) if words
+                else Matcher("universal"))
     if "\\" in text:  # C.2.2.2.8 multiple value matching: any of the values
         subs = [_single_or_wildcard(v, vr, pn_ignore_case) for v in text.split("\\")]
         return Matcher("any", subs=subs)
@@ -135,5 +181,6 @@ def compile_matcher(keyword: str, vr: str, value: object, *, fuzzy: bool = False
 def _single_or_wildcard(text: str, vr: str, pn_ignore_case: bool) -> Matcher:
     ignore_case = vr == "PN" and pn_ignore_case
     if "*" in text or "?" in text or ignore_case:
-        return Matcher("wildcard", [text], regex=_wildcard_regex(text, ignore_case))
+        return Matcher("wildcard", [text], regex=_wildcard_regex(text, ignore_case),
+                       folded=ignore_case)
     return Matcher("single", [text])

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -202,3 +203,40 @@ Index("ix_studies_listing", Study.study_date.desc(), Study.study_time.desc(), St
 # The metadata warmer's periodic question "which series have no cache yet?" reads only those rows.
 Index("ix_series_metadata_pending", Series.updated_at,
       sqlite_where=Series.metadata_cache.is_(None), postgresql_where=Series.metadata_cache.is_(None))
+
+
+# -- blind indexes (migration 0006, storage/blindindex.py) ------------------------------------------
+
+class PatientToken(Base):
+    """A patient's blind-index tokens: looked up by token, deleted with the patient."""
+
+    __tablename__ = "patient_tokens"
+    __table_args__ = {"sqlite_with_rowid": False}
+    token: Mapped[bytes] = mapped_column(LargeBinary(4), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"),
+                                            primary_key=True, index=True)
+
+
+class StudyToken(Base):
+    __tablename__ = "study_tokens"
+    __table_args__ = {"sqlite_with_rowid": False}
+    token: Mapped[bytes] = mapped_column(LargeBinary(4), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"),
+                                          primary_key=True, index=True)
+
+
+class SeriesToken(Base):
+    __tablename__ = "series_tokens"
+    __table_args__ = {"sqlite_with_rowid": False}
+    token: Mapped[bytes] = mapped_column(LargeBinary(4), primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"),
+                                           primary_key=True, index=True)
+
+
+class ReindexState(Base):
+    """How far ``pacs reindex`` got per level (rows with a higher id have no tokens yet)."""
+
+    __tablename__ = "reindex_state"
+    level: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)

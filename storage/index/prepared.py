@@ -50,3 +50,28 @@ class Prepared:
         args: Sequence[Any] | Mapping[str, Any] = [params[k] for k in positional] if positional else params
         cursor.execute(sql, args)
         return cursor
+
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per row (DBAPI ``executemany``; every row has the same keys). Nothing for none."""
+        if not rows:
+            return
+        keys = tuple(rows[0])
+        entry = self._compiled.get((conn.dialect.name, keys)) or self._compile(conn, keys)
+        sql, compiled, positional, processors = entry
+        names = positional if positional else list(compiled.binds)
+        batch: list[Any]
+        if set(names) == set(keys):  # every bind is a given value: no defaults to fill in
+            procs = [processors.get(k) for k in names]
+            tuples = [[v[k] if p is None else p(v[k]) for k, p in zip(names, procs, strict=True)]
+                      for v in rows]
+            batch = tuples if positional else [dict(zip(names, t, strict=True)) for t in tuples]
+        else:
+            batch = []
+            for values in rows:
+                params = compiled.construct_params(values, _check=False)
+                for name, proc in processors.items():
+                    if name in params:
+                        params[name] = proc(params[name])
+                batch.append([params[k] for k in positional] if positional else params)
+        cursor = conn.connection.cursor()
+        cursor.executemany(sql, batch)
