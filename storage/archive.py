@@ -882,7 +882,7 @@ class Archive:
             s.execute(delete(PatientKey).where(PatientKey.key_id == key_id))
             self.inline_blobs.delete_in(s.connection(), list(blob_keys))
         self.engine.dispose()  # idle readers would hold the WAL open
-        purge_deleted(self.write_engine)
+        purge_deleted(self.write_engine, wait_ms=1000)  # a retention run purges again at its end
         self._delete_files(blob_keys)
         self.audit.record("shred", actor=actor, source=origin, patient_ref=patient_ref,
                           detail=f"{reason}; {len(blob_keys)} object(s)")

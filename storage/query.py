@@ -173,7 +173,7 @@ class QueryEngine:
             if not py_filters:
                 stmt = stmt.offset(q.offset or None).limit(q.limit)
             skipped = returned = 0
-            for row in conn.execution_options(yield_per=_STREAM).execute(stmt):
+            for row in self._live_rows(conn.execution_options(yield_per=_STREAM).execute(stmt)):
                 try:
                     rec = self._record(row, plan, filter_levels if py_filters else None)
                     if py_filters:
@@ -191,6 +191,22 @@ class QueryEngine:
                 returned += 1
                 if py_filters and q.limit is not None and returned >= q.limit:
                     return
+
+    def _live_rows(self, result: Any) -> Iterator[Any]:
+        """The rows of ``result``, less those whose patient was shredded since the search began.
+
+        The search reads one snapshot of the index (a streaming cursor), which still holds the
+        wrapped key of a patient shredded meanwhile (issue 13). Before each batch of rows is
+        answered, one query on a fresh snapshot asks which of its keys still exist.
+        """
+        for batch in result.partitions():
+            with self._engine.connect() as fresh:
+                live = set(fresh.execute(select(PatientKey.key_id).where(
+                    PatientKey.key_id.in_({row[1] for row in batch}),
+                    PatientKey.wrapped != b"")).scalars())
+            for row in batch:
+                if row[1] in live:
+                    yield row
 
     def _pushable(self, f: _Filter) -> bool:
         col, kind = f.attr.column, f.matcher.kind

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 
 from .errors import ArchiveError
+from .index.db import purge_deleted
 from .index.models import Patient
 from .period import Period, limit_for, parse_period
 
@@ -209,5 +210,6 @@ def apply(archive: Archive, *, dry_run: bool = False, today: date | None = None,
     archive.audit.record("retention", actor=actor, source=origin,
                          detail=f"{n} due, limit {allowed}, {len(shredded)} shredded")
     if shredded:
+        purge_deleted(archive.write_engine)  # each shred waited briefly for readers; now wait them out
         log.info("retention: shredded %d patient(s)", len(shredded))
     return shredded

@@ -52,11 +52,13 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def purge_deleted(engine: Engine) -> None:
+def purge_deleted(engine: Engine, wait_ms: int = 30000) -> None:
     """Make deleted rows unrecoverable from the database files (after crypto-shredding).
 
     SQLite: ``secure_delete`` already zeroes freed pages; a TRUNCATE checkpoint also empties the WAL,
-    which still holds the old page images. PostgreSQL: VACUUM the key table so dead tuples holding
+    which still holds the old page images. It must wait for readers to leave the WAL; ``wait_ms``
+    bounds that wait (a search streaming its answers holds a reader for as long as it runs), and a
+    checkpoint that could not finish is done again by the next call. PostgreSQL: VACUUM the key table so dead tuples holding
     the wrapped key are reclaimed (their bytes may linger in free space until reused; the wrapped key
     is useless without the master key, which rotation replaces).
     """
@@ -64,7 +66,11 @@ def purge_deleted(engine: Engine) -> None:
     try:
         cur = raw.cursor()
         if engine.dialect.name == "sqlite":
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cur.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+            try:
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                cur.execute("PRAGMA busy_timeout=30000")
         elif engine.dialect.name == "postgresql":
             raw.driver_connection.autocommit = True
             try:
