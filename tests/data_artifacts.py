@@ -139,3 +139,88 @@ RTF_NOTE = (
 )
 TEXT_NOTE = b"Patient reports less pain.\nNext visit: 3 weeks.\n"
 TEXT_NOTE_UNICODE = "Schmerzen geringer; Müller-Lüdenscheidt, 5 mg/kg — ok.\n".encode()
+
+
+def ffmpeg_make(suffix: str, *args: str) -> bytes:
+    """Run the ``ffmpeg`` CLI writing ``out<suffix>`` in a temp dir; return the file's bytes."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError("ffmpeg is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"out{suffix}"
+        subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", *args, str(path)],
+                       check=True)
+        return path.read_bytes()
+
+
+def _tone(seconds: float, rate: int, channels: int) -> list[str]:
+    layout = "mono" if channels == 1 else "stereo"
+    return ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={rate}:duration={seconds}",
+            "-af", f"aformat=channel_layouts={layout}", "-ac", str(channels)]
+
+
+def make_mp3(seconds: float = 0.5, rate: int = 8000, channels: int = 1) -> bytes:
+    """An MP3 dictation (ffmpeg's libmp3lame)."""
+    return ffmpeg_make(".mp3", *_tone(seconds, rate, channels), "-c:a", "libmp3lame", "-b:a", "32k")
+
+
+def make_m4a(seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> bytes:
+    """An M4A (AAC in MP4, brand M4A) dictation, as a phone's voice recorder writes."""
+    return ffmpeg_make(".m4a", *_tone(seconds, rate, channels), "-c:a", "aac", "-b:a", "48k")
+
+
+def make_ogg_opus(seconds: float = 0.5, channels: int = 1) -> bytes:
+    """An Ogg/Opus voice message (48 kHz, as Opus always decodes)."""
+    return ffmpeg_make(".ogg", *_tone(seconds, 48000, channels), "-c:a", "libopus", "-b:a", "24k")
+
+
+def make_video(suffix: str = ".mov", codec: str = "libx265", seconds: float = 0.4,
+               size: str = "160x120", rate: int = 25, audio: bool = False,
+               extra: tuple[str, ...] = ()) -> bytes:
+    """A short video in any container/codec ffmpeg writes (HEVC MOV as a phone makes by default)."""
+    args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    args += ["-t", str(seconds), "-c:v", codec]
+    if codec == "libx265":
+        args += ["-x265-params", "log-level=error", "-tag:v", "hvc1", "-pix_fmt", "yuv420p"]
+    if codec in ("libx264", "mpeg4", "mjpeg"):
+        args += ["-pix_fmt", "yuvj420p" if codec == "mjpeg" else "yuv420p"]
+    if audio:
+        args += ["-c:a", "aac", "-shortest"]
+    return ffmpeg_make(suffix, *args, *extra)
+
+
+def make_heic(width: int = 40, height: int = 24, orientation: int | None = None) -> bytes:
+    """A HEIC photo written by pillow-heif (x265), optionally with an EXIF Orientation."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    img = _gradient(width, height)
+    out = io.BytesIO()
+    kwargs = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif.tobytes()
+    img.save(out, format="HEIF", quality=90, **kwargs)
+    return out.getvalue()
+
+
+def make_multipage(fmt: str = "TIFF", sizes: tuple[tuple[int, int], ...] = ((30, 20), (20, 30), (16, 16))) -> bytes:
+    """A multi-page TIFF scan (pages of different sizes) or an animated GIF."""
+    pages = [_gradient(w, h).rotate(90 * i, expand=True) for i, (w, h) in enumerate(sizes)]
+    if fmt == "GIF":
+        pages = [p.resize(sizes[0]) for p in pages]
+    out = io.BytesIO()
+    pages[0].save(out, format=fmt, save_all=True, append_images=pages[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def make_rotated_jpeg(width: int = 64, height: int = 48, orientation: int = 6) -> bytes:
+    """A JPEG whose EXIF Orientation says the camera was turned (6: rotate 90 clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    _gradient(width, height).save(out, format="JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()

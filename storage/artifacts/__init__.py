@@ -7,9 +7,13 @@ media type         SOP Class (PS3.4 B.5)                       comes back
 =================  ==========================================  ======================
 application/pdf    Encapsulated PDF (A.45.1)                   byte-identical
 image/jpeg         VL Photographic Image (A.32.4), JPEG as is  byte-identical
-image/png|gif|...  VL Photographic Image, native pixels        PNG, same pixels
-video/mp4 (H.264)  Video Photographic Image (A.32.7)           byte-identical
+image/png|gif|...  VL Photographic Image, native pixels,       byte-identical (kept)
+image/heic|heif    upright (EXIF), one object per page
+video/mp4, MOV     Video Photographic Image (A.32.7), H.264    byte-identical (MP4
+                   or HEVC as is, else remuxed/transcoded      as is, else kept)
 audio/wav (PCM)    General Audio Waveform (A.34.4)             byte-identical
+audio/mpeg|mp4|    General Audio Waveform, decoded to PCM      byte-identical (kept)
+aac|ogg
 text/plain         Basic Text SR (A.35.1)                      byte-identical
 text/rtf           Basic Text SR, RTF kept privately           byte-identical
 =================  ==========================================  ======================
@@ -26,7 +30,9 @@ from datetime import datetime
 import pydicom
 from pydicom.uid import UID
 
+from .about import about_study, record_about
 from .audio import GENERAL_AUDIO_WAVEFORM_STORAGE, encapsulate_wav, extract_wav
+from .coded_audio import CODED_AUDIO, encapsulate_coded_audio, extract_coded_audio
 from .common import (
     EL_FILENAME,
     EL_MEDIA_TYPE,
@@ -41,13 +47,19 @@ from .errors import ArtifactError, ArtifactTooLarge, InvalidArtifact, Unsupporte
 from .image import (
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,
     encapsulate_jpeg,
-    encapsulate_pillow_image,
+    encapsulate_pages,
     extract_image,
 )
 from .model import InstanceRef, Original, PatientInfo, StudyInfo
 from .pdf import ENCAPSULATED_PDF_STORAGE, encapsulate_pdf, extract_pdf
 from .text_sr import BASIC_TEXT_SR_STORAGE, encapsulate_note, extract_note, note_text
-from .video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, encapsulate_mp4, extract_mp4
+from .video import (
+    VIDEO_MEDIA_TYPES,
+    VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE,
+    encapsulate_video,
+    extract_video,
+    has_video,
+)
 
 __all__ = [
     "ArtifactError",
@@ -59,8 +71,10 @@ __all__ = [
     "StudyInfo",
     "SUPPORTED_MEDIA_TYPES",
     "UnsupportedArtifact",
+    "about_study",
     "detect_media_type",
     "encapsulate",
+    "encapsulate_all",
     "extract_original",
     "note_text",
 ]
@@ -69,11 +83,16 @@ _DEFAULT_NAMES = {
     "application/pdf": "document.pdf",
     "image/jpeg": "photo.jpg",
     "video/mp4": "video.mp4",
+    "video/quicktime": "video.mov",
     "audio/wav": "audio.wav",
+    "audio/mpeg": "dictation.mp3",
+    "audio/mp4": "dictation.m4a",
+    "audio/aac": "dictation.aac",
+    "audio/ogg": "dictation.ogg",
     "text/plain": "note.txt",
     "text/rtf": "note.rtf",
 }
-_LOSSLESS_IMAGES = {"image/png", "image/gif", "image/bmp", "image/tiff"}
+_DECODED_IMAGES = {"image/png", "image/gif", "image/bmp", "image/tiff", "image/heic", "image/heif"}
 
 
 def encapsulate(
@@ -86,19 +105,51 @@ def encapsulate(
     title: str | None = None,
     series_description: str = "",
     references: Sequence[InstanceRef] = (),
+    about: str | None = None,
     max_size: int | None = None,
     content_datetime: datetime | None = None,
 ) -> pydicom.Dataset:
-    """Wrap an artifact in a new DICOM object (new SOP Instance and Series UIDs).
+    """Wrap an artifact in one new DICOM object; see :func:`encapsulate_all` (one page only)."""
+    objects = encapsulate_all(data, patient=patient, study=study, filename=filename,
+                              media_type=media_type, title=title,
+                              series_description=series_description, references=references,
+                              about=about, max_size=max_size, content_datetime=content_datetime)
+    if len(objects) != 1:
+        raise UnsupportedArtifact(
+            f"the file has {len(objects)} pages, which make {len(objects)} objects: use encapsulate_all")
+    return objects[0]
+
+
+def encapsulate_all(
+    data: bytes,
+    *,
+    patient: PatientInfo,
+    study: StudyInfo,
+    filename: str | None = None,
+    media_type: str | None = None,
+    title: str | None = None,
+    series_description: str = "",
+    references: Sequence[InstanceRef] = (),
+    about: str | None = None,
+    max_size: int | None = None,
+    content_datetime: datetime | None = None,
+) -> list[pydicom.Dataset]:
+    """Wrap an artifact in new DICOM objects (new SOP Instance and Series UIDs): one object, or
+    one per page of a multi-page image, all in one series, the first carrying the original.
 
     ``media_type`` is a declared label, checked against the content like the
     file name's extension. ``title`` defaults to the file name. References
     are recorded in text notes (SR content and evidence) and PDFs (Source
-    Instance Sequence); for other kinds they raise ArtifactError.
-    The result carries file_meta: ``ds.save_as(f, enforce_file_format=True)``.
+    Instance Sequence); for other kinds they raise ArtifactError. ``about``: the
+    Study Instance UID the artifact discusses (:mod:`.about`), for every kind.
+    Each result carries file_meta: ``ds.save_as(f, enforce_file_format=True)``.
     """
     check_size(data, max_size)
     kind = detect_media_type(data, filename, media_type)
+    if kind in ("video/mp4", "video/quicktime", "audio/mp4") and not has_video(data):
+        kind = "audio/mp4"  # an MP4/MOV with sound only is a dictation
+    elif kind == "audio/mp4" and has_video(data):
+        kind = "video/mp4"
     name = safe_filename(filename, _DEFAULT_NAMES.get(kind, "image." + kind.split("/")[1]))
     when = content_datetime or datetime.now().astimezone()
     doc_title = name if title is None else title
@@ -113,19 +164,25 @@ def encapsulate(
     if references and kind not in ("application/pdf", "text/plain", "text/rtf"):
         raise ArtifactError(f"references can be recorded for PDFs and notes, not for {kind}")
     if kind == "application/pdf":
-        ds = encapsulate_pdf(data, **common)
+        objects = [encapsulate_pdf(data, **common)]
         if references:
-            ds.SourceInstanceSequence = [_ref_item(r) for r in references]
-        return ds
-    if kind == "image/jpeg":
-        return encapsulate_jpeg(data, **common)
-    if kind in _LOSSLESS_IMAGES:
-        return encapsulate_pillow_image(data, media_type=kind, **common)
-    if kind == "video/mp4":
-        return encapsulate_mp4(data, **common)
-    if kind == "audio/wav":
-        return encapsulate_wav(data, **common)
-    return encapsulate_note(data, media_type=kind, references=references, **common)
+            objects[0].SourceInstanceSequence = [_ref_item(r) for r in references]
+    elif kind == "image/jpeg":
+        objects = [encapsulate_jpeg(data, **common)]
+    elif kind in _DECODED_IMAGES:
+        objects = encapsulate_pages(data, media_type=kind, **common)
+    elif kind in VIDEO_MEDIA_TYPES:
+        objects = [encapsulate_video(data, media_type=kind, **common)]
+    elif kind == "audio/wav":
+        objects = [encapsulate_wav(data, **common)]
+    elif kind in CODED_AUDIO:
+        objects = [encapsulate_coded_audio(data, media_type=kind, **common)]
+    else:
+        objects = [encapsulate_note(data, media_type=kind, references=references, **common)]
+    if about:
+        for ds in objects:
+            record_about(ds, about)
+    return objects
 
 
 def _ref_item(ref: InstanceRef) -> pydicom.Dataset:
@@ -138,8 +195,9 @@ def _ref_item(ref: InstanceRef) -> pydicom.Dataset:
 def extract_original(ds: pydicom.Dataset) -> Original:
     """Recover the artifact from an object made by :func:`encapsulate` (or a like one).
 
-    Byte-identical for PDF, JPEG, MP4, WAV and notes (checked against the
-    recorded SHA-256); lossless images come back as PNG with the same pixels.
+    Byte-identical for every kind (checked against the recorded SHA-256), except
+    pages after the first of a multi-page image and images stored before originals
+    were kept, which come back as PNG with the same pixels.
     Works on objects from other tools (e.g. dcmtk's pdf2dcm) without the
     private block, using the standard attributes only.
     """
@@ -161,11 +219,13 @@ def extract_original(ds: pydicom.Dataset) -> Original:
         if original.media_type == "image/png" and media_type != "image/png":
             return original  # re-encoded: pixels equal, bytes not
     elif sop_class == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE:
-        original = extract_mp4(
-            ds, safe_filename(str(raw_name) if raw_name else None, "video.mp4"), size
+        original = extract_video(
+            ds, media_type or "", safe_filename(str(raw_name) if raw_name else None, "video.mp4"),
+            size,
         )
     elif sop_class == GENERAL_AUDIO_WAVEFORM_STORAGE:
-        original = extract_wav(
+        coded = extract_coded_audio(ds, media_type or "", name)
+        original = coded or extract_wav(
             ds, safe_filename(str(raw_name) if raw_name else None, "audio.wav"), size
         )
     elif sop_class == BASIC_TEXT_SR_STORAGE:

@@ -15,11 +15,18 @@ SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     "application/pdf": "PDF document",
     "image/jpeg": "JPEG image",
     "image/png": "PNG image",
-    "image/gif": "GIF image (single frame)",
+    "image/gif": "GIF image (every frame)",
     "image/bmp": "BMP image",
-    "image/tiff": "TIFF image (single page)",
-    "video/mp4": "MP4 video (H.264)",
+    "image/tiff": "TIFF image (every page)",
+    "image/heic": "HEIC photo",
+    "image/heif": "HEIF photo",
+    "video/mp4": "MP4 video",
+    "video/quicktime": "QuickTime (MOV) video",
     "audio/wav": "WAV audio (PCM, 8 or 16 bit)",
+    "audio/mpeg": "MP3 audio",
+    "audio/mp4": "M4A (AAC) audio",
+    "audio/aac": "AAC audio (ADTS)",
+    "audio/ogg": "Ogg audio (Opus, Vorbis)",
     "text/plain": "plain text note",
     "text/rtf": "RTF note",
 }
@@ -34,10 +41,21 @@ _EXTENSIONS: dict[str, str] = {
     ".bmp": "image/bmp",
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
+    ".heic": "image/heic",
+    ".heif": "image/heif",
+    ".hif": "image/heif",
     ".mp4": "video/mp4",
     ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".qt": "video/quicktime",
     ".wav": "audio/wav",
     ".wave": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
     ".txt": "text/plain",
     ".text": "text/plain",
     ".rtf": "text/rtf",
@@ -55,7 +73,30 @@ _ALIASES: dict[str, str] = {
     "application/rtf": "text/rtf",
     "application/x-rtf": "text/rtf",
     "application/x-pdf": "application/pdf",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-mp3": "audio/mpeg",
+    "audio/mpeg3": "audio/mpeg",
+    "audio/x-mpeg": "audio/mpeg",
+    "audio/x-m4a": "audio/mp4",
+    "audio/m4a": "audio/mp4",
+    "audio/x-aac": "audio/aac",
+    "audio/aacp": "audio/aac",
+    "audio/opus": "audio/ogg",
+    "audio/vorbis": "audio/ogg",
+    "application/ogg": "audio/ogg",
+    "video/x-quicktime": "video/quicktime",
+    "image/heic-sequence": "image/heic",
+    "image/heif-sequence": "image/heif",
 }
+
+# ISO BMFF major brands (ISO/IEC 14496-12 4.3; HEIF: ISO/IEC 23008-12 Annex B).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+                b"mif1", b"msf1"}
+_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P "}
+# Pairs of labels that name the same container: (claimed, sniffed).
+_SAME_CONTAINER = {("image/heif", "image/heic"), ("image/heic", "image/heif"),
+                   ("audio/mp4", "video/mp4"), ("video/mp4", "audio/mp4"),
+                   ("video/mp4", "video/quicktime"), ("video/quicktime", "video/mp4")}
 
 # Labels that say nothing about the content.
 _GENERIC = {"application/octet-stream", "binary/octet-stream", "application/unknown", ""}
@@ -90,15 +131,38 @@ def _sniff_binary(data: bytes) -> str | None:
         return "audio/wav"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in (b"M4A ", b"M4B ", b"M4P "):
+        if brand in _AUDIO_BRANDS:
             return "audio/mp4"
         if brand == b"qt  ":
             return "video/quicktime"
+        if brand in _HEIF_BRANDS:
+            return "image/heic" if brand.startswith((b"he", b"hev")) else "image/heif"
         return "video/mp4"
+    if head[4:8] in (b"moov", b"wide", b"mdat") and head[:4] != b"\x00\x00\x00\x00":
+        return "video/quicktime"  # QuickTime files older than the ftyp box
+    if head.startswith(b"OggS"):
+        return "audio/ogg"
+    if head.startswith(b"ID3") or _mpeg_audio_sync(head) == "mp3":
+        return "audio/mpeg"
+    if _mpeg_audio_sync(head) == "adts":
+        return "audio/aac"
     if head.lstrip(b"\xef\xbb\xbf").startswith(b"{\\rtf"):
         return "text/rtf"
     if len(data) > 132 and data[128:132] == b"DICM":
         return "application/dicom"
+    return None
+
+
+def _mpeg_audio_sync(head: bytes) -> str | None:
+    """'mp3' for an MPEG audio layer III frame header, 'adts' for an AAC ADTS one (11/12 sync bits)."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    layer = (head[1] >> 1) & 0x03
+    if head[1] & 0xF6 == 0xF0:  # 12 sync bits, layer 00: ADTS (ISO/IEC 13818-7 6.2)
+        return "adts"
+    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 0x03
+    if layer == 1 and (head[1] >> 3) & 0x03 != 1 and bitrate not in (0, 15) and rate != 3:
+        return "mp3"
     return None
 
 
@@ -159,4 +223,6 @@ def detect_media_type(data: bytes, filename: str | None = None, declared: str | 
 
 def _compatible(claimed: str, sniffed: str) -> bool:
     # Any text/* label fits plain text; an RTF file is also text.
+    if (claimed, sniffed) in _SAME_CONTAINER:
+        return True
     return claimed.startswith("text/") and sniffed in ("text/plain", "text/rtf")

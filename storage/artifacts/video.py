@@ -1,14 +1,27 @@
-"""MP4 (H.264) <-> Video Photographic Image Storage (PS3.3 A.32.7; PS3.5 8.2.8, A.4.5).
+"""Phone and ultrasound video <-> Video Photographic Image Storage (PS3.3 A.32.7; PS3.5 8.2.8, 8.2.12, A.4.5).
 
-The whole MP4 file is the single fragment of the Pixel Data, with an empty
-Basic Offset Table; the transfer syntax names the H.264 profile/level. The
-stream is described with PyAV (FFmpeg's libraries, in process, no temp file).
+The Pixel Data holds one MP4 file as its single fragment, with an empty Basic Offset Table; the
+transfer syntax names the codec: MPEG-4 AVC/H.264 High Profile (level 4.1/4.2) or HEVC/H.265 Main
+/ Main 10 Profile level 5.1. What comes in:
+
+* MP4 with H.264 or HEVC that fits one of those syntaxes: stored as is (the Pixel Data *is* the
+  original, byte-identical, no second copy).
+* MOV (QuickTime, what phones write) with such a stream: remuxed to MP4 (stream copy, no loss,
+  packet by packet) for the Pixel Data; the MOV is kept in the private "original" block.
+* Anything else PyAV decodes (MPEG-4 Part 2, Motion JPEG, VP9, ProRes, H.264 4:2:2 / 10-bit,
+  above 1080p, ...): transcoded with PyAV/libx264 to H.264 High Profile 8-bit 4:2:0 (scaled down
+  to fit 1920x1080), frame by frame into a temporary file (bounded memory: one frame decoded at a
+  time); the original is kept in the private block.
+
+A kept original doubles the size of that object: the price of giving back the very file.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -18,6 +31,8 @@ import av
 from pydicom import Dataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import (
+    HEVCM10P51,
+    HEVCMP51,
     MPEG4HP41,
     MPEG4HP41BD,
     MPEG4HP41BDF,
@@ -30,15 +45,25 @@ from pydicom.uid import (
     MPEG4HP423DF,
 )
 
-from .common import Provenance, base_dataset, finish, record_provenance
+from .common import (
+    EL_ORIGINAL_BYTES,
+    Provenance,
+    base_dataset,
+    finish,
+    private_value,
+    record_provenance,
+)
 from .errors import InvalidArtifact, UnsupportedArtifact
 from .model import Original, PatientInfo, StudyInfo
 
 VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
 MEDIA_TYPE = "video/mp4"
+VIDEO_MEDIA_TYPES = ("video/mp4", "video/quicktime")
 # H.264 profiles a High Profile decoder must decode (ITU-T H.264 A.2).
 _PROFILES = {"Constrained Baseline", "Main", "High"}
 _PIX_FMTS = {"yuv420p", "yuvj420p"}
+_HEVC_PROFILES = {"Main": HEVCMP51, "Main 10": HEVCM10P51}
+_HEVC_PIX_FMTS = {"Main": {"yuv420p", "yuvj420p"}, "Main 10": {"yuv420p10le", "yuv420p"}}
 _H264_SYNTAXES = {
     MPEG4HP41,
     MPEG4HP41BD,
@@ -51,6 +76,8 @@ _H264_SYNTAXES = {
     MPEG4HP423DF,
     MPEG4HP42STEREOF,
 }
+_VIDEO_SYNTAXES = _H264_SYNTAXES | {HEVCMP51, HEVCM10P51}
+_COPY_AUDIO = {"aac", "mp3", "alac"}  # audio codecs an MP4 carries as they are
 
 
 @dataclass(frozen=True)
@@ -63,48 +90,74 @@ class VideoInfo:
     frame_rate: Fraction
     profile: str
     level: int
+    codec: str = "h264"
+    pix_fmt: str = "yuv420p"
+    container: str = "mp4"
+
+
+def has_video(data: bytes) -> bool:
+    """Whether an ISO BMFF file (MP4/MOV/M4A) has a video stream (else it is audio only)."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return bool(container.streams.video)
+    except av.error.FFmpegError:
+        return True  # let the video path say what is wrong
+
+
+def probe_video(data: bytes) -> VideoInfo:
+    """Open an MP4/MOV in memory and describe its first video stream (no frame is decoded)."""
+    if mp4_length(data) != len(data):
+        raise InvalidArtifact(
+            "the video is truncated or has trailing bytes (its boxes do not cover the file)"
+        )
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise UnsupportedArtifact("the file has no video stream")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+            rate = stream.average_rate or stream.guessed_rate
+            fmt = container.format.name
+            info = VideoInfo(ctx.width, ctx.height, frames, Fraction(rate or 0), str(ctx.profile),
+                             int(ctx.level or 0), ctx.name, str(ctx.pix_fmt), fmt)
+    except av.error.FFmpegError as exc:
+        raise InvalidArtifact(f"the video cannot be read (truncated or corrupt): {exc}") from exc
+    if info.pix_fmt == "None" or info.width <= 0 or info.height <= 0:
+        raise InvalidArtifact("the video stream has no decoder parameters (corrupt?)")
+    if info.frames <= 0 or info.frame_rate <= 0:
+        raise InvalidArtifact("the video stream has no frames or no frame rate")
+    return info
 
 
 def probe_mp4(data: bytes) -> VideoInfo:
-    """Open the MP4 in memory and describe its (first) H.264 video stream."""
-    if mp4_length(data) != len(data):
-        raise InvalidArtifact(
-            "the MP4 is truncated or has trailing bytes (its boxes do not cover the file)"
-        )
-    try:
-        with av.open(io.BytesIO(data), format="mp4") as container:
-            if not container.streams.video:
-                raise UnsupportedArtifact(
-                    "the MP4 has no video stream (audio-only MP4 is not supported)"
-                )
-            stream = container.streams.video[0]
-            ctx = stream.codec_context
-            if ctx.name != "h264":
-                raise UnsupportedArtifact(
-                    f"MP4 video with codec {ctx.name} is not supported (H.264 only)"
-                )
-            frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-            rate = stream.average_rate or stream.guessed_rate
-            info = VideoInfo(
-                ctx.width, ctx.height, frames, Fraction(rate or 0), str(ctx.profile), int(ctx.level)
-            )
-            pix_fmt = ctx.pix_fmt
-    except av.error.FFmpegError as exc:
-        raise InvalidArtifact(f"the MP4 cannot be read (truncated or corrupt): {exc}") from exc
-    if pix_fmt is None or info.profile == "None":
-        raise InvalidArtifact("the MP4 video stream has no decoder parameters (corrupt?)")
-    if pix_fmt not in _PIX_FMTS or info.profile not in _PROFILES:
+    """Describe an MP4's H.264 stream; UnsupportedArtifact unless it fits an H.264 syntax."""
+    info = probe_video(data)
+    if info.codec != "h264":
+        raise UnsupportedArtifact(f"MP4 video with codec {info.codec} is not supported (H.264 only)")
+    if info.pix_fmt not in _PIX_FMTS or info.profile not in _PROFILES:
         raise UnsupportedArtifact(
-            f"H.264 {info.profile} / {pix_fmt} is not supported; "
+            f"H.264 {info.profile} / {info.pix_fmt} is not supported; "
             "re-encode as 8-bit 4:2:0 High Profile (e.g. ffmpeg -profile:v high -pix_fmt yuv420p)"
         )
-    if info.width <= 0 or info.height <= 0 or info.frames <= 0 or info.frame_rate <= 0:
-        raise InvalidArtifact("the MP4 video stream has no frames or no frame rate")
     return info
 
 
 def transfer_syntax_for(info: VideoInfo) -> str:
-    """Pick the MPEG-4 AVC/H.264 transfer syntax (PS3.5 8.2.8) the stream conforms to."""
+    """The MPEG-4 AVC/H.264 (PS3.5 8.2.8) or HEVC (8.2.12) transfer syntax the stream fits.
+
+    Raises UnsupportedArtifact when it fits none (then it is transcoded)."""
+    if info.codec == "hevc":
+        ts = _HEVC_PROFILES.get(info.profile)
+        if ts is None or info.pix_fmt not in _HEVC_PIX_FMTS[info.profile]:
+            raise UnsupportedArtifact(f"HEVC {info.profile} / {info.pix_fmt} has no transfer syntax")
+        if info.width > 4096 or info.height > 2176:
+            raise UnsupportedArtifact(f"HEVC video of {info.width}x{info.height} exceeds level 5.1")
+        return ts
+    if info.codec != "h264":
+        raise UnsupportedArtifact(f"video codec {info.codec} has no DICOM transfer syntax")
+    if info.pix_fmt not in _PIX_FMTS or info.profile not in _PROFILES:
+        raise UnsupportedArtifact(f"H.264 {info.profile} / {info.pix_fmt} has no transfer syntax")
     if info.width > 1920 or info.height > 1080:
         raise UnsupportedArtifact(
             f"video of {info.width}x{info.height} exceeds 1920x1080 (H.264 level 4.1/4.2 transfer syntaxes)"
@@ -137,6 +190,116 @@ def mp4_length(data: bytes) -> int:
     return pos
 
 
+def _with_output(data: bytes, work) -> bytes:  # noqa: ANN001
+    """Run ``work(input_container, output_path)`` and return the MP4 it wrote (a temp file)."""
+    fd, path = tempfile.mkstemp(suffix=".mp4", prefix="pacs-video-")
+    os.close(fd)
+    try:
+        with av.open(io.BytesIO(data)) as source:
+            work(source, path)
+        with open(path, "rb") as f:
+            return f.read()
+    except av.error.FFmpegError as exc:
+        raise InvalidArtifact(f"the video cannot be converted (corrupt?): {exc}") from exc
+    finally:
+        os.unlink(path)
+
+
+def _audio_to_copy(source):  # noqa: ANN001, ANN202
+    audio = source.streams.audio
+    return audio[0] if audio and audio[0].codec_context.name in _COPY_AUDIO else None
+
+
+def remux_to_mp4(data: bytes) -> bytes:
+    """The same video (and AAC/MP3 audio) packets in an MP4 container: no decoding, no loss."""
+
+    def work(source, path: str) -> None:  # noqa: ANN001
+        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            pairs = {}
+            for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
+                pairs[stream.index] = out.add_stream_from_template(stream)
+            for packet in source.demux(*[source.streams[i] for i in pairs]):
+                if packet.dts is None:
+                    continue
+                packet.stream = pairs[packet.stream.index]
+                out.mux(packet)
+
+    return _with_output(data, work)
+
+
+def _fit(width: int, height: int) -> tuple[int, int]:
+    """The size within 1920x1080 (either way round), aspect kept, even numbers."""
+    big, small = (1920, 1080) if width >= height else (1080, 1920)
+    scale = min(1.0, big / width, small / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def transcode_to_h264(data: bytes) -> bytes:
+    """H.264 High Profile 8-bit 4:2:0 MP4 (level 4.1, 4.2 above 30 frames/s), audio copied."""
+
+    def work(source, path: str) -> None:  # noqa: ANN001
+        vin = source.streams.video[0]
+        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        if rate > 60:
+            raise UnsupportedArtifact(f"video at {float(rate):.0f} frames/s is above H.264 level 4.2's 60")
+        width, height = _fit(vin.codec_context.width, vin.codec_context.height)
+        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            vout = out.add_stream("libx264", rate=rate)
+            vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+            vout.options = {"profile": "high", "level": "4.1" if rate <= 30 else "4.2",
+                            "preset": "veryfast", "crf": "18"}
+            ain = _audio_to_copy(source)
+            aout = out.add_stream_from_template(ain) if ain is not None else None
+            streams = [vin] + ([ain] if ain is not None else [])
+            tick, count = 1 / Fraction(rate), 0
+            for packet in source.demux(*streams):
+                if packet.stream is ain:
+                    if packet.dts is not None:
+                        packet.stream = aout
+                        out.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    frame = frame.reformat(width=width, height=height, format="yuv420p")
+                    frame.pts, frame.time_base = count, tick  # frames in order, constant rate
+                    count += 1
+                    out.mux(vout.encode(frame))
+            out.mux(vout.encode(None))
+
+    return _with_output(data, work)
+
+
+def encapsulate_video(
+    data: bytes,
+    *,
+    media_type: str,
+    patient: PatientInfo,
+    study: StudyInfo,
+    filename: str,
+    title: str,
+    series_description: str,
+    content_datetime: datetime,
+) -> Dataset:
+    """A Video Photographic Image object for an MP4 or MOV, as this module's docstring says."""
+    info = probe_video(data)
+    try:
+        ts = transfer_syntax_for(info)
+        fits = True
+    except UnsupportedArtifact:
+        fits = False
+    if fits and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4"):
+        mp4, kept = data, False
+    else:
+        mp4 = remux_to_mp4(data) if fits else transcode_to_h264(data)
+        info = probe_video(mp4)
+        ts, kept = transfer_syntax_for(info), True
+    ds = _video_dataset(mp4, info, ts, patient=patient, study=study, title=title,
+                        series_description=series_description, content_datetime=content_datetime)
+    if kept:
+        ds.ImageType = ["DERIVED", "PRIMARY"]
+    record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=kept))
+    return finish(ds, ts)
+
+
 def encapsulate_mp4(
     data: bytes,
     *,
@@ -147,9 +310,19 @@ def encapsulate_mp4(
     series_description: str,
     content_datetime: datetime,
 ) -> Dataset:
-    """Build a Video Photographic Image object (PS3.3 A.32.7) around the MP4."""
+    """An H.264 MP4 as is (UnsupportedArtifact if it fits no H.264 transfer syntax)."""
     info = probe_mp4(data)
     ts = transfer_syntax_for(info)
+    ds = _video_dataset(data, info, ts, patient=patient, study=study, title=title,
+                        series_description=series_description, content_datetime=content_datetime)
+    record_provenance(ds, Provenance(MEDIA_TYPE, filename, data))
+    return finish(ds, ts)
+
+
+def _video_dataset(mp4: bytes, info: VideoInfo, ts: str, *, patient: PatientInfo,
+                   study: StudyInfo, title: str, series_description: str,
+                   content_datetime: datetime) -> Dataset:
+    """Video Photographic Image modules (PS3.3 A.32.7) around the MP4 in the Pixel Data."""
     ds = base_dataset(
         sop_class_uid=VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE,
         modality="XC",
@@ -180,28 +353,36 @@ def encapsulate_mp4(
     ds.CineRate = round(info.frame_rate)
     ds.RecommendedDisplayFrameRate = round(info.frame_rate)
     ds.PreferredPlaybackSequencing = 0
-    # Image Pixel as PS3.5 8.2.8 requires for H.264
+    # Image Pixel as PS3.5 8.2.8 (H.264) and 8.2.12 (HEVC) require
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "YBR_PARTIAL_420"
     ds.PlanarConfiguration = 0
     ds.Rows = info.height
     ds.Columns = info.width
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
+    bits = 10 if ts == HEVCM10P51 else 8
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionMethod = "ISO_14496_10"
-    ds.PixelData = encapsulate([data], has_bot=False)
+    ds.LossyImageCompressionMethod = "ISO_23008_2" if info.codec == "hevc" else "ISO_14496_10"
+    ds.PixelData = encapsulate([mp4], has_bot=False)
     ds["PixelData"].VR = "OB"
-    record_provenance(ds, Provenance(MEDIA_TYPE, filename, data))
-    return finish(ds, ts)
+    return ds
+
+
+def extract_video(ds: Dataset, media_type: str, filename: str, size: int | None) -> Original:
+    """The original video: the kept MOV/other file, else the MP4 in the Pixel Data."""
+    kept = private_value(ds, EL_ORIGINAL_BYTES)
+    if isinstance(kept, bytes) and media_type:
+        return Original(kept[:size] if size else kept, media_type, filename)
+    return extract_mp4(ds, filename, size)
 
 
 def extract_mp4(ds: Dataset, filename: str, size: int | None) -> Original:
     """The MP4 file back from the Pixel Data fragments."""
     ts = ds.file_meta.TransferSyntaxUID
-    if ts not in _H264_SYNTAXES:
+    if ts not in _VIDEO_SYNTAXES:
         raise UnsupportedArtifact(f"cannot extract MP4 from transfer syntax {ts.name}")
     # The first item is the Basic Offset Table (PS3.5 A.4), not video data.
     data = b"".join(islice(generate_fragments(ds.PixelData), 1, None))
