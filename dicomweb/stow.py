@@ -258,7 +258,9 @@ def _answer(outcome: Outcome) -> Response:
 
 _BULK_TAGS = ("7FE00010", "00420011")  # PixelData, EncapsulatedDocument
 _ARTIFACT_SKIP_GROUPS = (0x0028, 0x7FE0, 0x0042)
-_ARTIFACT_SKIP = {"SOPClassUID", "NumberOfFrames", "FrameTime", "CineRate", "FrameIncrementPointer"}
+_ARTIFACT_SKIP = {"SOPClassUID", "NumberOfFrames", "FrameTime", "CineRate", "FrameIncrementPointer",
+                  "ReferencedStudySequence"}
+_PAGE_OWN = {"SOPInstanceUID", "InstanceNumber"}
 _JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 _JSON_TYPES = (DICOM_JSON, "application/json")
 
@@ -326,13 +328,14 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
     try:
         media, data_part = _artifact_part(refs, bulk)
         if data_part is not None:
-            ds = _from_artifact(item, refs, data_part, media, study)
-            content_type = media
+            objects = _from_artifact(item, refs, data_part, media, study)
         else:
-            ds = _from_json(item, refs, bulk, study)
-            content_type = ""
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
+            objects = [_from_json(item, refs, bulk, study)]
+        bodies = []
+        for ds in objects:
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            bodies.append((ds, buf.getvalue(), _media_of(ds) if data_part is not None else ""))
     except ArchiveError as exc:
         outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
         return
@@ -342,19 +345,26 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
         reason = OUT_OF_RESOURCES if isinstance(exc, ArtifactTooLarge) else DATASET_MISMATCH
         outcome.fail(sop_class, sop_uid, reason, f"cannot build the object: {exc}")
         return
-    try:
-        result = archive().store(buf.getvalue(), actor=actor(), origin=client_address(),
-                                 content_type=content_type)
-    except ArchiveError as exc:
-        outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
-                     reason_of(exc), str(exc))
-        return
-    except Exception:  # noqa: BLE001 - this item fails alone; details only in the server log
-        log.exception("STOW-RS: storing a JSON item failed")
-        outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
-                     PROCESSING_FAILURE, "internal error while storing")
-        return
-    outcome.ok(result)
+    for ds, body, content_type in bodies:  # the pages of one multi-page image, or one object
+        try:
+            result = archive().store(body, actor=actor(), origin=client_address(),
+                                     content_type=content_type)
+        except ArchiveError as exc:
+            outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
+                         reason_of(exc), str(exc))
+            return
+        except Exception:  # noqa: BLE001 - this item fails alone; details only in the server log
+            log.exception("STOW-RS: storing a JSON item failed")
+            outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
+                         PROCESSING_FAILURE, "internal error while storing")
+            return
+        outcome.ok(result)
+
+
+def _media_of(ds: pydicom.Dataset) -> str:
+    from storage.ingest import stored_media_type
+
+    return stored_media_type(ds)
 
 
 def _artifact_part(refs: dict[str, str], bulk: dict[str, Part]) -> tuple[str, Part | None]:
@@ -374,10 +384,30 @@ def _without(item: dict[str, Any], tags: set[str]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k not in tags}
 
 
+def _about(meta: pydicom.Dataset, patient: Any) -> str | None:
+    """The study a Referenced Study Sequence item names, checked to be this patient's."""
+    from storage.errors import NotFound
+    from storage.ingest import check_about
+
+    items = meta.get("ReferencedStudySequence") or []
+    uid = str(items[0].get("ReferencedSOPInstanceUID", "") or "") if items else ""
+    if not uid:
+        return None
+    try:
+        ref = archive().find_patient(patient.patient_id, patient.issuer_of_patient_id)
+    except NotFound:
+        ref = None
+    return check_about(archive(), uid, ref)
+
+
 def _from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media: str,
-                   study: str | None) -> pydicom.Dataset:
-    """A complete IOD from :mod:`storage.artifacts`, with the JSON's attributes laid over it."""
-    from storage.artifacts import PatientInfo, StudyInfo, encapsulate
+                   study: str | None) -> list[pydicom.Dataset]:
+    """Complete IODs from :mod:`storage.artifacts` (one, or one per page of a multi-page image),
+    with the JSON's attributes laid over them.
+
+    A Referenced Study Sequence item in the JSON names the study the artifact is about; it must
+    be one of the patient's studies and is recorded as :mod:`storage.artifacts.about` says."""
+    from storage.artifacts import PatientInfo, StudyInfo, encapsulate_all
 
     meta = pydicom.Dataset.from_json(_without(item, set(refs)))
     patient = PatientInfo(str(meta.get("PatientID", "") or ""), str(meta.get("PatientName", "") or ""),
@@ -390,19 +420,24 @@ def _from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media
                            study_time=str(meta.get("StudyTime", "") or ""),
                            study_id=str(meta.get("StudyID", "") or ""))
     title = str(meta.get("DocumentTitle", "") or "") or None
-    ds = encapsulate(part.read(), patient=patient, study=study_info, media_type=media,
-                     title=title, max_size=settings().max_upload_bytes)
+    objects = encapsulate_all(part.read(), patient=patient, study=study_info, media_type=media,
+                              title=title, about=_about(meta, patient),
+                              max_size=settings().max_upload_bytes)
     declared = str(meta.get("SOPClassUID", "") or "")
-    if declared and declared != str(ds.SOPClassUID):
-        raise BadInput(f"SOPClassUID {declared} does not fit a {media} object ({ds.SOPClassUID})")
-    for elem in meta:
-        if elem.tag.group in _ARTIFACT_SKIP_GROUPS or elem.keyword in _ARTIFACT_SKIP:
-            continue
-        if elem.value in (None, "", []) and elem.tag in ds:
-            continue
-        ds[elem.tag] = elem
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
+    if declared and declared != str(objects[0].SOPClassUID):
+        raise BadInput(f"SOPClassUID {declared} does not fit a {media} object "
+                       f"({objects[0].SOPClassUID})")
+    for page, ds in enumerate(objects):
+        for elem in meta:
+            if elem.tag.group in _ARTIFACT_SKIP_GROUPS or elem.keyword in _ARTIFACT_SKIP:
+                continue
+            if page and elem.keyword in _PAGE_OWN:
+                continue  # the other pages keep their own UIDs and numbers
+            if elem.value in (None, "", []) and elem.tag in ds:
+                continue
+            ds[elem.tag] = elem
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return objects
 
 
 def _from_json(item: dict[str, Any], refs: dict[str, str], bulk: dict[str, Part],

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, render_template, request, send_f
 from storage import metrics
 from storage.artifacts import ArtifactError, ArtifactTooLarge, UnsupportedArtifact
 from storage.errors import ArchiveError, NotFound
-from storage.ingest import attach, describe
+from storage.ingest import attach_all, describe
 
 from .auth import check_scope
 from .context import Authenticate, actor, archive, client_address, service_blueprint, settings
@@ -62,13 +62,14 @@ def upload_file() -> tuple[Response, int]:
     form = request.form
     data = upload.read(limit + 1)
     try:
-        result = attach(
+        results = attach_all(
             archive(), data, filename=upload.filename or None,
             patient_id=form.get("patient_id", ""), patient_name=form.get("patient_name") or None,
             issuer=form.get("issuer", ""), birth_date=form.get("birth_date", ""),
             sex=form.get("sex", ""), study_uid=form.get("study_uid") or None,
             new_study_description=form.get("description") or None,
             title=form.get("title") or None, media_type=upload.mimetype or None,
+            about=form.get("about") or None,
             actor=actor(), origin=client_address(), max_size=limit)
     except ArtifactTooLarge as exc:
         return _refuse(413, str(exc))
@@ -82,8 +83,11 @@ def upload_file() -> tuple[Response, int]:
         from .errors import status_of
 
         return _refuse(status_of(exc) or 400, str(exc))
-    metrics.stored("upload")
-    return jsonify(describe(result)), 200
+    metrics.stored("upload", len(results))
+    answer = describe(results[0])
+    if len(results) > 1:  # a multi-page scan: one object per page, page 1 first
+        answer["pages"] = [describe(r) for r in results]
+    return jsonify(answer), 200
 
 
 def make_blueprint(name: str, authenticate: Authenticate, url_prefix: str = "/upload") -> Blueprint:

@@ -365,14 +365,18 @@ def _fmt(path: list[int | str]) -> str:
 
 
 def original_media_type(info: InstanceInfo) -> str | None:
-    """The original media type of a non-DICOM artifact, when we can give it back."""
+    """The original media type of a non-DICOM artifact, when we can give it back.
+
+    The index records it at ingest (``content_type``: MP3, MOV, HEIC... as well as the kinds
+    each SOP class implies); objects from elsewhere fall back on the class's usual type."""
     media = ARTIFACT_CLASSES.get(info.sop_class_uid)
     if media == "video/mp4" and not info.transfer_syntax.startswith(_VIDEO_TS_PREFIX):
         return None
-    if info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.77.1.4" and \
-            info.transfer_syntax.startswith("1.2.840.10008.1.2.4.5"):
-        return "image/jpeg"  # VL Photographic kept as JPEG
-    return media
+    if info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.77.1.4":
+        if info.transfer_syntax.startswith("1.2.840.10008.1.2.4.5"):
+            return "image/jpeg"  # VL Photographic kept as JPEG
+        return info.content_type or None  # decoded photo or scan page: its kept original or PNG
+    return (info.content_type or media) if media else None
 
 
 def send_original(info: InstanceInfo) -> Response:

@@ -35,13 +35,14 @@ from .artifacts import (
     PatientInfo,
     StudyInfo,
     detect_media_type,
-    encapsulate,
+    encapsulate_all,
 )
 from .artifacts.text_sr import decode_text, rtf_text
 from .errors import BadInput, NotFound
 from .query import Query
 
-__all__ = ["ArtifactError", "attach", "patient_info", "study_info", "resolve_references"]
+__all__ = ["ArtifactError", "attach", "attach_all", "check_about", "patient_info", "study_info",
+           "resolve_references"]
 
 _UID_IN_TEXT = re.compile(r"(?<![0-9.])([0-2](?:\.(?:0|[1-9][0-9]*)){3,})(?!\.?[0-9])")
 _STUDY_KEYS = ("StudyDescription", "AccessionNumber", "StudyDate", "StudyTime", "StudyID")
@@ -126,7 +127,27 @@ def _note_text(data: bytes, kind: str) -> str:
         return ""
 
 
-def attach(
+def check_about(archive: Archive, study_uid: str | None, patient_ref: int | None) -> str | None:
+    """The Study Instance UID an artifact is about, if it is one of this patient's studies.
+
+    Raises NotFound otherwise (a foreign study answers like an unknown one)."""
+    if not study_uid:
+        return None
+    study_uid = study_uid.strip()
+    if patient_ref is None or not list(archive.find(Query(
+            "STUDY", filters={"StudyInstanceUID": study_uid}, return_keys=["StudyInstanceUID"],
+            patient_scope=patient_ref))):
+        raise NotFound("the study the artifact is about is not one of this patient's studies")
+    return study_uid
+
+
+def attach(archive: Archive, data: bytes | str | os.PathLike[str], **kwargs: Any) -> StoreResult:
+    """:func:`attach_all` for callers that want one result: the first object (the page that
+    carries the original of a multi-page image)."""
+    return attach_all(archive, data, **kwargs)[0]
+
+
+def attach_all(
     archive: Archive,
     data: bytes | str | os.PathLike[str],
     *,
@@ -141,14 +162,17 @@ def attach(
     title: str | None = None,
     media_type: str | None = None,
     references: Iterable[str] = (),
+    about: str | None = None,
     named_files: Mapping[str, StoreResult] | None = None,
     actor: str,
     origin: str,
     max_size: int | None = None,
-) -> StoreResult:
-    """Encapsulate one artifact as DICOM and store it; nothing is stored on any error.
+) -> list[StoreResult]:
+    """Encapsulate one artifact as DICOM and store it (one object, or one per page of a
+    multi-page image); nothing is stored on any error.
 
-    Raises BadInput (unknown patient without a name, name mismatch), NotFound (study not this
+    ``about``: Study Instance UID of one of this patient's studies the artifact discusses
+    (recorded as in :mod:`storage.artifacts.about`). Raises BadInput (unknown patient without a name, name mismatch), NotFound (study not this
     patient's), ArtifactError subclasses (empty, truncated, mislabelled, unsupported, too large).
     """
     if not isinstance(data, bytes | bytearray):
@@ -166,6 +190,7 @@ def attach(
     patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
                                         issuer=issuer, birth_date=birth_date, sex=sex)
     study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)
+    about = check_about(archive, about, patient_ref)
     kind = detect_media_type(data, filename, media_type)
     refs: list[InstanceRef] = []
     if kind in _REFERABLE:
@@ -182,11 +207,36 @@ def attach(
                  if r.sop_instance_uid not in known]
     elif list(references):
         raise BadInput(f"references can be recorded for PDFs and notes, not for {kind}")
-    ds = encapsulate(data, patient=patient, study=study, filename=filename, media_type=kind,
-                     title=title, references=refs, max_size=max_size)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return archive.store(buf.getvalue(), actor=actor, origin=origin, content_type=kind)
+    objects = encapsulate_all(data, patient=patient, study=study, filename=filename,
+                              media_type=kind, title=title, references=refs, about=about,
+                              max_size=max_size)
+    return store_objects(archive, objects, actor=actor, origin=origin)
+
+
+def stored_media_type(ds: Any) -> str:
+    """The media type the index records for an artifact object (what comes back out)."""
+    from .artifacts.common import EL_MEDIA_TYPE, private_value
+
+    value = private_value(ds, EL_MEDIA_TYPE)
+    return str(value) if value else ""
+
+
+def store_objects(archive: Archive, objects: list[Any], *, actor: str, origin: str
+                  ) -> list[StoreResult]:
+    """Store the objects of one artifact; when one fails, those already stored are deleted."""
+    results: list[StoreResult] = []
+    try:
+        for ds in objects:
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            results.append(archive.store(buf.getvalue(), actor=actor, origin=origin,
+                                         content_type=stored_media_type(ds)))
+    except BaseException:
+        for r in results:
+            archive.delete(r.study_uid, r.series_uid, r.sop_instance_uid, actor=actor,
+                           origin=origin)
+        raise
+    return results
 
 
 def describe(result: StoreResult) -> dict[str, Any]:

@@ -35,7 +35,8 @@ _STYLE = """body{font-family:system-ui,sans-serif;max-width:46rem;margin:1rem au
 line-height:1.5;color:#111}label,input,select,button{font-size:1.1rem}input{width:100%;padding:.5rem;
 box-sizing:border-box}button{padding:.5rem 1rem;margin:.5rem 0}li{margin:1rem 0;list-style:none}
 img{max-width:128px;height:auto;vertical-align:middle;margin-right:1rem;background:#000}
-.error{color:#a00;font-weight:bold}ul{padding:0}"""
+.error{color:#a00;font-weight:bold}ul{padding:0}li.note{margin:.3rem 0 .3rem 1rem;
+white-space:pre-wrap}"""
 
 
 def _headers(resp: Response, nonce: str = "") -> Response:
@@ -88,8 +89,26 @@ def _date(value: str | None) -> str:
     return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) >= 8 else "date unknown"
 
 
+def _notes(base: str, notes: list) -> str:  # noqa: ANN001
+    """The artifacts about one study (see :mod:`.notes`), as a list under it."""
+    if not notes:
+        return ""
+    items = []
+    for n in notes:
+        i = n.info
+        href = (f"{base}/dicom-web/studies/{quote(i.study_uid)}/series/{quote(i.series_uid)}"
+                f"/instances/{quote(i.sop_uid)}/rendered")
+        text = escape(n.text[:1000] + ("…" if len(n.text) > 1000 else ""))
+        items.append(f'<li class="note"><strong>{escape(n.kind)}</strong> {escape(n.title)}'
+                     f'{"<br>" + text if text else ""} <a href="{href}">open</a></li>')
+    return '<ul class="notes">' + "".join(items) + "</ul>"
+
+
 def _record(selector: str, grant: Grant) -> Response:
+    from .notes import notes_about
+
     base = f"/letters/{quote(selector)}"
+    about = notes_about(context.archive(), grant)
     items = []
     for row in _studies(grant):
         uid = str(row["StudyInstanceUID"])
@@ -101,7 +120,8 @@ def _record(selector: str, grant: Grant) -> Response:
             f'width="128" height="128"><strong>{_date(row.get("StudyDate"))}</strong> {desc} '
             f"({mods}; {n} object{'s' if n != 1 else ''})<br>"
             f'<a href="/patient/viewer/viewer?StudyInstanceUIDs={quote(uid)}">View images</a> · '
-            f'<a href="{base}/studies/{quote(uid)}.zip" download>Download this study (zip)</a></li>')
+            f'<a href="{base}/studies/{quote(uid)}.zip" download>Download this study (zip)</a>'
+            f"{_notes(base, about.get(uid, []))}</li>")
     listing = "<ul>" + "".join(items) + "</ul>" if items else "<p>No studies are stored.</p>"
     body = (f"<h1>Your medical record</h1><h2>Studies and documents</h2>{listing}"
             "<h2>Take everything home</h2>"

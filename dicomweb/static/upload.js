@@ -20,6 +20,7 @@
     const select = $("study");
     const mine = ++lookups;  // a later lookup (change + click) wins; earlier answers are dropped
     select.length = 1;
+    $("about").length = 1;
     $("patient-found").textContent = "";
     if (!id) return;
     const url = root + "/studies?PatientID=" + encodeURIComponent(id) +
@@ -29,6 +30,7 @@
       const studies = r.status === 200 ? await r.json() : [];
       if (mine !== lookups) return;
       select.length = 1;
+      $("about").length = 1;
       if (!studies.length) {
         $("patient-found").textContent = "No patient with this ID yet: enter the name to add them.";
         $("new-patient").hidden = false;
@@ -42,6 +44,7 @@
         opt.value = text(s, "0020000D");
         opt.textContent = (text(s, "00080020") || "no date") + " " + (text(s, "00081030") || opt.value);
         select.appendChild(opt);
+        $("about").appendChild(opt.cloneNode(true));
       }
     } catch (e) {
       $("patient-found").textContent = "Search failed: " + e;
@@ -65,13 +68,15 @@
     form.append("birth_date", $("birth-date").value.trim());
     const study = $("study").value;
     if (study) form.append("study_uid", study); else form.append("description", $("description").value.trim());
+    if ($("about").value) form.append("about", $("about").value);
     try {
       const r = await fetch("files", { method: "POST", body: form, headers: { "X-PACS-Upload": "1" } });
       let body = {};
       try { body = await r.json(); } catch (e) { body = { error: "HTTP " + r.status }; }
       if (r.ok) {
         li.className = "stored";
-        li.textContent = file.name + ": " + body.status;
+        li.textContent = file.name + ": " + body.status +
+          (body.pages ? " (" + body.pages.length + " pages)" : "");
         li.dataset.sopInstanceUid = body.sop_instance_uid;
         li.dataset.studyUid = body.study_uid;
         if (!study && body.study_uid) {  // the next files go into the study just made

@@ -37,14 +37,18 @@ def _is_note(path: Path) -> bool:
 @click.option("--title", default=None, help="Document title (default: the file name).")
 @click.option("--reference", "references", multiple=True,
               help="SOP Instance UID a PDF or note refers to (repeatable).")
+@click.option("--about", "about", default=None, metavar="STUDY_UID",
+              help="Study Instance UID of this patient's study the files discuss (recorded as a "
+                   "Referenced Study Sequence; in notes also as an SR content item).")
 @click.pass_obj
 def cli(ctx, files: tuple[Path, ...], patient_id: str, patient_name: str | None, issuer: str,
         birth_date: str, sex: str, study_uid: str | None, new_study: bool, description: str,
-        title: str | None, references: tuple[str, ...]) -> None:  # noqa: ANN001
-    """Store FILE... (PDF, JPEG/PNG, MP4, WAV, text, RTF) for a patient, each stored or refused."""
+        title: str | None, references: tuple[str, ...], about: str | None) -> None:  # noqa: ANN001
+    """Store FILE... (PDF, photos incl. HEIC and multi-page scans, MP4/MOV video, WAV/MP3/M4A/Ogg
+    dictations, text, RTF) for a patient, each stored or refused."""
     from storage.artifacts import ArtifactError  # imported here: keeps other `pacs` verbs fast
     from storage.errors import ArchiveError
-    from storage.ingest import attach
+    from storage.ingest import attach_all
 
     if study_uid and new_study:
         raise click.UsageError("give either --study UID or --new-study, not both")
@@ -55,18 +59,22 @@ def cli(ctx, files: tuple[Path, ...], patient_id: str, patient_name: str | None,
     refused = 0
     for path in ordered:
         try:
-            result = attach(archive, path, filename=path.name, patient_id=patient_id,
-                            patient_name=patient_name, issuer=issuer, birth_date=birth_date,
-                            sex=sex, study_uid=study_uid, new_study_description=description,
-                            title=title, references=references, named_files=stored,
-                            actor="pacs attach", origin=origin)
+            results = attach_all(archive, path, filename=path.name, patient_id=patient_id,
+                                 patient_name=patient_name, issuer=issuer, birth_date=birth_date,
+                                 sex=sex, study_uid=study_uid, new_study_description=description,
+                                 title=title, references=references, about=about,
+                                 named_files=stored, actor="pacs attach", origin=origin)
         except (ArchiveError, ArtifactError, OSError) as exc:
             refused += 1
             click.echo(f"{path}: refused: {exc}")
             continue
+        result = results[0]
         stored[path.name] = result
         study_uid = result.study_uid  # the rest of the call goes into the same study
-        click.echo(f"{path}: {result.status} {result.sop_instance_uid} in study {result.study_uid}")
+        click.echo(f"{path}: {result.status} {result.sop_instance_uid} in study {result.study_uid}"
+                   + (f" (page 1 of {len(results)})" if len(results) > 1 else ""))
+        for page, more in enumerate(results[1:], start=2):
+            click.echo(f"{path}: page {page}: {more.status} {more.sop_instance_uid}")
     click.echo(f"stored {len(stored)}, refused {refused}")
     if refused:
         sys.exit(1)
