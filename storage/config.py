@@ -76,6 +76,17 @@ class Settings:
     retention_first_run_delay: float = 60.0  # seconds after `pacs serve` starts before the first run
     letter_max_failures: int = 10
 
+    # Letters by email (pacs/mail.py): SMTP with STARTTLS
+    smtp_host: str = ""  # empty: `pacs letter issue --email` is refused
+    smtp_port: int = 587
+    smtp_user: str = ""  # empty: no SMTP AUTH
+    smtp_password: str = ""  # better PACS_SMTP_PASSWORD or smtp_password_file
+    smtp_password_file: Path | None = None
+    smtp_from: str = ""
+    smtp_ca_file: Path | None = None  # CA certificates the server's must chain to; default: system's
+    smtp_timeout: float = 30.0
+    mail_codes: bool = False  # also put the access code and passcode in the mail (one channel)
+
     def resolved(self) -> Settings:
         """Fill the defaults that depend on data_dir."""
         s = dataclasses.replace(self)
@@ -155,6 +166,11 @@ def check(s: Settings) -> Settings:
     need(s.duplicate_policy in DUPLICATE_POLICIES, "duplicate_policy",
          "one of " + ", ".join(DUPLICATE_POLICIES))
     need(s.dicomweb_root.startswith("/"), "dicomweb_root", "a path starting with /")
+    need(1 <= s.smtp_port <= 65535, "smtp_port", "a port is 1-65535")
+    need(s.smtp_timeout > 0, "smtp_timeout", "must be more than 0 seconds")
+    need(not s.smtp_host or "@" in s.smtp_from, "smtp_from", "an address is needed with smtp_host")
+    need(not (s.smtp_password and s.smtp_password_file), "smtp_password",
+         "give smtp_password or smtp_password_file, not both")
     if (why := _ae_problem(s.ae_title)) is not None:
         problems.append(f"ae_title: {why}")
     for ae in s.allowed_calling_aets:

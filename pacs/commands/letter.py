@@ -38,6 +38,34 @@ def _print(issued, pdf: Path | None) -> None:  # noqa: ANN001
         click.echo(f"pdf:         {pdf}")
 
 
+def _check_email(ctx: Context, email: str | None) -> None:
+    """Refuse a bad address or a missing mail server before a letter is issued for nothing."""
+    if email is None:
+        return
+    from pacs.mail import MailError, check_address, check_configured
+
+    try:
+        check_address(email)
+        check_configured(ctx.settings)
+    except MailError as exc:
+        raise click.UsageError(f"--email: {exc}") from None
+
+
+def _email(ctx: Context, issued, email: str | None) -> None:  # noqa: ANN001
+    """Mail the letter's URL (pacs/mail.py); a failure is reported and audited, the letter stays."""
+    if email is None:
+        return
+    from pacs.mail import MailError, deliver_letter
+
+    try:
+        deliver_letter(issued, email, ctx.settings, ctx.archive().audit, actor="pacs letter",
+                       origin=_origin())
+    except MailError as exc:
+        click.echo(f"email:       NOT SENT: {exc}; the letter above stays valid", err=True)
+        raise SystemExit(3) from None
+    click.echo(f"email:       sent to {email}")
+
+
 def write_pdf(issued, path: Path) -> None:  # noqa: ANN001
     """A one-page letter a provider can print and mail (reportlab)."""
     from reportlab.lib.pagesizes import A4
@@ -84,12 +112,15 @@ def cli() -> None:
 @click.option("--expires", type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
               help="Expiry date (default: end of retention).")
 @click.option("--pdf", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PDF letter.")
+@click.option("--email", default=None, metavar="ADDRESS",
+              help="Also mail the letter's URL to ADDRESS (codes only if mail_codes = true).")
 @pass_ctx
 def issue(ctx: Context, patient_id: str, issuer: str, studies: tuple[str, ...],
-          expires: datetime | None, pdf: Path | None) -> None:
+          expires: datetime | None, pdf: Path | None, email: str | None) -> None:
     """Issue a letter for a patient; prints the URL, access code and passcode (shown only now)."""
     from storage.letters import Letters
 
+    _check_email(ctx, email)
     ref = _patient(ctx, patient_id, issuer)
     uids = [u for item in studies for u in item.split()]
     try:
@@ -99,22 +130,26 @@ def issue(ctx: Context, patient_id: str, issuer: str, studies: tuple[str, ...],
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     _print(issued, pdf)
+    _email(ctx, issued, email)
 
 
 @cli.command()
 @click.argument("letter")
 @click.option("--pdf", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--email", default=None, metavar="ADDRESS", help="Also mail the new letter's URL.")
 @pass_ctx
-def reissue(ctx: Context, letter: str, pdf: Path | None) -> None:
+def reissue(ctx: Context, letter: str, pdf: Path | None, email: str | None) -> None:
     """Revoke LETTER (id or selector; e.g. a locked one) and issue a new one for the same record."""
     from storage.letters import Letters
 
+    _check_email(ctx, email)
     try:
         issued = Letters(ctx.archive()).reissue(letter, base_url=base_url(ctx), actor="pacs letter",
                                                 origin=_origin())
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     _print(issued, pdf)
+    _email(ctx, issued, email)
 
 
 @cli.command()
