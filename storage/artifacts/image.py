@@ -157,7 +157,7 @@ def _exif_rotated(data: bytes) -> bool:
         return False
 
 
-def _pages(data: bytes) -> list[Image.Image]:
+def _pages(data: bytes, what: str = "image") -> list[Image.Image]:
     """Every page/frame, decoded, turned upright by its EXIF Orientation."""
     _register_heif()
     pages: list[Image.Image] = []
@@ -177,11 +177,11 @@ def _pages(data: bytes) -> list[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ArtifactTooLarge(f"the image has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidArtifact("the image cannot be read") from exc
+        raise InvalidArtifact(f"the {what} cannot be read (truncated or corrupt?)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidArtifact(f"the image is truncated or corrupt: {exc}") from exc
+        raise InvalidArtifact(f"the {what} is truncated or corrupt: {exc}") from exc
     if not pages:
-        raise InvalidArtifact("the image has no pages")
+        raise InvalidArtifact(f"the {what} has no pages")
     return pages
 
 
@@ -248,7 +248,7 @@ def encapsulate_pages(
     lossy_source: bool = False,
 ) -> list[Dataset]:
     """One VL Photographic object per page, native pixels, upright, in one series."""
-    pages = [_to_dicom_mode(p) for p in _pages(data)]
+    pages = [_to_dicom_mode(p) for p in _pages(data, f"{media_type} image")]
     out: list[Dataset] = []
     for number, img in enumerate(pages, start=1):
         ds = _image_base(patient, study, series_description, content_datetime)
