@@ -233,7 +233,7 @@ def test_lossless_images_keep_pixels(tmp_path: Path, fmt: str, mode: str) -> Non
     assert back.pixel_array.shape[:2] == (src.height, src.width)
     assert back.pixel_array.tobytes() == src.tobytes()
     # Objects made before originals were kept (no xx05) still give the pixels back as PNG.
-    del back[back.private_block(0x0011, "PACS ARTIFACT ORIGINAL 1").get_tag(0x05)]
+    del back[back.private_block(0x7FE1, "PACS ARTIFACT ORIGINAL 1").get_tag(0x05)]
     png = extract_original(back)
     assert png.media_type == "image/png" and png.filename == "img.png"
     assert Image.open(io.BytesIO(png.data)).tobytes() == src.tobytes()

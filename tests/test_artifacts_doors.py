@@ -6,7 +6,6 @@ shown beside its study on the patient page (headless Chromium)."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess

@@ -129,7 +129,7 @@ def encapsulate_coded_audio(
     group.WaveformData = samples
     group["WaveformData"].VR = "OW"
     ds.WaveformSequence = [group]
-    record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=True))
+    record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=True, after_pixels=True))
     return finish(ds, ExplicitVRLittleEndian)
 
 

@@ -25,6 +25,11 @@ xx06  OB    container prefix: bytes of the original before the samples
 xx07  OB    container suffix: bytes of the original after the samples
 ====  ====  ==========================================================
 
+The kept original of a photo, video or dictation (xx05 again) goes in a second block of the same
+private creator in group 0x7FE1, *after* the Pixel Data, so that every header read (indexing,
+QIDO-RS, metadata: all ``stop_before_pixels``) skips it, however large the file; notes keep theirs
+in group 0x0011. Readers look in both groups.
+
 These values may hold identifying data (a file name) and must be treated as
 PHI by de-identification, like every other attribute in the object.
 """
@@ -46,6 +51,7 @@ from .errors import ArtifactError, ArtifactTooLarge, InvalidArtifact
 from .model import PatientInfo, StudyInfo
 
 PRIVATE_GROUP = 0x0011
+TRAILING_GROUP = 0x7FE1  # after Pixel Data (7FE0,0010): out of every header read
 PRIVATE_CREATOR = "PACS ARTIFACT ORIGINAL 1"
 EL_MEDIA_TYPE = 0x01
 EL_FILENAME = 0x02
@@ -75,6 +81,7 @@ class Provenance:
     keep_bytes: bool = False
     prefix: bytes | None = None
     suffix: bytes | None = None
+    after_pixels: bool = False  # kept bytes in the trailing block (group 0x7FE1)
 
 
 def check_size(data: bytes, max_size: int | None) -> None:
@@ -170,7 +177,9 @@ def record_provenance(ds: Dataset, prov: Provenance) -> None:
     block.add_new(EL_SIZE, "UL", len(prov.data))
     block.add_new(EL_SHA256, "LO", hashlib.sha256(prov.data).hexdigest())
     if prov.keep_bytes:
-        block.add_new(EL_ORIGINAL_BYTES, "OB", prov.data)
+        where = block if not prov.after_pixels else ds.private_block(
+            TRAILING_GROUP, PRIVATE_CREATOR, create=True)
+        where.add_new(EL_ORIGINAL_BYTES, "OB", prov.data)
     if prov.prefix is not None:
         block.add_new(EL_PREFIX, "OB", prov.prefix)
     if prov.suffix is not None:
@@ -178,17 +187,19 @@ def record_provenance(ds: Dataset, prov: Provenance) -> None:
 
 
 def private_value(ds: Dataset, element: int) -> object | None:
-    """A value of the private "original" block, or None when absent."""
-    try:
-        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-    except KeyError:
-        return None
-    if block.get_tag(element) not in ds:
-        return None
-    value = block[element].value
-    if isinstance(value, bytes | bytearray) and block[element].VR in ("OB", "UN"):
-        return bytes(value)
-    return value
+    """A value of the private "original" block (either group), or None when absent."""
+    for group in (PRIVATE_GROUP, TRAILING_GROUP):
+        try:
+            block = ds.private_block(group, PRIVATE_CREATOR)
+        except KeyError:
+            continue
+        if block.get_tag(element) not in ds:
+            continue
+        value = block[element].value
+        if isinstance(value, bytes | bytearray) and block[element].VR in ("OB", "UN"):
+            return bytes(value)
+        return value
+    return None
 
 
 def verify_sha256(ds: Dataset, data: bytes) -> None:

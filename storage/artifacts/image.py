@@ -276,7 +276,7 @@ def encapsulate_pages(
         if icc and samples == 3:
             ds.ICCProfile = icc  # ICC Profile module (C.11.15)
         if number == 1:
-            record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=True))
+            record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=True, after_pixels=True))
         else:
             stem = filename.rsplit(".", 1)[0] if "." in filename else filename
             block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)

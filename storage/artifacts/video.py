@@ -296,7 +296,7 @@ def encapsulate_video(
                         series_description=series_description, content_datetime=content_datetime)
     if kept:
         ds.ImageType = ["DERIVED", "PRIMARY"]
-    record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=kept))
+    record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=kept, after_pixels=True))
     return finish(ds, ts)
 
 
