@@ -10,8 +10,8 @@ transfer syntax names the codec: MPEG-4 AVC/H.264 High Profile (level 4.1/4.2) o
   packet by packet) for the Pixel Data; the MOV is kept in the private "original" block.
 * Anything else PyAV decodes (MPEG-4 Part 2, Motion JPEG, VP9, ProRes, H.264 4:2:2 / 10-bit,
   above 1080p, ...): transcoded with PyAV/libx264 to H.264 High Profile 8-bit 4:2:0 (scaled down
-  to fit 1920x1080), frame by frame into a temporary file (bounded memory: one frame decoded at a
-  time); the original is kept in the private block.
+  to fit 1920x1080), frame by frame (one frame decoded at a time); the original is kept in the
+  private block. Conversions write to memory, never to a temporary file in clear.
 
 A kept original doubles the size of that object: the price of giving back the very file.
 """
@@ -19,9 +19,7 @@ A kept original doubles the size of that object: the price of giving back the ve
 from __future__ import annotations
 
 import io
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -191,18 +189,17 @@ def mp4_length(data: bytes) -> int:
 
 
 def _with_output(data: bytes, work) -> bytes:  # noqa: ANN001
-    """Run ``work(input_container, output_path)`` and return the MP4 it wrote (a temp file)."""
-    fd, path = tempfile.mkstemp(suffix=".mp4", prefix="pacs-video-")
-    os.close(fd)
+    """Run ``work(input_container, output)`` and return the MP4 it wrote.
+
+    The output is a BytesIO, never a temporary file: nothing of the patient is put on disk in
+    clear (the archive encrypts what it stores; /tmp would not)."""
+    out = io.BytesIO()
     try:
         with av.open(io.BytesIO(data)) as source:
-            work(source, path)
-        with open(path, "rb") as f:
-            return f.read()
+            work(source, out)
     except av.error.FFmpegError as exc:
         raise InvalidArtifact(f"the video cannot be converted (corrupt?): {exc}") from exc
-    finally:
-        os.unlink(path)
+    return out.getvalue()
 
 
 def _audio_to_copy(source):  # noqa: ANN001, ANN202
@@ -213,8 +210,8 @@ def _audio_to_copy(source):  # noqa: ANN001, ANN202
 def remux_to_mp4(data: bytes) -> bytes:
     """The same video (and AAC/MP3 audio) packets in an MP4 container: no decoding, no loss."""
 
-    def work(source, path: str) -> None:  # noqa: ANN001
-        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+    def work(source, sink: io.BytesIO) -> None:  # noqa: ANN001
+        with av.open(sink, "w", format="mp4") as out:
             pairs = {}
             for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
                 pairs[stream.index] = out.add_stream_from_template(stream)
@@ -237,13 +234,13 @@ def _fit(width: int, height: int) -> tuple[int, int]:
 def transcode_to_h264(data: bytes) -> bytes:
     """H.264 High Profile 8-bit 4:2:0 MP4 (level 4.1, 4.2 above 30 frames/s), audio copied."""
 
-    def work(source, path: str) -> None:  # noqa: ANN001
+    def work(source, sink: io.BytesIO) -> None:  # noqa: ANN001
         vin = source.streams.video[0]
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         if rate > 60:
             raise UnsupportedArtifact(f"video at {float(rate):.0f} frames/s is above H.264 level 4.2's 60")
         width, height = _fit(vin.codec_context.width, vin.codec_context.height)
-        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        with av.open(sink, "w", format="mp4") as out:
             vout = out.add_stream("libx264", rate=rate)
             vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
             vout.options = {"profile": "high", "level": "4.1" if rate <= 30 else "4.2",
