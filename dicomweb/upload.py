@@ -21,6 +21,7 @@ from storage import metrics
 from storage.artifacts import ArtifactError, ArtifactTooLarge, UnsupportedArtifact
 from storage.errors import ArchiveError, NotFound
 from storage.ingest import attach_all, describe
+from storage.spool import EncryptedSpool
 
 from .auth import check_scope
 from .context import Authenticate, actor, archive, client_address, service_blueprint, settings
@@ -60,10 +61,16 @@ def upload_file() -> tuple[Response, int]:
     if upload is None:
         return _refuse(400, "no file in the request (form field 'file')")
     form = request.form
-    data = upload.read(limit + 1)
+    store_in = archive()  # (made first: it makes <data_dir>/tmp, where the spool may roll over)
+    spool = EncryptedSpool(dir=settings().data_dir / "tmp")  # long videos stay out of memory
     try:
+        while chunk := upload.stream.read(1 << 20):
+            spool.write(chunk)
+            if spool.tell() > limit:
+                return _refuse(413, f"the file is over the limit of {limit} bytes")
+        spool.seek(0)
         results = attach_all(
-            archive(), data, filename=upload.filename or None,
+            store_in, spool, filename=upload.filename or None,
             patient_id=form.get("patient_id", ""), patient_name=form.get("patient_name") or None,
             issuer=form.get("issuer", ""), birth_date=form.get("birth_date", ""),
             sex=form.get("sex", ""), study_uid=form.get("study_uid") or None,
@@ -83,6 +90,8 @@ def upload_file() -> tuple[Response, int]:
         from .errors import status_of
 
         return _refuse(status_of(exc) or 400, str(exc))
+    finally:
+        spool.close()
     metrics.stored("upload", len(results))
     answer = describe(results[0])
     if len(results) > 1:  # a multi-page scan: one object per page, page 1 first

@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .archive import Archive, Scope, StoreResult
 from .artifacts import (
@@ -36,8 +36,11 @@ from .artifacts import (
     StudyInfo,
     detect_media_type,
     encapsulate_all,
+    has_video,
+    write_video_object,
 )
 from .artifacts.text_sr import decode_text, rtf_text
+from .artifacts.video import VIDEO_MEDIA_TYPES
 from .errors import BadInput, NotFound
 from .query import Query
 
@@ -141,7 +144,8 @@ def check_about(archive: Archive, study_uid: str | None, patient_ref: int | None
     return study_uid
 
 
-def attach(archive: Archive, data: bytes | str | os.PathLike[str], **kwargs: Any) -> StoreResult:
+def attach(archive: Archive, data: bytes | str | os.PathLike[str] | BinaryIO,
+           **kwargs: Any) -> StoreResult:
     """:func:`attach_all` for callers that want one result: the first object (the page that
     carries the original of a multi-page image)."""
     return attach_all(archive, data, **kwargs)[0]
@@ -149,7 +153,7 @@ def attach(archive: Archive, data: bytes | str | os.PathLike[str], **kwargs: Any
 
 def attach_all(
     archive: Archive,
-    data: bytes | str | os.PathLike[str],
+    data: bytes | str | os.PathLike[str] | BinaryIO,
     *,
     filename: str | None = None,
     patient_id: str,
@@ -172,21 +176,110 @@ def attach_all(
     multi-page image); nothing is stored on any error.
 
     ``about``: Study Instance UID of one of this patient's studies the artifact discusses
-    (recorded as in :mod:`storage.artifacts.about`). Raises BadInput (unknown patient without a name, name mismatch), NotFound (study not this
-    patient's), ArtifactError subclasses (empty, truncated, mislabelled, unsupported, too large).
+    (recorded as in :mod:`storage.artifacts.about`). A video given as a path or an open file goes
+    the bounded-memory way (:func:`_attach_video`); everything else is read into memory (at most
+    ``max_size``). Raises BadInput (unknown patient without a name, name mismatch), NotFound
+    (study not this patient's), ArtifactError subclasses (empty, truncated, mislabelled,
+    unsupported, too large).
     """
-    if not isinstance(data, bytes | bytearray):
-        path = Path(data)
-        filename = filename or path.name
-        limit = max_size if max_size is not None else archive.settings.max_upload_bytes
-        if path.stat().st_size > limit:
-            from .artifacts import ArtifactTooLarge
-
-            raise ArtifactTooLarge(f"{path.stat().st_size} bytes is over the limit of {limit} bytes")
-        data = path.read_bytes()
-    data = bytes(data)
     if max_size is None:
         max_size = archive.settings.max_upload_bytes
+    if isinstance(data, bytes | bytearray):
+        return _attach_bytes(archive, bytes(data), filename=filename, patient_id=patient_id,
+                             patient_name=patient_name, issuer=issuer, birth_date=birth_date,
+                             sex=sex, study_uid=study_uid,
+                             new_study_description=new_study_description, title=title,
+                             media_type=media_type, references=references, about=about,
+                             named_files=named_files, actor=actor, origin=origin,
+                             max_size=max_size)
+    if isinstance(data, str | os.PathLike):
+        filename = filename or Path(data).name
+        with open(data, "rb") as source:
+            return attach_all(archive, source, filename=filename, patient_id=patient_id,
+                              patient_name=patient_name, issuer=issuer, birth_date=birth_date,
+                              sex=sex, study_uid=study_uid,
+                              new_study_description=new_study_description, title=title,
+                              media_type=media_type, references=references, about=about,
+                              named_files=named_files, actor=actor, origin=origin,
+                              max_size=max_size)
+    size = data.seek(0, io.SEEK_END)
+    data.seek(0)
+    if size > max_size:
+        from .artifacts import ArtifactTooLarge
+
+        raise ArtifactTooLarge(f"{size} bytes is over the limit of {max_size} bytes")
+    head = data.read(1 << 16)
+    data.seek(0)
+    refs_given = list(references)
+    try:
+        kind = detect_media_type(head, filename, media_type) if head else ""
+    except ArtifactError:
+        kind = ""  # judged on the whole file below
+    if kind in VIDEO_MEDIA_TYPES and not refs_given and has_video(data):
+        return _attach_video(archive, data, filename=filename, patient_id=patient_id,
+                             patient_name=patient_name, issuer=issuer, birth_date=birth_date,
+                             sex=sex, study_uid=study_uid,
+                             new_study_description=new_study_description, title=title,
+                             media_type=kind, about=about, actor=actor, origin=origin)
+    return _attach_bytes(archive, data.read(), filename=filename, patient_id=patient_id,
+                         patient_name=patient_name, issuer=issuer, birth_date=birth_date, sex=sex,
+                         study_uid=study_uid, new_study_description=new_study_description,
+                         title=title, media_type=media_type, references=refs_given, about=about,
+                         named_files=named_files, actor=actor, origin=origin, max_size=max_size)
+
+
+def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, patient_id: str,
+                  patient_name: str | None, issuer: str, birth_date: str, sex: str,
+                  study_uid: str | None, new_study_description: str | None, title: str | None,
+                  media_type: str, about: str | None, actor: str, origin: str
+                  ) -> list[StoreResult]:
+    """A video file to the archive in bounded memory: Part 10 written into an encrypted spool
+    (storage.spool), remux/transcode output too; nothing in clear on disk, nothing whole in RAM."""
+    from .spool import EncryptedSpool
+
+    patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
+                                        issuer=issuer, birth_date=birth_date, sex=sex)
+    study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)
+    about = check_about(archive, about, patient_ref)
+    spool_dir = archive.settings.data_dir / "tmp"
+    spools: list[EncryptedSpool] = []
+
+    def new_sink() -> EncryptedSpool:
+        spools.append(EncryptedSpool(dir=spool_dir))
+        return spools[-1]
+
+    try:
+        dest = new_sink()
+        write_video_object(source, dest, media_type=media_type, patient=patient, study=study,
+                           filename=filename, title=title, about=about, new_sink=new_sink)
+        dest.seek(0)
+        return [archive.store(dest, actor=actor, origin=origin, content_type=media_type)]
+    finally:
+        for spool in spools:
+            spool.close()
+
+
+def _attach_bytes(
+    archive: Archive,
+    data: bytes,
+    *,
+    filename: str | None,
+    patient_id: str,
+    patient_name: str | None,
+    issuer: str,
+    birth_date: str,
+    sex: str,
+    study_uid: str | None,
+    new_study_description: str | None,
+    title: str | None,
+    media_type: str | None,
+    references: Iterable[str],
+    about: str | None,
+    named_files: Mapping[str, StoreResult] | None,
+    actor: str,
+    origin: str,
+    max_size: int,
+) -> list[StoreResult]:
     patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
                                         issuer=issuer, birth_date=birth_date, sex=sex)
     study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)

@@ -290,3 +290,42 @@ def test_about_recorded_in_every_kind(tmp_path: Path) -> None:
             assert errors(dciodvfy_video(path, back, tmp_path)) == [], name
     with pytest.raises(Exception, match="invalid Study Instance UID"):
         encapsulate(b"x\n", patient=PATIENT, study=STUDY, filename="n.txt", about="not a uid")
+
+
+# --- long videos: the bounded-memory writer -------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["hevc-mp4", "hevc-mov", "mpeg4-mp4"])
+def test_streamed_video_same_object_nothing_clear_on_disk(tmp_path: Path, case: str) -> None:
+    """write_video_object: the Part 10 stream written piece by piece into encrypted spools
+    (rolled to disk at 4 KiB here) reads back as the in-memory object does."""
+    from storage.artifacts import write_video_object
+    from storage.spool import EncryptedSpool
+
+    name, media, make, ts, as_is = VIDEO_CASES[case]
+    data = make()
+    spools: list[EncryptedSpool] = []
+
+    def sink() -> EncryptedSpool:
+        spools.append(EncryptedSpool(max_size=4096, dir=tmp_path))
+        return spools[-1]
+
+    dest = sink()
+    write_video_object(io.BytesIO(data), dest, media_type=media, patient=PATIENT, study=STUDY,
+                       filename=name, about=LAB, new_sink=sink)
+    assert all(s.rolled for s in spools) and len(spools) == (1 if as_is else 2)
+    for f in tmp_path.iterdir():  # the spools' files are unlinked; nothing else was written
+        assert data[:64] not in f.read_bytes()
+    dest.seek(0)
+    path = tmp_path / "streamed.dcm"
+    path.write_bytes(dest.read())
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == ts and about_study(back) == LAB
+    original = extract_original(back)
+    assert (original.data, original.media_type, original.filename) == (data, media, name)
+    memory = encapsulate(data, patient=PATIENT, study=STUDY, filename=name)
+    assert (back.NumberOfFrames, back.Rows, back.Columns) == (
+        memory.NumberOfFrames, memory.Rows, memory.Columns)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert "PixelData" not in header and not any(e.tag.group == 0x7FE1 for e in header)
+    assert errors(dciodvfy_video(path, back, tmp_path)) == []

@@ -24,8 +24,10 @@ block described in :mod:`storage.artifacts.common`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import BinaryIO
 
 import pydicom
 from pydicom.uid import UID
@@ -60,6 +62,7 @@ from .video import (
     extract_video,
     has_video,
 )
+from .video_stream import write_video
 
 __all__ = [
     "ArtifactError",
@@ -75,6 +78,8 @@ __all__ = [
     "detect_media_type",
     "encapsulate",
     "encapsulate_all",
+    "has_video",
+    "write_video_object",
     "extract_original",
     "note_text",
 ]
@@ -183,6 +188,30 @@ def encapsulate_all(
         for ds in objects:
             record_about(ds, about)
     return objects
+
+
+def write_video_object(
+    src: BinaryIO,
+    dest: BinaryIO,
+    *,
+    media_type: str,
+    patient: PatientInfo,
+    study: StudyInfo,
+    filename: str | None = None,
+    title: str | None = None,
+    series_description: str = "",
+    about: str | None = None,
+    content_datetime: datetime | None = None,
+    new_sink: Callable[[], BinaryIO] = io.BytesIO,
+) -> pydicom.Dataset:
+    """A video (MP4/MOV, already detected as ``media_type``) from a seekable file to a Part 10
+    stream in bounded memory (:mod:`.video_stream`); returns the header written."""
+    name = safe_filename(filename, _DEFAULT_NAMES.get(media_type, "video.mp4"))
+    return write_video(src, dest, media_type=media_type, patient=patient, study=study,
+                       filename=name, title=name if title is None else title,
+                       series_description=series_description,
+                       content_datetime=content_datetime or datetime.now().astimezone(),
+                       about=about, new_sink=new_sink)
 
 
 def _ref_item(ref: InstanceRef) -> pydicom.Dataset:

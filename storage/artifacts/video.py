@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 from itertools import islice
+from typing import BinaryIO
 
 import av
 from pydicom import Dataset
@@ -93,23 +94,34 @@ class VideoInfo:
     container: str = "mp4"
 
 
-def has_video(data: bytes) -> bool:
+def has_video(data: bytes | BinaryIO) -> bool:
     """Whether an ISO BMFF file (MP4/MOV/M4A) has a video stream (else it is audio only)."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with av.open(io.BytesIO(data)) as container:
+        source.seek(0)
+        with av.open(source) as container:
             return bool(container.streams.video)
     except av.error.FFmpegError:
         return True  # let the video path say what is wrong
+    finally:
+        source.seek(0)
 
 
-def probe_video(data: bytes) -> VideoInfo:
-    """Open an MP4/MOV in memory and describe its first video stream (no frame is decoded)."""
-    if mp4_length(data) != len(data):
+def probe_video(data: bytes | BinaryIO) -> VideoInfo:
+    """Describe the first video stream of an MP4/MOV, in memory or a seekable file (no frame is
+    decoded; the packets are counted when the container does not say)."""
+    if isinstance(data, bytes):
+        whole, source = mp4_length(data) == len(data), io.BytesIO(data)
+    else:
+        data.seek(0)
+        whole, source = box_walk(data) == data.seek(0, io.SEEK_END), data
+        data.seek(0)
+    if not whole:
         raise InvalidArtifact(
             "the video is truncated or has trailing bytes (its boxes do not cover the file)"
         )
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise UnsupportedArtifact("the file has no video stream")
             stream = container.streams.video[0]
@@ -169,6 +181,24 @@ def transfer_syntax_for(info: VideoInfo) -> str:
     )
 
 
+def box_walk(f: BinaryIO) -> int:
+    """:func:`mp4_length` of a seekable file, reading only the box headers."""
+    pos, end = 0, f.seek(0, io.SEEK_END)
+    while pos + 8 <= end:
+        f.seek(pos)
+        head = f.read(16)
+        (size,) = struct.unpack(">I", head[:4])
+        if size == 1 and len(head) == 16:
+            (size,) = struct.unpack(">Q", head[8:16])
+        elif size == 0:
+            return end
+        if size < 8 or pos + size > end:
+            break
+        pos += size
+    f.seek(0)
+    return pos
+
+
 def mp4_length(data: bytes) -> int:
     """Length of the MP4 given by its top-level boxes (ISO/IEC 14496-12 4.2).
 
@@ -188,18 +218,15 @@ def mp4_length(data: bytes) -> int:
     return pos
 
 
-def _with_output(data: bytes, work) -> bytes:  # noqa: ANN001
-    """Run ``work(input_container, output)`` and return the MP4 it wrote.
-
-    The output is a BytesIO, never a temporary file: nothing of the patient is put on disk in
-    clear (the archive encrypts what it stores; /tmp would not)."""
-    out = io.BytesIO()
+def _convert(source: bytes | BinaryIO, sink: BinaryIO, work, options: dict | None = None) -> None:  # noqa: ANN001
+    """Open ``source`` and an MP4 muxer on ``sink``; ``work(input, output)`` moves the packets."""
+    src = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with av.open(io.BytesIO(data)) as source:
-            work(source, out)
+        src.seek(0)
+        with av.open(src) as inp, av.open(sink, "w", format="mp4", options=options or {}) as out:
+            work(inp, out)
     except av.error.FFmpegError as exc:
         raise InvalidArtifact(f"the video cannot be converted (corrupt?): {exc}") from exc
-    return out.getvalue()
 
 
 def _audio_to_copy(source):  # noqa: ANN001, ANN202
@@ -207,21 +234,16 @@ def _audio_to_copy(source):  # noqa: ANN001, ANN202
     return audio[0] if audio and audio[0].codec_context.name in _COPY_AUDIO else None
 
 
-def remux_to_mp4(data: bytes) -> bytes:
-    """The same video (and AAC/MP3 audio) packets in an MP4 container: no decoding, no loss."""
-
-    def work(source, sink: io.BytesIO) -> None:  # noqa: ANN001
-        with av.open(sink, "w", format="mp4") as out:
-            pairs = {}
-            for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
-                pairs[stream.index] = out.add_stream_from_template(stream)
-            for packet in source.demux(*[source.streams[i] for i in pairs]):
-                if packet.dts is None:
-                    continue
-                packet.stream = pairs[packet.stream.index]
-                out.mux(packet)
-
-    return _with_output(data, work)
+def _remux(source, out) -> None:  # noqa: ANN001
+    """The same video (and AAC/MP3 audio) packets into ``out``: no decoding, no loss."""
+    pairs = {}
+    for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
+        pairs[stream.index] = out.add_stream_from_template(stream)
+    for packet in source.demux(*[source.streams[i] for i in pairs]):
+        if packet.dts is None:
+            continue
+        packet.stream = pairs[packet.stream.index]
+        out.mux(packet)
 
 
 def _fit(width: int, height: int) -> tuple[int, int]:
@@ -231,38 +253,48 @@ def _fit(width: int, height: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
+def _transcode(source, out) -> None:  # noqa: ANN001
+    """H.264 High Profile 8-bit 4:2:0 (level 4.1, 4.2 above 30 frames/s) into ``out``, one frame
+    decoded at a time; AAC/MP3 audio copied."""
+    vin = source.streams.video[0]
+    rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+    if rate > 60:
+        raise UnsupportedArtifact(f"video at {float(rate):.0f} frames/s is above H.264 level 4.2's 60")
+    width, height = _fit(vin.codec_context.width, vin.codec_context.height)
+    vout = out.add_stream("libx264", rate=rate)
+    vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+    vout.options = {"profile": "high", "level": "4.1" if rate <= 30 else "4.2",
+                    "preset": "veryfast", "crf": "18"}
+    ain = _audio_to_copy(source)
+    aout = out.add_stream_from_template(ain) if ain is not None else None
+    streams = [vin] + ([ain] if ain is not None else [])
+    tick, count = 1 / Fraction(rate), 0
+    for packet in source.demux(*streams):
+        if packet.stream is ain:
+            if packet.dts is not None:
+                packet.stream = aout
+                out.mux(packet)
+            continue
+        for frame in packet.decode():
+            frame = frame.reformat(width=width, height=height, format="yuv420p")
+            frame.pts, frame.time_base = count, tick  # frames in order, constant rate
+            count += 1
+            out.mux(vout.encode(frame))
+    out.mux(vout.encode(None))
+
+
+def remux_to_mp4(data: bytes) -> bytes:
+    """The MP4 :func:`_remux` makes, in memory (never a clear temporary file)."""
+    sink = io.BytesIO()
+    _convert(data, sink, _remux)
+    return sink.getvalue()
+
+
 def transcode_to_h264(data: bytes) -> bytes:
-    """H.264 High Profile 8-bit 4:2:0 MP4 (level 4.1, 4.2 above 30 frames/s), audio copied."""
-
-    def work(source, sink: io.BytesIO) -> None:  # noqa: ANN001
-        vin = source.streams.video[0]
-        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-        if rate > 60:
-            raise UnsupportedArtifact(f"video at {float(rate):.0f} frames/s is above H.264 level 4.2's 60")
-        width, height = _fit(vin.codec_context.width, vin.codec_context.height)
-        with av.open(sink, "w", format="mp4") as out:
-            vout = out.add_stream("libx264", rate=rate)
-            vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
-            vout.options = {"profile": "high", "level": "4.1" if rate <= 30 else "4.2",
-                            "preset": "veryfast", "crf": "18"}
-            ain = _audio_to_copy(source)
-            aout = out.add_stream_from_template(ain) if ain is not None else None
-            streams = [vin] + ([ain] if ain is not None else [])
-            tick, count = 1 / Fraction(rate), 0
-            for packet in source.demux(*streams):
-                if packet.stream is ain:
-                    if packet.dts is not None:
-                        packet.stream = aout
-                        out.mux(packet)
-                    continue
-                for frame in packet.decode():
-                    frame = frame.reformat(width=width, height=height, format="yuv420p")
-                    frame.pts, frame.time_base = count, tick  # frames in order, constant rate
-                    count += 1
-                    out.mux(vout.encode(frame))
-            out.mux(vout.encode(None))
-
-    return _with_output(data, work)
+    """The MP4 :func:`_transcode` makes, in memory."""
+    sink = io.BytesIO()
+    _convert(data, sink, _transcode)
+    return sink.getvalue()
 
 
 def encapsulate_video(
@@ -316,7 +348,7 @@ def encapsulate_mp4(
     return finish(ds, ts)
 
 
-def _video_dataset(mp4: bytes, info: VideoInfo, ts: str, *, patient: PatientInfo,
+def _video_dataset(mp4: bytes | None, info: VideoInfo, ts: str, *, patient: PatientInfo,
                    study: StudyInfo, title: str, series_description: str,
                    content_datetime: datetime) -> Dataset:
     """Video Photographic Image modules (PS3.3 A.32.7) around the MP4 in the Pixel Data."""
@@ -363,8 +395,9 @@ def _video_dataset(mp4: bytes, info: VideoInfo, ts: str, *, patient: PatientInfo
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_23008_2" if info.codec == "hevc" else "ISO_14496_10"
-    ds.PixelData = encapsulate([mp4], has_bot=False)
-    ds["PixelData"].VR = "OB"
+    if mp4 is not None:  # (video_stream.py writes the Pixel Data itself)
+        ds.PixelData = encapsulate([mp4], has_bot=False)
+        ds["PixelData"].VR = "OB"
     return ds
 
 
