@@ -381,7 +381,15 @@ def original_media_type(info: InstanceInfo) -> str | None:
 
 def send_original(info: InstanceInfo) -> Response:
     from storage.artifacts import ArtifactError, extract_original
+    from storage.originals import find_span, read_span
 
+    span = find_span(ctx.archive(), info)  # a video: streamed from its byte range
+    if span is not None:
+        resp = Response(stream_with_context(read_span(ctx.archive(), info, span)),
+                        content_type=span.media_type, direct_passthrough=True)
+        resp.headers["Content-Length"] = str(span.length)
+        resp.headers["Content-Disposition"] = f'inline; filename="{span.filename}"'
+        return resp
     try:
         original = extract_original(ctx.archive().dataset(info))
     except ArtifactError as exc:

@@ -490,10 +490,16 @@ def record_items(archive: Archive, patient_ref: int,
         if info.content_type or info.sop_class_uid in _ARTIFACT_CLASSES:
             try:
                 from .artifacts import extract_original
+                from .originals import SpanReader, find_span
 
-                orig = extract_original(archive.dataset(info))
-                original = OriginalFile(orig.filename, orig.media_type,
-                                        lambda data=orig.data: io.BytesIO(data))
+                span = find_span(archive, info)  # a video: copied from its byte range
+                if span is not None:
+                    original = OriginalFile(span.filename, span.media_type,
+                                            lambda i=info, sp=span: SpanReader(archive, i, sp))
+                else:
+                    orig = extract_original(archive.dataset(info))
+                    original = OriginalFile(orig.filename, orig.media_type,
+                                            lambda data=orig.data: io.BytesIO(data))
             except Exception:  # noqa: BLE001 - the DICOM object is exported whatever happens
                 log.info("no original recovered for one artifact (%s)", info.sop_class_uid)
         yield ExportItem(header=archive.header(info), open=lambda info=info: archive.open(info),

@@ -329,3 +329,33 @@ def test_streamed_video_same_object_nothing_clear_on_disk(tmp_path: Path, case: 
     header = pydicom.dcmread(path, stop_before_pixels=True)
     assert "PixelData" not in header and not any(e.tag.group == 0x7FE1 for e in header)
     assert errors(dciodvfy_video(path, back, tmp_path)) == []
+
+
+def test_original_span_of_stored_videos(tmp_path: Path) -> None:
+    """storage.originals finds the original's bytes in the stored object (WADO-RS and the export
+    stream it from there): the Pixel Data fragment of an MP4 kept as is, the trailing element
+    of a MOV, odd lengths included."""
+    from storage.archive import Archive
+    from storage.config import load_settings
+    from storage.originals import find_span, read_span
+
+    archive = Archive(load_settings(env={"PACS_DATA_DIR": str(tmp_path / "data")}),
+                      create_key=True)
+    try:
+        mp4 = samples.make_video(".mp4")
+        mp4 += b"\x00\x00\x00\x09free\x00" if len(mp4) % 2 == 0 else b""  # odd length
+        for name, data in [("a.mp4", mp4), ("b.mov", samples.make_video(".mov", audio=True)),
+                           ("c.txt", b"not a video\n")]:
+            ds = encapsulate(data, patient=PATIENT, study=STUDY, filename=name)
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            result = archive.store(buf.getvalue(), content_type="x")
+            [info] = archive.instances(sop_uid=result.sop_instance_uid)
+            span = find_span(archive, info)
+            if name == "c.txt":
+                assert span is None
+                continue
+            assert span.filename == name and span.length == len(data)
+            assert b"".join(read_span(archive, info, span)) == data
+    finally:
+        archive.close()
