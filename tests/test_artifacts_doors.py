@@ -250,3 +250,27 @@ def test_about_a_study_through_each_door_and_on_the_patient_page(server: Server,
         assert note.strip() in text and "Dictation" in text and "Photo" in text
         link = notes.first.locator("a").get_attribute("href")
         assert page.context.request.get(server.http_url + link).status == 200
+
+
+@pytest.mark.parametrize(("kind", "prefer"), [("hevc-mov", ["+x4"]), ("hevc-mp4", ["+x4"]),
+                                              ("mpeg4", ["+xn"]), ("mp3", []), ("heic", []),
+                                              ("tiff-scan", [])])
+def test_cget_original(server: Server, tmp_path: Path, kind: str, prefer: list[str]) -> None:
+    """C-GET (dcmtk getscu, proposing the stored syntax first): the object, and the original out
+    of it byte for byte."""
+    import pydicom
+
+    from storage.artifacts import extract_original
+
+    name, *_ = KINDS[kind]
+    pid = unique_pid("cget")
+    study, sop = via_attach(server, tmp_path, pid, name, sample(kind))
+    out = tmp_path / "got"
+    out.mkdir()
+    p = subprocess.run([require("getscu"), "-S", "-aec", server.ae_title, *prefer,
+                        "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}",
+                        "-k", f"SOPInstanceUID={sop}", "-od", str(out), "127.0.0.1",
+                        str(server.dicom_port)], capture_output=True, timeout=120)
+    files = list(out.iterdir())
+    assert len(files) == 1, (p.returncode, p.stderr.decode("latin-1")[-2000:])
+    assert extract_original(pydicom.dcmread(files[0])).data == sample(kind)
