@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import HEVCMP51, MPEG4HP41, ExplicitVRLittleEndian
+from pydicom.uid import HEVCM10P51, HEVCMP51, MPEG4HP41, ExplicitVRLittleEndian
 
 from storage.artifacts import (
     InvalidArtifact,
@@ -111,6 +111,9 @@ VIDEO_CASES = {
     "hevc-mp4": ("clip.mp4", "video/mp4", lambda: samples.make_video(".mp4"), HEVCMP51, True),
     "hevc-mov": ("IMG_0001.MOV", "video/quicktime", lambda: samples.make_video(".mov", audio=True),
                  HEVCMP51, False),
+    "hevc10-mov": ("HDR.MOV", "video/quicktime",  # HDR: HEVC Main 10, no 8-bit syntax: H.264
+                   lambda: samples.make_video(".mov", extra=("-pix_fmt", "yuv420p10le")),
+                   MPEG4HP41, False),
     "h264-mov": ("clip.mov", "video/quicktime",
                  lambda: samples.make_video(".mov", codec="libx264"), MPEG4HP41, False),
     "mpeg4-mp4": ("old.mp4", "video/mp4",
@@ -155,7 +158,7 @@ HEVC_GAP = {  # dicom3tools 2022 does not know the HEVC transfer syntaxes (PS3.5
 def dciodvfy_video(path: Path, back: pydicom.Dataset, tmp_path: Path) -> list[str]:
     """dciodvfy's lines; for HEVC, its known gap checked and the modules checked under H.264."""
     lines = dciodvfy(path)
-    if back.file_meta.TransferSyntaxUID != HEVCMP51:
+    if back.file_meta.TransferSyntaxUID not in (HEVCMP51, HEVCM10P51):
         return lines
     assert set(errors(lines)) == HEVC_GAP
     back.file_meta.TransferSyntaxUID = MPEG4HP41  # same encapsulation, a syntax it knows

@@ -2,9 +2,9 @@
 
 The Pixel Data holds one MP4 file as its single fragment, with an empty Basic Offset Table; the
 transfer syntax names the codec: MPEG-4 AVC/H.264 High Profile (level 4.1/4.2) or HEVC/H.265 Main
-/ Main 10 Profile level 5.1. What comes in:
+Profile level 5.1 (Main 10 is not used: the VL Image module allows 8 bits only). What comes in:
 
-* MP4 with H.264 or HEVC that fits one of those syntaxes: stored as is (the Pixel Data *is* the
+* MP4 with H.264 or HEVC (8-bit Main) that fits one of those syntaxes: stored as is (the Pixel Data *is* the
   original, byte-identical, no second copy).
 * MOV (QuickTime, what phones write) with such a stream: remuxed to MP4 (stream copy, no loss,
   packet by packet) for the Pixel Data; the MOV is kept in the private "original" block.
@@ -61,8 +61,10 @@ VIDEO_MEDIA_TYPES = ("video/mp4", "video/quicktime")
 # H.264 profiles a High Profile decoder must decode (ITU-T H.264 A.2).
 _PROFILES = {"Constrained Baseline", "Main", "High"}
 _PIX_FMTS = {"yuv420p", "yuvj420p"}
-_HEVC_PROFILES = {"Main": HEVCMP51, "Main 10": HEVCM10P51}
-_HEVC_PIX_FMTS = {"Main": {"yuv420p", "yuvj420p"}, "Main 10": {"yuv420p10le", "yuv420p"}}
+# HEVC Main only: the VL Image module (PS3.3 C.8.12.1) enumerates 8 bits, so a Main 10 (HDR
+# phone) video has no transfer syntax this IOD can carry and is transcoded to 8-bit H.264.
+_HEVC_PROFILES = {"Main": HEVCMP51}
+_HEVC_PIX_FMTS = {"Main": {"yuv420p", "yuvj420p"}}
 _H264_SYNTAXES = {
     MPEG4HP41,
     MPEG4HP41BD,
@@ -75,7 +77,7 @@ _H264_SYNTAXES = {
     MPEG4HP423DF,
     MPEG4HP42STEREOF,
 }
-_VIDEO_SYNTAXES = _H264_SYNTAXES | {HEVCMP51, HEVCM10P51}
+_VIDEO_SYNTAXES = _H264_SYNTAXES | {HEVCMP51, HEVCM10P51}  # M10: objects from elsewhere
 _COPY_AUDIO = {"aac", "mp3", "alac"}  # audio codecs an MP4 carries as they are
 
 
@@ -388,10 +390,9 @@ def _video_dataset(mp4: bytes | None, info: VideoInfo, ts: str, *, patient: Pati
     ds.PlanarConfiguration = 0
     ds.Rows = info.height
     ds.Columns = info.width
-    bits = 10 if ts == HEVCM10P51 else 8
-    ds.BitsAllocated = 16 if bits > 8 else 8
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
+    ds.BitsAllocated = 8  # VL Image module (C.8.12.1): 8 bits only
+    ds.BitsStored = 8
+    ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_23008_2" if info.codec == "hevc" else "ISO_14496_10"
