@@ -5,7 +5,11 @@ Success is answered (no encryption, no index). Usage::
 
     python -m bench.bare_scp --port 11112 --dir /tmp/x [--no-tune] [--workers 2] [--fast]
 
-``--fast``: C-STOREs go through :mod:`pacs.fastpath` (written with their Part 10 header).
+``--fast``: C-STOREs go through :mod:`pacs.dimse.fastpath` (written with their Part 10 header).
+``--chunked``: pynetdicom writes each data set into the encrypted receive spool
+(:mod:`pacs.dimse.receive`) and the handler copies it out. The settings it takes from the
+environment (``PACS_DIMSE_MAX_PDU`` for ``--fast``, ``PACS_DIMSE_SWITCH_INTERVAL``,
+``PACS_DIMSE_PATCHES``) are read through ``storage.config.load_settings``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from pynetdicom import AE, StoragePresentationContexts, _config, evt
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 _counter = itertools.count()
@@ -46,9 +50,10 @@ def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
     """Write the received dataset as received (no file meta) and fsync it."""
 
     def body(f: BinaryIO) -> None:
-        if _config.STORE_RECV_CHUNKED_DATASET:
-            # pynetdicom streamed the dataset to a temporary file: copy it.
-            with open(event.dataset_path, "rb") as src:
+        from pacs.dimse import receive
+
+        if receive.is_installed():  # pynetdicom streamed the dataset into our spool: copy it
+            with receive.received(event) as src:  # type: ignore[union-attr]
                 shutil.copyfileobj(src, f, 1024 * 1024)
         else:
             f.write(event.encoded_dataset(include_meta=False))
@@ -58,7 +63,7 @@ def handle_store(event: evt.Event, out: Path, fsync: bool = True) -> int:
 
 
 def fast_store(out: Path, fsync: bool, part10: BinaryIO, actor: str, origin: str) -> tuple[int, str]:
-    """The same for pacs.fastpath: write the received Part 10 bytes and fsync them."""
+    """The same for pacs.dimse.fastpath: write the received Part 10 bytes and fsync them."""
     _write(out, fsync, lambda f: shutil.copyfileobj(part10, f, 1024 * 1024))
     return 0x0000, ""
 
@@ -86,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.dir.mkdir(parents=True, exist_ok=True)
-    _config.STORE_RECV_CHUNKED_DATASET = args.chunked
 
     if args.no_tune:
         ae, handlers = make_ae(args.dir, not args.no_fsync)
@@ -95,18 +99,26 @@ def main(argv: list[str] | None = None) -> None:
         ae.start_server(("127.0.0.1", args.port), block=True, evt_handlers=handlers)
         return
 
-    from pacs import fastpath, transport
+    from pacs import dimse
+    from pacs.dimse import server
+    from storage.config import load_settings
 
-    if args.fast:
-        fastpath.register(handle_store, fast_store)
+    settings = load_settings()
+    dimse.install(settings.dimse_patches, switch_interval=settings.dimse_switch_interval)
+    if not args.chunked:  # the receive patch turns chunked receiving on; the default keeps it in memory
+        from pacs.dimse import receive
+
+        receive.uninstall()
+
     def serve() -> None:
-        transport.tune()
         ae, handlers = make_ae(args.dir, not args.no_fsync)
+        if args.fast:
+            ae.maximum_pdu_size = settings.dimse_max_pdu
         if args.max_pdu is not None:
             ae.maximum_pdu_size = args.max_pdu
-        transport.serve_forever(
-            ae, "127.0.0.1", args.port, reuse_port=args.workers > 1, evt_handlers=handlers
-        )
+        fast = (fast_store, [args.dir, not args.no_fsync]) if args.fast else None
+        server.serve_forever(ae, "127.0.0.1", args.port, reuse_port=args.workers > 1,
+                             evt_handlers=handlers, fast_store=fast)
 
     if args.workers > 1:
         from pacs import workers

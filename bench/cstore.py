@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "bare-stock-nofsync": bare_server("bare-stock-nofsync", "--no-tune", "--no-fsync"),
         "bare-nofsync": bare_server("bare-nofsync", "--no-fsync"),
         "bare-nofsync-si5": bare_server(
-            "bare-nofsync-si5", "--no-fsync", env={"PACS_SWITCH_INTERVAL": "0.005"}
+            "bare-nofsync-si5", "--no-fsync", env={"PACS_DIMSE_SWITCH_INTERVAL": "0.005"}
         ),
         "bare-fast": bare_server("bare-fast", "--fast"),
         "bare-fast-nofsync": bare_server("bare-fast-nofsync", "--fast", "--no-fsync"),
@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "bare-fast-16k": bare_server("bare-fast-16k", "--fast", env={"PACS_DIMSE_MAX_PDU": "16382"}),
         "pacs-slow": pacs_server("pacs-slow", args.pacs_cmd, {"PACS_DIMSE_FAST_STORE": "0"}),
+        "pacs-stock": pacs_server("pacs-stock", args.pacs_cmd, {"PACS_DIMSE_PATCHES": "0"}),
         "bare-2w-nofsync": bare_server("bare-2w-nofsync", "--workers", "2", "--no-fsync"),
         "pacs": pacs_server("pacs", args.pacs_cmd, {}),
         "pacs-noenc": pacs_server("pacs-noenc", args.pacs_cmd, {"PACS_BENCH_NO_ENCRYPTION": "1"}),

@@ -7,10 +7,8 @@ pending responses with the counts and the final Success / Warning 0xB000 / Failu
 FailedSOPInstanceUIDList. Each instance is read and sent one at a time (see ``scu.py``).
 
 A destination we know but cannot reach (switched off, refusing): pynetdicom answers that with
-A801 "Move Destination unknown", which sends whoever reads it to check a configuration that is
-right. :func:`enable` makes that answer A702 "Refused: Out of resources - unable to perform
-sub-operations" with an error comment naming the destination: what OsiriX's SCP answers when it
-cannot reach a destination, and dcmtk's dcmqrscp when every sub-operation of a move failed.
+A801 "Move Destination unknown"; with the patches on (:mod:`pacs.dimse.move`) the answer is A702
+"Refused: Out of resources - unable to perform sub-operations" naming the destination.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
@@ -33,13 +29,12 @@ from storage.config import Settings
 from storage.errors import NotFound
 from storage.query import Query
 
+from .dimse import move
 from .find import IdentifierError, as_query_value, parse_level
 from .scu import AssociationHolder, accepted_syntaxes, dataset_for_peer, proposed_contexts
 from .status import (
     CANCEL,
     DATASET_MISMATCH,
-    MOVE_DESTINATION_UNKNOWN,
-    MOVE_OUT_OF_RESOURCES_SUBOPS,
     PENDING,
     UNABLE_TO_PROCESS,
     status,
@@ -114,30 +109,10 @@ def _resolve_or_fail(archive: Archive, event: Event) -> tuple[list[InstanceInfo]
         return None, status(UNABLE_TO_PROCESS, "retrieve failed; see the server log")
 
 
-def enable() -> None:
-    """Answer a known but unreachable move destination with A702 and a comment (once per process)."""
-    if getattr(DIMSEServiceProvider.send_msg, "_pacs_move", False):
-        return
-    original = DIMSEServiceProvider.send_msg
-
-    def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-        known = getattr(self.assoc, _MOVING_TO, None)
-        if known and isinstance(primitive, C_MOVE) and primitive.Status == MOVE_DESTINATION_UNKNOWN:
-            primitive.Status = MOVE_OUT_OF_RESOURCES_SUBOPS
-            primitive.ErrorComment = f"could not connect to move destination {known}"[:64]
-        original(self, primitive, context_id)
-
-    send_msg._pacs_move = True  # type: ignore[attr-defined]
-    DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
-
-
-_MOVING_TO = "_pacs_moving_to"  # on the association: the known destination of its running C-MOVE
-
-
 def handle_move(event: Event, archive: Archive, settings: Settings) -> Iterator[Any]:
     """EVT_C_MOVE handler (PS3.4 C.4.2.3): destination, sub-operation count, then one dataset each."""
     dest = settings.destinations.get((event.move_destination or "").strip())
-    setattr(event.assoc, _MOVING_TO, dest.ae_title if dest is not None else None)
+    move.note_destination(event.assoc, dest.ae_title if dest is not None else None)
     if dest is None:
         log.info("C-MOVE to unknown destination refused")
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown

@@ -23,11 +23,12 @@ from pynetdicom.sop_class import (
 from storage.archive import Archive
 from storage.config import Settings
 
-from . import fastpath
+from . import dimse
 from .commit import handle_action
+from .dimse.fastpath import FastStoreBinding
 from .find import handle_find
 from .retrieve import handle_get, handle_move
-from .store import handle_store
+from .store import handle_store, store
 
 #: pynetdicom accepts, per presentation context, the first of *our* syntaxes that the peer proposes
 #: (PS3.8 9.3.2.2 leaves the choice to the acceptor). Default: Explicit VR LE first, so a peer that
@@ -72,7 +73,10 @@ def make_ae(settings: Settings) -> AE:
     ae.connection_timeout = settings.connect_timeout  # a C-MOVE destination that is switched off
     ae.acse_timeout = 30
     ae.dimse_timeout = settings.network_timeout
-    if settings.dimse_fast_store and fastpath.is_enabled():  # larger PDUs cost it less (transport.py)
+    if settings.dimse_fast_store and dimse.active():
+        # The fast path parses PDV items straight out of each PDU, so fewer, larger PDUs cost it less
+        # (ct-1 with dcmtk, no fsync: 454 vs 240 CT slices/s, 0.95 vs 1.95 ms CPU each). pynetdicom's
+        # own path keeps its 16 KiB default: its DUL copies each PDU several times (4.0 vs 4.9 ms).
         ae.maximum_pdu_size = settings.dimse_max_pdu
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -101,6 +105,7 @@ def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> N
 
 
 def handlers(archive: Archive, settings: Settings) -> list:
+    """Every event handler, bound to the archive (and the settings) as pynetdicom binds them."""
     return [
         (evt.EVT_REJECTED, handle_rejected, [archive, settings]),
         (evt.EVT_C_ECHO, lambda event: 0x0000),
@@ -110,3 +115,9 @@ def handlers(archive: Archive, settings: Settings) -> list:
         (evt.EVT_C_GET, handle_get, [archive, settings]),
         (evt.EVT_N_ACTION, handle_action, [archive, settings]),
     ]
+
+
+def fast_store(archive: Archive, settings: Settings) -> FastStoreBinding | None:
+    """What the fast C-STORE path calls (pacs.dimse.server.make_server): the function the C-STORE
+    handler calls too, bound to the same archive; None when ``dimse_fast_store`` is off."""
+    return (store, [archive]) if settings.dimse_fast_store else None

@@ -26,7 +26,8 @@ from pynetdicom.presentation import PresentationContext
 
 from storage.archive import Archive, InstanceInfo
 
-from . import send
+from .dimse import send
+from .dimse.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,7 @@ class AssociationHolder:
 
 
 def _nodelay(assoc: Association) -> None:
-    """TCP_NODELAY on the outgoing socket (pacs.transport.tune does it too, when applied)."""
-    from .transport import set_nodelay
-
+    """TCP_NODELAY on the outgoing socket (the patched pynetdicom does it too, pacs.dimse.sockets)."""
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     set_nodelay(sock)
 
@@ -91,8 +90,7 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
     pynetdicom's ``send_c_store`` refuses, so the sub-operation counts as failed and the
     instance's UID lands in FailedSOPInstanceUIDList. Memory: one instance at a time."""
     ts = UID(info.transfer_syntax)
-    if ts in accepted:  # as stored, streamed from the encrypted blob (pacs.send)
-        send.enable()
+    if ts in accepted and send.is_installed():  # as stored, streamed from the encrypted blob
         return send.StoredObject(lambda: io.BufferedReader(archive.open(info), 1 << 20),
                                  info.sop_class_uid, info.sop_uid)
     try:
@@ -100,6 +98,8 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
     except Exception:  # noqa: BLE001 - e.g. shredded key: a failed sub-operation, not a crash
         log.warning("C-STORE sub-operation: instance %s cannot be read", info.sop_uid)
         return _unsendable(info)
+    if ts in accepted:  # stock pynetdicom: the decoded object, which it encodes again
+        return ds
     uncompressed = accepted & {str(t) for t in UNCOMPRESSED}
     if not ts.is_compressed and uncompressed:
         return ds  # pynetdicom converts between uncompressed syntaxes itself

@@ -42,7 +42,7 @@ class CannotStart(Exception):
 
 def bind(kind: str, setting: str, host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or CannotStart naming the setting that moves it."""
-    from .transport import listen
+    from .dimse.server import listen
 
     try:
         return listen(host, port)
@@ -122,17 +122,22 @@ def start_retention(settings: Settings, config_path: str | None) -> subprocess.P
     return subprocess.Popen(cmd, env=_child_env(settings, config_path))
 
 
-def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
-    """One SCP process: its own archive, the tuned transport, accepting on the parent's
-    ``listen_socket`` (shared by every worker) until SIGTERM."""
-    from . import fastpath, receive, retrieve, send
-    from .scp import handlers, make_ae
-    from .transport import serve_forever
+def install_dimse(settings: Settings) -> bool:
+    """Patch pynetdicom for this process and the workers it forks (pacs.dimse: once, one warning if
+    it cannot); False: stock pynetdicom."""
+    from . import dimse
 
-    fastpath.configure(settings.dimse_fast_store)
-    receive.enable(settings.data_dir / "tmp")  # bounded memory, ciphertext only on disk
-    send.enable()  # C-GET/C-MOVE stream stored objects from their blobs
-    retrieve.enable()  # a known but unreachable C-MOVE destination is A702, not A801
+    return dimse.install(settings.dimse_patches, spool_dir=settings.data_dir / "tmp",
+                         switch_interval=settings.dimse_switch_interval)
+
+
+def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
+    """One SCP process: its own archive, the (patched) pynetdicom, accepting on the parent's
+    ``listen_socket`` (shared by every worker) until SIGTERM."""
+    from .dimse.server import serve_forever
+    from .scp import fast_store, handlers, make_ae
+
+    install_dimse(settings)  # decided in the parent already: nothing to do but the spool directory
     # Responses are built by us from valid values; pydicom re-validating each one on encode
     # cost ~1 ms per C-STORE response (measured with py-spy).
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
@@ -140,7 +145,7 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
     try:
         serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,
                       listen_socket=listen_socket, evt_handlers=handlers(archive, settings),
-                      drain_timeout=settings.shutdown_grace)
+                      fast_store=fast_store(archive, settings), drain_timeout=settings.shutdown_grace)
     finally:
         archive.close()
 
@@ -155,6 +160,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     check_data_dir(settings)
     prepare(settings)
     metrics_dir = metrics.prepare()  # before any child: they inherit it
+    install_dimse(settings)  # before the workers fork: they inherit it, and its one warning is said once
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()
     retention = start_retention(settings, config_path)

@@ -1,7 +1,8 @@
 """C-STORE SCP (PS3.4 Annex B): hand the received bytes to ``archive.store`` as received.
 
 One function, :func:`store`, serves both receive paths: pynetdicom's EVT_C_STORE handler
-(:func:`handle_store`) and the fast path in the DUL thread (:mod:`pacs.fastpath`), registered here.
+(:func:`handle_store`) and the fast path in the DUL thread (:mod:`pacs.dimse.fastpath`), both bound
+to the archive when the server is built (``pacs.scp.handlers`` and ``pacs.scp.fast_store``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pynetdicom.events import Event
 from storage.archive import Archive
 from storage.errors import ArchiveError
 
-from . import fastpath, receive
+from .dimse import fastpath, idle, receive
 from .status import SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,16 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     origin = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
     if event.request.AffectedSOPClassUID != event.context.abstract_syntax:
         return status(SOP_CLASS_NOT_SUPPORTED, fastpath.WRONG_SOP_CLASS)
-    if receive.is_enabled():  # the data set arrived in an encrypted spool file
-        try:
-            source = receive.open_received(event.dataset_path)
-        except FileNotFoundError as exc:
-            return status_for_error(exc)
-        except OSError as exc:  # the spool could not be written (a full disk)
-            return status(*receive.refusal(exc, actor))
+    try:
+        source = receive.received(event)  # our encrypted spool, or pynetdicom's bytes
+    except FileNotFoundError as exc:
+        return status_for_error(exc)
+    except OSError as exc:  # the spool could not be written (a full disk)
+        return status(*receive.refusal(exc, actor))
+    if isinstance(source, bytes):
+        code, comment = store(archive, source, actor, origin)
+    else:
         with source:
             code, comment = store(archive, source, actor, origin)
-    else:
-        code, comment = store(archive, event.encoded_dataset(include_meta=True), actor, origin)
-    # pynetdicom counts the time spent in this handler as network idleness (its idle timer runs
-    # on): a store longer than the network timeout aborted the association after answering.
-    event.assoc.dul._idle_timer.restart()
+    idle.restart(event.assoc)  # the time spent storing was not network idleness
     return status(code, comment)
-
-
-fastpath.register(handle_store, store)

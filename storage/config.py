@@ -46,8 +46,10 @@ class Settings:
     allowed_calling_aets: list[str] = field(default_factory=list)  # empty: any calling AE
     max_associations: int = 32
     dimse_workers: int = 2  # SCP processes accepting on one shared listening socket
-    dimse_fast_store: bool = True  # C-STOREs served by pacs/fastpath.py (False: pynetdicom's own path)
+    dimse_fast_store: bool = True  # C-STOREs served by pacs/dimse/fastpath.py (False: pynetdicom's own path)
     dimse_max_pdu: int = 262144  # largest PDU we accept with the fast path (pynetdicom's default: 16382)
+    dimse_patches: bool = True  # pacs/dimse patches pynetdicom (False: stock pynetdicom, slower)
+    dimse_switch_interval: float = 0.0005  # GIL switch interval (s) while patched; 0: CPython's 5 ms
     destinations: dict[str, Destination] = field(default_factory=dict)
     duplicate_policy: str = "keep"  # keep | replace | reject  (a re-sent SOP Instance UID)
     network_timeout: float = 60.0
@@ -156,7 +158,7 @@ def check(s: Settings) -> Settings:
     for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
                  "max_upload_bytes"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
-    for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay"):
+    for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     _check_retention(s, problems, need)
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")

@@ -6,11 +6,14 @@ outgrow memory, which breaks "nothing that identifies a patient is readable on d
 keeps up to ``max_size`` bytes in memory and past that writes to an unlinked temporary file,
 encrypted (storage.crypto segments) under a random key that exists only in this process's memory.
 
-Use it like SpooledTemporaryFile: ``write()`` everything, then ``seek(0)`` and ``read()``.
+Use it like SpooledTemporaryFile: ``write()`` everything, then ``seek(0)`` and ``read()`` (or
+:meth:`EncryptedSpool.open` for the content as a plain stream). The one spool of the code base: STOW-RS
+parts (dicomweb.multipart) and received C-STOREs (pacs.dimse.receive, pacs.dimse.fastpath) use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -96,11 +99,27 @@ class EncryptedSpool(io.RawIOBase):
         b[: len(data)] = data
         return len(data)
 
+    def open(self) -> BinaryIO:
+        """The content from its start as a readable stream (writes are over): for content still in
+        memory the ``BytesIO`` itself (no Python frame per read), else the decrypting reader. Closing
+        it closes the spool."""
+        reader = self._start_reading()
+        reader.seek(0)
+        return reader
+
+    def discard(self) -> None:
+        """Close and drop the content, even when the disk under it is failing (a full disk)."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self._mem = None
+
     def close(self) -> None:
-        if not self.closed:
-            if self._reader is not None:
-                self._reader.close()
-            if self._file is not None:
-                self._file.close()
-            self._key = b""
-        super().close()
+        try:
+            if not self.closed:
+                self._key = b""
+                if self._reader is not None:
+                    self._reader.close()
+                if self._file is not None:
+                    self._file.close()  # closes the descriptor even when the last flush fails
+        finally:
+            super().close()
