@@ -16,6 +16,48 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pydicom.uid import (
+    HEVCM10P51,
+    HEVCMP51,
+    HTJ2K,
+    JPEG2000MC,
+    MPEG2MPHL,
+    MPEG2MPHLF,
+    MPEG2MPML,
+    MPEG2MPMLF,
+    MPEG4HP41,
+    MPEG4HP41BD,
+    MPEG4HP41BDF,
+    MPEG4HP41F,
+    MPEG4HP42STEREO,
+    MPEG4HP42STEREOF,
+    MPEG4HP422D,
+    MPEG4HP422DF,
+    MPEG4HP423D,
+    MPEG4HP423DF,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pydicom.uid import JPEG2000 as JPEG2000_LOSSY
+
+from storage.transfer_syntaxes import is_native
+
+#: JPEG XL (PS3.5 A.4.12, 2023): no name in pydicom 3.0 yet.
+JPEG_XL_LOSSLESS, JPEG_XL_RECOMPRESSION, JPEG_XL = (
+    "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
+
 __all__ = [
     "AS_STORED",
     "BulkMediaType",
@@ -26,7 +68,6 @@ __all__ = [
     "UnsupportedMediaType",
     "WEB_FORBIDDEN_TS",
     "bulk_media_type",
-    "bulkdata_offers",
     "default_transfer_syntax",
     "frame_offers",
     "instance_offers",
@@ -36,13 +77,11 @@ __all__ = [
     "parse_accept",
     "parse_content_type",
     "rendered_offers",
-    "zip_offers",
 ]
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_LE: str = ExplicitVRLittleEndian
+IMPLICIT_VR_LE: str = ImplicitVRLittleEndian
+EXPLICIT_VR_BE: str = ExplicitVRBigEndian
 
 #: An Offer's transfer syntax meaning "each instance as stored" (resources
 #: that span instances, e.g. a study, answered with ``transfer-syntax=*``).
@@ -85,46 +124,19 @@ class BulkMediaType:
 # same table in recent editions.  The first listed UID is the RESTful default.
 _BULK_TABLE: tuple[BulkMediaType, ...] = (
     BulkMediaType(OCTET_STREAM, EXPLICIT_VR_LE),
-    BulkMediaType(
-        "image/jpeg",
-        "1.2.840.10008.1.2.4.70",
-        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57"),
-    ),
-    BulkMediaType("image/dicom-rle", "1.2.840.10008.1.2.5"),
-    BulkMediaType("image/jls", "1.2.840.10008.1.2.4.80", ("1.2.840.10008.1.2.4.81",)),
-    BulkMediaType("image/jp2", "1.2.840.10008.1.2.4.90", ("1.2.840.10008.1.2.4.91",)),
-    BulkMediaType("image/jpx", "1.2.840.10008.1.2.4.92", ("1.2.840.10008.1.2.4.93",)),
-    BulkMediaType(
-        "image/jxl",
-        "1.2.840.10008.1.2.4.110",
-        ("1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"),
-    ),
-    BulkMediaType(
-        "image/jphc",
-        "1.2.840.10008.1.2.4.201",
-        ("1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
-    ),
-    BulkMediaType(
-        "video/mpeg2",
-        "1.2.840.10008.1.2.4.100",
-        ("1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101.1"),
-    ),
+    BulkMediaType("image/jpeg", JPEGLosslessSV1, (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless)),
+    BulkMediaType("image/dicom-rle", RLELossless),
+    BulkMediaType("image/jls", JPEGLSLossless, (JPEGLSNearLossless,)),
+    BulkMediaType("image/jp2", JPEG2000Lossless, (JPEG2000_LOSSY,)),
+    BulkMediaType("image/jpx", JPEG2000MCLossless, (JPEG2000MC,)),
+    BulkMediaType("image/jxl", JPEG_XL_LOSSLESS, (JPEG_XL_RECOMPRESSION, JPEG_XL)),
+    BulkMediaType("image/jphc", HTJ2KLossless, (HTJ2KLosslessRPCL, HTJ2K)),
+    BulkMediaType("video/mpeg2", MPEG2MPML, (MPEG2MPHL, MPEG2MPMLF, MPEG2MPHLF)),
     BulkMediaType(
         "video/mp4",
-        "1.2.840.10008.1.2.4.102",
-        (
-            "1.2.840.10008.1.2.4.103",
-            "1.2.840.10008.1.2.4.104",
-            "1.2.840.10008.1.2.4.105",
-            "1.2.840.10008.1.2.4.106",
-            "1.2.840.10008.1.2.4.107",
-            "1.2.840.10008.1.2.4.108",
-            "1.2.840.10008.1.2.4.102.1",
-            "1.2.840.10008.1.2.4.103.1",
-            "1.2.840.10008.1.2.4.104.1",
-            "1.2.840.10008.1.2.4.105.1",
-            "1.2.840.10008.1.2.4.106.1",
-        ),
+        MPEG4HP41,
+        (MPEG4HP41BD, MPEG4HP422D, MPEG4HP423D, MPEG4HP42STEREO, HEVCMP51, HEVCM10P51,
+         MPEG4HP41F, MPEG4HP41BDF, MPEG4HP422DF, MPEG4HP423DF, MPEG4HP42STEREOF),
     ),
 )
 
@@ -132,8 +144,6 @@ _TS_TO_BULK: dict[str, str] = {
     uid: row.media_type for row in _BULK_TABLE[1:] for uid in (row.default, *row.optional)
 }
 _BULK_DEFAULT: dict[str, str] = {row.media_type: row.default for row in _BULK_TABLE}
-# Native (uncompressed) encodings: pixel data bytes are little-endian octets.
-_NATIVE_TS = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE})
 
 
 def bulk_media_type(transfer_syntax: str) -> str:
@@ -154,11 +164,6 @@ def default_transfer_syntax(media_type: str) -> str | None:
     if media_type == DICOM:
         return EXPLICIT_VR_LE  # PS3.18 Table 8.7.3-2
     return _BULK_DEFAULT.get(media_type)
-
-
-def is_native(transfer_syntax: str) -> bool:
-    """True for transfer syntaxes whose pixel data is not encapsulated (PS3.5 A.4)."""
-    return transfer_syntax in _NATIVE_TS
 
 
 # ---------------------------------------------------------------- parsing
@@ -470,11 +475,6 @@ def frame_offers(stored: str, *, can_decode: bool = True) -> list[Offer]:
     return offers
 
 
-def bulkdata_offers() -> list[Offer]:
-    """Offers for non-pixel bulk data (PS3.18 10.4.1.1.4): octets only."""
-    return [Offer(OCTET_STREAM, True, EXPLICIT_VR_LE, False)]
-
-
 def metadata_offers() -> list[Offer]:
     """Offers for metadata and QIDO results (PS3.18 8.7.3.4): DICOM JSON first."""
     return [Offer(DICOM_JSON), Offer(JSON)]
@@ -489,8 +489,3 @@ def rendered_offers(images: int = 1) -> list[Offer]:
     single = [Offer(t) for t in RENDERED_TYPES]
     multi = [Offer(t, True) for t in RENDERED_TYPES]
     return single + multi if images == 1 else multi + single
-
-
-def zip_offers() -> list[Offer]:
-    """Offer for ``application/zip`` (PS3.18 8.7.3.2, instances in a zip)."""
-    return [Offer("application/zip")]

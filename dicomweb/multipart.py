@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -449,8 +449,3 @@ def decode_bytes(body: bytes, content_type: str, *, max_part_size: int | None = 
     """Convenience for tests and small bodies: decode all parts of ``body``."""
     limit = max_part_size if max_part_size is not None else len(body)
     return list(decode(io.BytesIO(body), content_type, max_part_size=limit, max_total=len(body)))
-
-
-def headers_of(parts: Iterable[Part]) -> list[Mapping[str, str]]:
-    """The headers of each part (for logging and tests; no bodies)."""
-    return [p.headers for p in parts]

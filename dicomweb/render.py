@@ -28,6 +28,9 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
+from storage.artifact_classes import DOCUMENTS
+from storage.transfer_syntaxes import is_video
+
 __all__ = ["FrameOutOfRange", "RenderError", "Viewport", "Window", "parse_quality",
            "parse_viewport", "parse_window", "render", "thumbnail"]
 
@@ -37,11 +40,7 @@ MAX_VIEWPORT = 8192
 WINDOW_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
 
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
-_NOT_IMAGES = {
-    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
-    "1.2.840.10008.5.1.4.1.1.104.2": "Encapsulated CDA",
-}
-_VIDEO_TS_PREFIX = ("1.2.840.10008.1.2.4.10",)  # MPEG-2 .100/.101, MPEG-4 .102-.108
+_NOT_IMAGES = DOCUMENTS  # encapsulated documents, by name
 
 
 class RenderError(ValueError):
@@ -235,7 +234,7 @@ def _frame_image(ds: pydicom.Dataset, frame: int, window: Window | None) -> Imag
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise RenderError("object has no pixel data to render")
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if ts.startswith(_VIDEO_TS_PREFIX):
+    if is_video(ts):
         raise RenderError("video transfer syntax: render with a video pipeline")
     try:
         nframes = int(ds.get("NumberOfFrames", 1) or 1)

@@ -30,6 +30,7 @@ from typing import Any
 
 import pydicom
 from flask import Blueprint, Response, abort, request
+from pydicom.uid import JPEGBaseline8Bit
 
 from storage import metrics
 from storage.archive import StoreResult
@@ -261,7 +262,7 @@ _ARTIFACT_SKIP_GROUPS = (0x0028, 0x7FE0, 0x0042)
 _ARTIFACT_SKIP = {"SOPClassUID", "NumberOfFrames", "FrameTime", "CineRate", "FrameIncrementPointer",
                   "ReferencedStudySequence"}
 _PAGE_OWN = {"SOPInstanceUID", "InstanceNumber"}
-_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_JPEG_BASELINE = JPEGBaseline8Bit
 _JSON_TYPES = (DICOM_JSON, "application/json")
 
 

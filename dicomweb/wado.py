@@ -22,7 +22,9 @@ from typing import Any
 from flask import Blueprint, Response, request, stream_with_context
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import VLPhotographicImageStorage
 
+from storage import artifact_classes, transfer_syntaxes
 from storage.archive import InstanceInfo
 from storage.errors import BadInput, NotFound
 
@@ -52,14 +54,8 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 MAX_FRAMES_PER_REQUEST = 10_000
 ZIP = "application/zip"
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-ARTIFACT_CLASSES = {
-    ENCAPSULATED_PDF: "application/pdf",
-    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "video/mp4",  # Video Photographic
-    "1.2.840.10008.5.1.4.1.1.9.4.2": "audio/wav",  # General Audio Waveform
-    "1.2.840.10008.5.1.4.1.1.88.11": "text/plain",  # Basic Text SR
-}
-_VIDEO_TS_PREFIX = "1.2.840.10008.1.2.4.10"
+#: Artifacts that are not images, by SOP class: the media type their original comes back as.
+ARTIFACT_CLASSES = artifact_classes.NOT_IMAGES
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -370,10 +366,10 @@ def original_media_type(info: InstanceInfo) -> str | None:
     The index records it at ingest (``content_type``: MP3, MOV, HEIC... as well as the kinds
     each SOP class implies); objects from elsewhere fall back on the class's usual type."""
     media = ARTIFACT_CLASSES.get(info.sop_class_uid)
-    if media == "video/mp4" and not info.transfer_syntax.startswith(_VIDEO_TS_PREFIX):
+    if media == "video/mp4" and not transfer_syntaxes.is_video(info.transfer_syntax):
         return None
-    if info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.77.1.4":
-        if info.transfer_syntax.startswith("1.2.840.10008.1.2.4.5"):
+    if info.sop_class_uid == VLPhotographicImageStorage:
+        if info.transfer_syntax in transfer_syntaxes.JPEG:
             return "image/jpeg"  # VL Photographic kept as JPEG
         return info.content_type or None  # decoded photo or scan page: its kept original or PNG
     return (info.content_type or media) if media else None
@@ -481,7 +477,7 @@ def _render_params() -> dict[str, Any]:
 def _renderable(info: InstanceInfo) -> bool:
     """An instance with pixel data we render as images (not a document, video or SR)."""
     return (info.sop_class_uid not in ARTIFACT_CLASSES and bool(info.rows) and bool(info.columns)
-            and not info.transfer_syntax.startswith(_VIDEO_TS_PREFIX))
+            and not transfer_syntaxes.is_video(info.transfer_syntax))
 
 
 def _frame_count(info: InstanceInfo) -> int:

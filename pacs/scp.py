@@ -6,7 +6,7 @@ through globals. The handlers themselves live in store.py, find.py, retrieve.py 
 
 from __future__ import annotations
 
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
@@ -21,7 +21,9 @@ from pynetdicom.sop_class import (
 )
 
 from storage.archive import Archive
+from storage.artifact_classes import VIDEO_CLASSES, VL_PHOTO_CLASSES
 from storage.config import Settings
+from storage.transfer_syntaxes import is_video
 
 from . import dimse
 from .commit import handle_action
@@ -35,12 +37,7 @@ from .store import handle_store, store
 #: offers several syntaxes in one context never has to lossy-compress for us, and VRs are kept.
 STORAGE_SYNTAXES = [ExplicitVRLittleEndian, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts != ExplicitVRLittleEndian)]
 
-_VIDEO_CLASSES = {"1.2.840.10008.5.1.4.1.1.77.1.1.1", "1.2.840.10008.5.1.4.1.1.77.1.2.1",
-                  "1.2.840.10008.5.1.4.1.1.77.1.4.1"}
-_PHOTO_CLASSES = {"1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.1",
-                  "1.2.840.10008.5.1.4.1.1.77.1.2", "1.2.840.10008.5.1.4.1.1.77.1.3"}
-_VIDEO_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if ts.startswith("1.2.840.10008.1.2.4.10")]
-_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_VIDEO_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES if is_video(ts)]
 
 
 def storage_syntaxes(sop_class: str) -> list[str]:
@@ -50,10 +47,10 @@ def storage_syntaxes(sop_class: str) -> list[str]:
     first; visible-light photographs arrive from cameras as JPEG, so JPEG Baseline comes first and a
     C-GET hands the provider's original bitstream back unchanged. Everything else: the default.
     """
-    if sop_class in _VIDEO_CLASSES:
+    if sop_class in VIDEO_CLASSES:
         return [*_VIDEO_SYNTAXES, *(ts for ts in STORAGE_SYNTAXES if ts not in _VIDEO_SYNTAXES)]
-    if sop_class in _PHOTO_CLASSES:
-        return [_JPEG_BASELINE, *(ts for ts in STORAGE_SYNTAXES if ts != _JPEG_BASELINE)]
+    if sop_class in VL_PHOTO_CLASSES:
+        return [JPEGBaseline8Bit, *(ts for ts in STORAGE_SYNTAXES if ts != JPEGBaseline8Bit)]
     return STORAGE_SYNTAXES
 
 

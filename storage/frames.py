@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 __all__ = [
     "FrameIndex",
@@ -36,8 +37,9 @@ __all__ = [
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _ITEM = 0xFFFEE000
 _SEQ_DELIM = 0xFFFEE0DD
-_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
-_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: Deflated Explicit VR LE and Deflated Image Frame Compression (PS3.5 A.5, A.4.11; no pydicom name yet).
+_DEFLATED = {DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.8.1"}
+_BIG_ENDIAN = ExplicitVRBigEndian
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 # Encapsulated codestreams that end in an EOI/EOC marker 0xFFD9 (JPEG, JPEG-LS, JPEG 2000).
 _EOI_FAMILY = ("1.2.840.10008.1.2.4.",)

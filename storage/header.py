@@ -23,6 +23,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from .attributes import ATTRIBUTES
 from .errors import BadInput
@@ -74,9 +75,9 @@ def read_header(fp: BinaryIO) -> Header:
 _META_TS = 0x00020010
 _CHARSET = 0x00080005
 _PIXEL_DATA = 0x7FE00010
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+_IMPLICIT_LE = ImplicitVRLittleEndian
+_EXPLICIT_BE = ExplicitVRBigEndian
+_DEFLATED = (DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.8.1")  # + Deflated Image Frame (no pydicom name)
 
 
 def _scan(fp: BinaryIO) -> Header | None:

@@ -33,6 +33,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import secrets
+from .artifact_classes import WITH_ORIGINAL
 from .errors import ArchiveError, NotFound
 from .index.models import AccessFailure, AuditEvent, Letter, Patient, PatientSession, SystemKey
 from .keys import KEY_BYTES, WrappedKey
@@ -487,7 +488,7 @@ def record_items(archive: Archive, patient_ref: int,
         return
     for info in infos:
         original = None
-        if info.content_type or info.sop_class_uid in _ARTIFACT_CLASSES:
+        if info.content_type or info.sop_class_uid in WITH_ORIGINAL:
             try:
                 from .artifacts import extract_original
                 from .originals import SpanReader, find_span
@@ -504,15 +505,6 @@ def record_items(archive: Archive, patient_ref: int,
                 log.info("no original recovered for one artifact (%s)", info.sop_class_uid)
         yield ExportItem(header=archive.header(info), open=lambda info=info: archive.open(info),
                          original=original)
-
-
-_ARTIFACT_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-    "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
-    "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image
-    "1.2.840.10008.5.1.4.1.1.9.4.2",  # General Audio Waveform
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-}
 
 
 def write_record(archive: Archive, out, patient_ref: int, *, fmt: str, passcode: str | None,  # noqa: ANN001

@@ -46,13 +46,12 @@ from .crypto import open_small, seal_small
 from .errors import NotFound, disk_full
 from .index.models import Patient, Series, Study
 from .keys import hkdf
+from .transfer_syntaxes import is_native
 
 log = logging.getLogger(__name__)
 BULK_THRESHOLD = 1024
 BULK_KEY = '"BulkDataURI":"'
 _INFO = b"pacs/series-metadata/v1"
-_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
-           "1.2.840.10008.1.2.1.99"}
 
 
 def _key(archive: Archive, key_id: str) -> bytes:
@@ -137,7 +136,7 @@ def header_dict(ds: Dataset, info: InstanceInfo) -> dict[str, Any]:
     if info.rows and "7FE00010" not in out:
         ts = info.transfer_syntax
         bits = ds.get("BitsAllocated", 16)
-        vr = "OW" if ts in _NATIVE and isinstance(bits, int) and bits > 8 else "OB"
+        vr = "OW" if is_native(ts) and isinstance(bits, int) and bits > 8 else "OB"
         out["7FE00010"] = {"vr": vr, "BulkDataURI": base + "7fe00010"}
     return out
 

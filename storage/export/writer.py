@@ -26,11 +26,10 @@ from storage.export.encryptor import EncryptingWriter
 from storage.export.errors import ExportError
 from storage.export.openpgp import DEFAULT_S2K_COUNT_BYTE, OpenPGPSymmetricWriter
 from storage.export.pages import index_html, readme_text
+from storage.transfer_syntaxes import is_native_uncompressed  # deflates well; JPEG, MPEG... do not
 
 ExportFormat = Literal["gpg", "age", "zip"]
 COPY_CHUNK = 1 << 20
-# Native (uncompressed) pixel data deflates well; encapsulated (JPEG, MPEG...) does not.
-_NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def write_zip(
                 with item.open() as src:
                     head, ts = _read_part10_head(src)
                     file_id = catalog.add_instance(item.header, ts)
-                    member = _member("/".join(file_id), ts in _NATIVE_TS, compresslevel)
+                    member = _member("/".join(file_id), is_native_uncompressed(ts), compresslevel)
                     with zf.open(member, "w", force_zip64=True) as dst:
                         dst.write(head)
                         payload += len(head) + _copy(src, dst)
