@@ -150,7 +150,7 @@ def measure(root: str, study_uid: str, series_uid: str, runs: int) -> dict[str, 
         }
 
 
-def wait_for_warm(srv, limit: float = 900) -> None:  # noqa: ANN001
+def wait_for_warm(srv, limit: float = 900) -> None:
     """Wait for the server's metadata warmer to build every series cache (storage.metadata)."""
     from sqlalchemy import func, select
 

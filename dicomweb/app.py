@@ -156,7 +156,7 @@ def _patient_pages(app: Flask) -> None:
         return
     try:
         patient.init_app(app)
-    except Exception:  # noqa: BLE001 - closed rather than down; loud in the log
+    except Exception:  # closed rather than down; loud in the log
         log.exception("patient pages not mounted: dicomweb.patient.init_app failed")
 
 

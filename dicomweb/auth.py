@@ -165,7 +165,7 @@ def _write_batch(batch: list[tuple[Archive, str, dict[str, Any]]]) -> None:
             with archive.write_sessions.begin() as s:
                 for _, action, kw in items:
                     archive.audit.add(s, action, **kw)
-        except Exception:  # noqa: BLE001 - then one by one: record() logs its own failures
+        except Exception:  # then one by one: record() logs its own failures
             log.warning("audit writer: batch of %d failed; writing one by one", len(items))
             for _, action, kw in items:
                 archive.audit.record(action, **kw)

@@ -86,7 +86,7 @@ def service_blueprint(name: str, import_name: str, authenticate: Authenticate,
     bp = Blueprint(name, import_name, url_prefix=url_prefix)
 
     @bp.url_value_preprocessor
-    def _keep_prefix_values(endpoint, values):  # noqa: ANN001
+    def _keep_prefix_values(endpoint, values):
         if values and "selector" in values:
             g.pacs_selector = values.pop("selector")
 

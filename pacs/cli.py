@@ -40,7 +40,7 @@ class Context:
                 raise click.ClickException(f"configuration: {exc}") from None
         return self._settings
 
-    def archive(self, create_key: bool = False):  # noqa: ANN201
+    def archive(self, create_key: bool = False):
         from storage.archive import Archive
 
         if self._archive is None:

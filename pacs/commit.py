@@ -57,7 +57,7 @@ def handle_action(event: Event, archive: Archive, settings: Settings) -> tuple[D
         transaction = str(info.TransactionUID)
         refs = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
                 for i in info.ReferencedSOPSequence]
-    except Exception:  # noqa: BLE001 - any missing or undecodable attribute: the request is invalid
+    except Exception:  # any missing or undecodable attribute: the request is invalid
         return _status(INVALID_ARGUMENT, "needs a Transaction UID and Referenced SOP Sequence items")
     if not transaction or not refs:
         return _status(INVALID_ARGUMENT, "needs a Transaction UID and at least one referenced instance")
@@ -105,7 +105,7 @@ def _report(archive: Archive, settings: Settings, calling: str, destination: Des
     """Work out the result and send it to the modality on a new association (up to three tries)."""
     try:
         event_type, info = result(archive, transaction, refs, settings.ae_title)
-    except Exception:  # noqa: BLE001 - a thread of its own: log, never crash the worker
+    except Exception:  # a thread of its own: log, never crash the worker
         log.exception("storage commitment for %s could not be worked out", calling)
         return
     ae = AE(ae_title=settings.ae_title)

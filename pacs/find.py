@@ -136,7 +136,7 @@ def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[
     except BadInput as exc:
         yield status(CANNOT_UNDERSTAND, str(exc)), None
         return
-    except Exception as exc:  # noqa: BLE001 - unreadable identifier or index failure
+    except Exception as exc:  # unreadable identifier or index failure
         log.warning("C-FIND failed: %s", type(exc).__name__)
         yield status(UNABLE_TO_PROCESS, "C-FIND failed; see the server log"), None
         return

@@ -95,7 +95,7 @@ def _audit(archive: Archive, event: Event, infos: list[InstanceInfo], detail: st
         try:
             archive.audit.record("retrieve", actor=actor, source=origin, outcome=outcome,
                                  patient_ref=patient_ref, study_uid=study_uid, detail=detail)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("audit record failed")
 
 
@@ -104,7 +104,7 @@ def _resolve_or_fail(archive: Archive, event: Event) -> tuple[list[InstanceInfo]
         return resolve(archive, event.identifier, str(event.request.AffectedSOPClassUID)), None
     except IdentifierError as exc:
         return None, status(exc.code, str(exc))
-    except Exception as exc:  # noqa: BLE001 - unreadable identifier, index failure
+    except Exception as exc:  # unreadable identifier, index failure
         log.warning("retrieve: identifier not resolved: %s", type(exc).__name__)
         return None, status(UNABLE_TO_PROCESS, "retrieve failed; see the server log")
 

@@ -95,7 +95,7 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
                                  info.sop_class_uid, info.sop_uid)
     try:
         ds = archive.dataset(info)
-    except Exception:  # noqa: BLE001 - e.g. shredded key: a failed sub-operation, not a crash
+    except Exception:  # e.g. shredded key: a failed sub-operation, not a crash
         log.warning("C-STORE sub-operation: instance %s cannot be read", info.sop_uid)
         return _unsendable(info)
     if ts in accepted:  # stock pynetdicom: the decoded object, which it encodes again
@@ -107,7 +107,7 @@ def dataset_for_peer(archive: Archive, info: InstanceInfo, accepted: set[str]) -
         try:
             ds.decompress(generate_instance_uid=False)  # same instance, another encoding
             return ds
-        except Exception as exc:  # noqa: BLE001 - no decoder for this syntax
+        except Exception as exc:  # no decoder for this syntax
             log.warning("cannot decompress %s (%s): %s", info.sop_uid, ts.name, type(exc).__name__)
     return _unsendable(info)
 

@@ -32,7 +32,7 @@ def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -
     except ArchiveError as exc:
         log.info("C-STORE from %s refused: %s", actor, exc)
         return _outcome(status_for_error(exc))
-    except Exception as exc:  # noqa: BLE001 - never let one object take the association down
+    except Exception as exc:  # never let one object take the association down
         log.exception("C-STORE from %s failed", actor)
         return _outcome(status_for_error(exc))
     if result.status == "duplicate":

@@ -41,7 +41,7 @@ def _spawn(serve: Callable[[], None]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         serve()
-    except BaseException:  # noqa: BLE001 - report anything, then exit
+    except BaseException:  # report anything, then exit
         LOGGER.exception("worker %d failed", os.getpid())
         code = 1
     finally:

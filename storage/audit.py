@@ -43,7 +43,7 @@ class AuditLog:
             with self._sessions.begin() as s:
                 self.add(s, action, actor=actor, source=source, outcome=outcome,
                          patient_ref=patient_ref, study_uid=study_uid, detail=detail, at=at)
-        except Exception as exc:  # noqa: BLE001 - an audit failure must not fail the operation; it is logged
+        except Exception as exc:  # an audit failure must not fail the operation; it is logged
             full = disk_full(exc)
             log.error("could not write an audit event (%s)%s", action,
                       ": no space left for the index" if full else "", exc_info=not full)

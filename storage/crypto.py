@@ -103,7 +103,7 @@ class EncryptingWriter(io.RawIOBase):
         self._buf += view
         return n
 
-    def write_last(self, data) -> int:  # noqa: ANN001 - any bytes-like
+    def write_last(self, data) -> int:  # any bytes-like
         """Write ``data`` as the end of the stream and close: nothing is copied or held back."""
         if self._aead is None or self._buf:
             n = self.write(data)

@@ -110,7 +110,7 @@ def _scan(fp: BinaryIO) -> Header | None:
                 values[INDEXED[tag]] = value
         pixel_at = fp.tell()  # the reader stopped at (and rewound to) the pixel data, if any
         return Header(ts, values, pixel_at, fp.read(12))
-    except Exception:  # noqa: BLE001 - anything odd: pydicom reads it, and judges it
+    except Exception:  # anything odd: pydicom reads it, and judges it
         return None
 
 
@@ -125,7 +125,7 @@ def _read(fp: BinaryIO) -> Header:
         raise BadInput("no File Meta Information with a Transfer Syntax UID")
     try:
         return Header(str(ds.file_meta.TransferSyntaxUID), indexed_values(ds))
-    except Exception:  # noqa: BLE001 - a corrupt element: report it as bad input
+    except Exception:  # a corrupt element: report it as bad input
         raise BadInput("a header element cannot be decoded") from None
 
 

@@ -91,7 +91,7 @@ def series_metadata(archive: Archive, study_uid: str, series_uid: str,
             s.execute(update(Series).where(Series.id == row.id, Series.updated_at == row.updated_at,
                                            Series.num_instances == row.num_instances)
                       .values(metadata_cache=sealed))
-    except Exception as exc:  # noqa: BLE001 - a cache: the answer stands, it is built again next time
+    except Exception as exc:  # a cache: the answer stands, it is built again next time
         if must_cache or not disk_full(exc):
             raise
         log.warning("series metadata not cached: no space left for the index")
@@ -189,7 +189,7 @@ class MetadataWarmer:
             try:
                 built = self.run_once(archive) if self._leader() else 0
                 wait = 0.05 if built >= self.batch else self.interval  # a backlog: keep going
-            except Exception:  # noqa: BLE001 - e.g. the database restarting: retry later
+            except Exception:  # e.g. the database restarting: retry later
                 log.warning("metadata warmer: pass failed; retrying in 30 s", exc_info=True)
                 wait = 30
             del archive
@@ -229,7 +229,7 @@ class MetadataWarmer:
                 built += 1
             except NotFound:
                 pass  # deleted meanwhile
-            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the others
+            except Exception as exc:  # one bad series must not stop the others
                 log.warning("metadata warmer: series %d could not be built", series_id,
                             exc_info=not disk_full(exc))
                 if len(self._failed) > 10_000:

@@ -25,7 +25,7 @@ _ID = "spool"
 
 
 class EncryptedSpool(io.RawIOBase):
-    def __init__(self, max_size: int = 1 << 20, dir: str | os.PathLike | None = None):  # noqa: A002
+    def __init__(self, max_size: int = 1 << 20, dir: str | os.PathLike | None = None):
         super().__init__()
         self._max = max_size
         self._dir = dir

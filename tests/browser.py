@@ -126,7 +126,7 @@ def dismiss_ohif_popups(page: Page) -> None:
         try:
             if button.count():
                 button.first.click(timeout=2000)
-        except Exception:  # noqa: BLE001 - a popup that went away on its own is fine
+        except Exception:  # a popup that went away on its own is fine
             pass
 
 

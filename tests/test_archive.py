@@ -275,7 +275,7 @@ def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
             study = generate_uid()
             for i in range(5):
                 archive.store(part10(make_image(patient_id=f"T{n}", study_uid=study, instance_number=i)))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     started = time.monotonic()
@@ -327,7 +327,7 @@ def test_two_archives_create_the_same_study_at_once(archive: Archive):
         try:
             for i in range(5):
                 a.store(part10(make_image(study_uid=study, series_uid=series, instance_number=n * 10 + i)))
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 
     try:

@@ -16,7 +16,7 @@ from tests.test_letters import parse_letter
 NAME, PID = "Audit^Alice", "AUDIT-PID-77"
 
 
-def test_trail_of_a_patient(server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_trail_of_a_patient(server, tmp_path: Path) -> None:
     paths = make_study(tmp_path / "in", n_series=1, per_series=2, patient_id=PID, patient_name=NAME,
                        study_description="Audited study")
     server.pacs("import", "-q", str(tmp_path / "in"))

@@ -31,7 +31,7 @@ WRONG = "0000-0000-0000-0000-0000"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):  # noqa: ANN201
+def server(tmp_path_factory):
     """A server whose letters lock after 3 wrong codes (before any delay), so 1,000 tries run fast."""
     srv = start_server(tmp_path_factory.mktemp("bf"), PACS_LETTER_MAX_FAILURES=str(MAX_FAILURES))
     yield srv
@@ -53,7 +53,7 @@ def _get(url: str, auth: tuple[str, str], source: str = "127.0.0.1") -> int:
         conn.close()
 
 
-def test_thousand_wrong_codes(server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_thousand_wrong_codes(server, tmp_path: Path) -> None:
     write(make_image(patient_id="BF-1"), tmp_path / "in")
     server.pacs("import", "-q", str(tmp_path / "in"))
     letter = parse_letter(server.pacs("letter", "issue", "--patient-id", "BF-1").stdout)
@@ -85,7 +85,7 @@ def test_thousand_wrong_codes(server, tmp_path: Path) -> None:  # noqa: ANN001
     assert _get(url, (sel, code)) == 410
 
 
-def test_page_form_counts_the_same(server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_form_counts_the_same(server, tmp_path: Path) -> None:
     write(make_image(patient_id="BF-2"), tmp_path / "in")
     server.pacs("import", "-q", str(tmp_path / "in"))
     letter = parse_letter(server.pacs("letter", "issue", "--patient-id", "BF-2").stdout)
@@ -99,7 +99,7 @@ def test_page_form_counts_the_same(server, tmp_path: Path) -> None:  # noqa: ANN
 
 # -- the delay schedule, with a clock we control (SQLite and PostgreSQL) ----------------------------
 
-def test_growing_delays_then_lock(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_growing_delays_then_lock(archive, tmp_path: Path) -> None:
     ref = archive.store(write(make_image(patient_id="BF-3"), tmp_path)).patient_ref
     letters = Letters(archive)
     issued = letters.issue(ref)
@@ -124,7 +124,7 @@ def test_growing_delays_then_lock(archive, tmp_path: Path) -> None:  # noqa: ANN
     assert grant.patient_ref == ref and grant.scope().patient_ref == ref
 
 
-def test_client_throttled_across_letters(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_client_throttled_across_letters(archive, tmp_path: Path) -> None:
     ref = archive.store(write(make_image(patient_id="BF-4"), tmp_path)).patient_ref
     letters = Letters(archive)
     issued = letters.issue(ref)

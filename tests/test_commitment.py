@@ -29,7 +29,7 @@ def site(tmp_path_factory):
     """The archive, with MODALITY1 configured as a destination, and the modality's listening side."""
     reports: queue.Queue = queue.Queue()
 
-    def on_report(event):  # noqa: ANN001 - pynetdicom's handler signature
+    def on_report(event):  # pynetdicom's handler signature
         reports.put((event.event_type, event.event_information, event.assoc.requestor.ae_title))
         return 0x0000, None
 

@@ -32,7 +32,7 @@ def client(server) -> DICOMwebClient:
     return DICOMwebClient(server.dicomweb_url)
 
 
-def _value(obj: dict, tag: str):  # noqa: ANN202
+def _value(obj: dict, tag: str):
     return obj[tag]["Value"][0]
 
 

@@ -28,12 +28,12 @@ def parse_letter(stdout: str) -> dict[str, str]:
     return out
 
 
-def issue(server, patient_id: str, *extra: str) -> dict[str, str]:  # noqa: ANN001
+def issue(server, patient_id: str, *extra: str) -> dict[str, str]:
     return parse_letter(server.pacs("letter", "issue", "--patient-id", patient_id, *extra).stdout)
 
 
 @pytest.fixture(scope="module")
-def record(server, tmp_path_factory) -> dict:  # noqa: ANN001
+def record(server, tmp_path_factory) -> dict:
     """Two patients (P1 with two studies, P2 with one) imported with the CLI."""
     base = tmp_path_factory.mktemp("letters")
     p1a = make_study(base / "p1a", n_series=1, per_series=2, patient_id="LETTER-P1",
@@ -49,12 +49,12 @@ def record(server, tmp_path_factory) -> dict:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def letter(server, record) -> dict[str, str]:  # noqa: ANN001
+def letter(server, record) -> dict[str, str]:
     """One letter for P1, shared by the read-only tests (each CLI run costs seconds)."""
     return issue(server, "LETTER-P1")
 
 
-def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> None:  # noqa: ANN001
+def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> None:
     pdf = tmp_path / "letter.pdf"
     letter = issue(server, "LETTER-P1", "--pdf", str(pdf))
     assert letter["url"].startswith(f"http://localhost:{server.http_port}/letters/")
@@ -72,7 +72,7 @@ def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> Non
     assert letter["passcode"].encode() not in db
 
 
-def test_dicomweb_client_with_basic_sees_only_this_patient(server, record, letter) -> None:  # noqa: ANN001
+def test_dicomweb_client_with_basic_sees_only_this_patient(server, record, letter) -> None:
     from dicomweb_client.api import DICOMwebClient
 
     session = requests.Session()
@@ -93,7 +93,7 @@ def test_dicomweb_client_with_basic_sees_only_this_patient(server, record, lette
     assert client.search_for_studies(search_filters={"PatientID": "LETTER-P2"}) == []
 
 
-def test_wrong_code_is_401_with_basic_challenge(server, record, letter) -> None:  # noqa: ANN001
+def test_wrong_code_is_401_with_basic_challenge(server, record, letter) -> None:
     url = f"{server.http_url}/letters/{letter['selector']}/dicom-web/studies"
     r = requests.get(url, timeout=10)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
@@ -132,7 +132,7 @@ def _endpoints(study: str, series: str, sop: str) -> list[tuple[str, dict]]:
     ]
 
 
-def test_other_patients_uids_are_404_at_every_endpoint(server, record, letter) -> None:  # noqa: ANN001
+def test_other_patients_uids_are_404_at_every_endpoint(server, record, letter) -> None:
     root = f"{server.http_url}/letters/{letter['selector']}/dicom-web"
     auth = (letter["selector"], letter["access code"])
     mine, other = record["p1"][0], record["p2"][0]
@@ -157,7 +157,7 @@ def test_other_patients_uids_are_404_at_every_endpoint(server, record, letter) -
         assert r.status_code in (200, 204) and other.StudyInstanceUID not in r.text
 
 
-def test_curl_with_the_letter_alone(server, record, letter, tmp_path: Path) -> None:  # noqa: ANN001
+def test_curl_with_the_letter_alone(server, record, letter, tmp_path: Path) -> None:
     curl = require("curl")
     one = record["p1"][0]
     out = tmp_path / "one.dcm"
@@ -170,7 +170,7 @@ def test_curl_with_the_letter_alone(server, record, letter, tmp_path: Path) -> N
     assert pydicom.dcmread(out).SOPInstanceUID == one.SOPInstanceUID
 
 
-def test_letter_limited_to_named_studies(server, record) -> None:  # noqa: ANN001
+def test_letter_limited_to_named_studies(server, record) -> None:
     knee = record["p1"][0].StudyInstanceUID
     chest = record["p1"][-1].StudyInstanceUID
     letter = issue(server, "LETTER-P1", "--studies", knee)
@@ -181,7 +181,7 @@ def test_letter_limited_to_named_studies(server, record) -> None:  # noqa: ANN00
     assert requests.get(f"{root}/studies/{chest}/metadata", auth=auth, timeout=10).status_code == 404
 
 
-def test_revoked_letter_is_refused_and_audited(server, record) -> None:  # noqa: ANN001
+def test_revoked_letter_is_refused_and_audited(server, record) -> None:
     letter = issue(server, "LETTER-P1")
     auth = (letter["selector"], letter["access code"])
     url = f"{server.http_url}/letters/{letter['selector']}/dicom-web/studies"

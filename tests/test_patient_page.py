@@ -17,7 +17,7 @@ from tests.test_letters import parse_letter
 
 
 @pytest.fixture(scope="module")
-def setup(server, tmp_path_factory) -> dict:  # noqa: ANN001
+def setup(server, tmp_path_factory) -> dict:
     reason = browser_unavailable()
     if reason:
         pytest.fail(reason)
@@ -33,7 +33,7 @@ def setup(server, tmp_path_factory) -> dict:  # noqa: ANN001
             "other": pydicom.dcmread(other[0], stop_before_pixels=True)}
 
 
-def test_page_in_chromium(server, setup, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_in_chromium(server, setup, tmp_path: Path) -> None:
     letter = setup["letter"]
     url = f"{server.http_url}/letters/{letter['selector']}"
     study = setup["mine"][0].StudyInstanceUID
@@ -102,7 +102,7 @@ def test_page_in_chromium(server, setup, tmp_path: Path) -> None:  # noqa: ANN00
         context.close()
 
 
-def test_thumbnails_render_in_the_page(server, setup) -> None:  # noqa: ANN001
+def test_thumbnails_render_in_the_page(server, setup) -> None:
     letter = setup["letter"]
     with chromium() as browser:
         page = browser.new_context().new_page()

@@ -75,7 +75,7 @@ def test_a_spool_that_cannot_be_written_is_refused_when_read(spool_dir: Path, mo
     handler's read raises it, and the refusal is Out of Resources."""
     spool = receive.PynetdicomSpool()
 
-    def full(self, data):  # noqa: ANN001, ANN202
+    def full(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(EncryptedSpool, "write", full)

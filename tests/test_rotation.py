@@ -23,7 +23,7 @@ def _blobs(archive: Archive) -> dict[str, str]:
     return {key: hashlib.sha256(raw_blob(archive, key)).hexdigest() for key in archive.blob_keys()}
 
 
-def test_rotate_retire_restart(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_rotate_retire_restart(archive, tmp_path: Path) -> None:
     paths = make_study(tmp_path / "a", n_series=2, per_series=2, patient_id="ROT-1")
     paths += make_study(tmp_path / "b", n_series=1, per_series=1, patient_id="ROT-2")
     results = [archive.store(p) for p in paths]
@@ -81,7 +81,7 @@ def test_cli_rotate_with_key_from_environment(tmp_path: Path) -> None:
     assert "version 1: 0 wrapped key(s)" in status and "(current)" in status
 
 
-def test_running_process_follows_a_rotation(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_running_process_follows_a_rotation(archive, tmp_path: Path) -> None:
     """A worker started before `pacs keys rotate` reads keys wrapped under the new version."""
     first = archive.store(make_study(tmp_path / "a", n_series=1, per_series=1, patient_id="RUN-1")[0])
     running = Archive(archive.settings)  # e.g. a gunicorn worker, its ring holds version 1 only

@@ -127,7 +127,7 @@ def test_every_read_acknowledges_at_once() -> None:
     class Recording(socket.socket):
         calls: list[tuple[int, int, int]] = []
 
-        def setsockopt(self, level, option, value):  # noqa: ANN001, ANN201
+        def setsockopt(self, level, option, value):
             self.calls.append((level, option, value))
             return super().setsockopt(level, option, value)
 
@@ -246,8 +246,8 @@ def test_idle_reactors_wait_instead_of_polling(scp, monkeypatch) -> None:
 
     wakes = {"dul": 0, "assoc": 0}
 
-    def counting(kind: str, original):  # noqa: ANN001, ANN202
-        def wait(thread) -> None:  # noqa: ANN001
+    def counting(kind: str, original):
+        def wait(thread) -> None:
             wakes[kind] += 1
             original(thread)
         return wait

@@ -68,7 +68,7 @@ def make_app(dist: Path, **kwargs: object) -> tuple[Flask, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def client(dist_dir: Path):  # noqa: ANN201 - flask test client
+def client(dist_dir: Path):  # flask test client
     return make_app(dist_dir)[0].test_client()
 
 
@@ -81,7 +81,7 @@ def test_missing_dist_answers_503(tmp_path: Path) -> None:
         assert "scripts/install-ohif" in resp.get_data(as_text=True)
 
 
-def test_index_rewritten_for_prefix(client) -> None:  # noqa: ANN001
+def test_index_rewritten_for_prefix(client) -> None:
     resp = client.get("/viewer/")
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200 and resp.mimetype == "text/html"
@@ -92,7 +92,7 @@ def test_index_rewritten_for_prefix(client) -> None:  # noqa: ANN001
     assert resp.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
 
 
-def test_client_routes_serve_index(client) -> None:  # noqa: ANN001
+def test_client_routes_serve_index(client) -> None:
     assert client.get("/viewer").status_code == 308
     index = client.get("/viewer/").data
     for url in ("/viewer/viewer?StudyInstanceUIDs=1.2.3", "/viewer/segmentation", "/viewer/a/b"):
@@ -101,7 +101,7 @@ def test_client_routes_serve_index(client) -> None:  # noqa: ANN001
     assert client.get("/viewer/sw.js").status_code == 404
 
 
-def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:  # noqa: ANN001
+def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:
     bundle = next(dist_dir.glob("app.bundle.*.js")).name
     resp = client.get(f"/viewer/{bundle}")
     assert resp.mimetype == "text/javascript"
@@ -125,7 +125,7 @@ def test_assets_mime_cache_and_public_path(client, dist_dir: Path) -> None:  # n
     assert client.get("/viewer/manifest.json").mimetype == "application/json"
 
 
-def _config(resp) -> dict:  # noqa: ANN001
+def _config(resp) -> dict:
     text = resp.get_data(as_text=True)
     assert text.startswith("window.config = ")
     return json.loads(text[len("window.config = ") :].rstrip().rstrip(";"))

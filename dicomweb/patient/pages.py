@@ -136,7 +136,7 @@ def _record(selector: str, grant: Grant) -> Response:
     return _page("Your medical record", body)
 
 
-def _stream(write, chunk_queue_size: int = 8) -> Iterator[bytes]:  # noqa: ANN001
+def _stream(write, chunk_queue_size: int = 8) -> Iterator[bytes]:
     """Run ``write(out)`` in a thread; yield what it writes (bounded queue: never the whole file)."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(chunk_queue_size)
     stop = threading.Event()
@@ -156,7 +156,7 @@ def _stream(write, chunk_queue_size: int = 8) -> Iterator[bytes]:  # noqa: ANN00
         try:
             write(Out())
             q.put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the response generator
+        except BaseException as exc:  # handed to the response generator
             q.put(exc)
 
     thread = threading.Thread(target=run, name="patient-export", daemon=True)
@@ -183,7 +183,7 @@ def _download(grant: Grant, filename: str, mimetype: str, fmt: str, passcode: st
     archive = context.archive()
     source = context.client_address()
 
-    def write(out) -> None:  # noqa: ANN001
+    def write(out) -> None:
         write_record(archive, out, grant.patient_ref, fmt=fmt, passcode=passcode, study_uids=studies,
                      actor=grant.actor, origin=source)
 

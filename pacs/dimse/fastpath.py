@@ -193,7 +193,7 @@ class _Reader:
         for cx in assoc.accepted_contexts:
             try:
                 is_storage = uid_to_service_class(cx.abstract_syntax) is StorageServiceClass
-            except Exception:  # noqa: BLE001 - unknown UID: not ours to serve fast
+            except Exception:  # unknown UID: not ours to serve fast
                 is_storage = False
             if is_storage and cx.as_scp:
                 self.storage[cx.context_id] = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -327,7 +327,7 @@ class _Reader:
     def _store(self, source: BinaryIO) -> StoreOutcome:
         try:
             return self.fast(*self.args, source, self.actor, self.origin)
-        except Exception:  # noqa: BLE001 - the registered function should not raise; never a traceback to the peer
+        except Exception:  # the registered function should not raise; never a traceback to the peer
             log.exception("fast C-STORE from %s failed", self.actor)
             return (UNABLE_TO_PROCESS, "internal error; see the server log")
 
@@ -397,7 +397,7 @@ def _decode(dul: Any, bytestream: bytearray | bytes) -> None:
     try:
         pdu, event = dul._decode_pdu(bytearray(bytestream))
         dul.event_queue.put(event)
-    except Exception:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
+    except Exception:  # as pynetdicom: an undecodable PDU is Evt19
         log.error("Unable to decode the received PDU data")
         dul.event_queue.put("Evt19")
         return

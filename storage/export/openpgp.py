@@ -120,7 +120,7 @@ class OpenPGPSymmetricWriter(EncryptingWriter):
         self._seipd.write(b"\x01")  # SEIPD version 1
         # SEIPD uses plain CFB with a zero IV; the random prefix plays the IV's part (5.13).
         self._enc = Cipher(algorithms.AES(key), CFB(b"\x00" * 16)).encryptor()
-        self._mdc = hashlib.sha1()  # noqa: S324 - SHA-1 is what the MDC packet is defined with
+        self._mdc = hashlib.sha1()  # SHA-1 is what the MDC packet is defined with
         prefix = os.urandom(16)
         self._encrypt(prefix + prefix[-2:])
 

@@ -23,7 +23,7 @@ def make_engine(url: str) -> Engine:
                                pool_size=8, max_overflow=16)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(conn, _record):
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we answer Success
