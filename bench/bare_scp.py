@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-pdu", type=int, default=None)
     ap.add_argument("--no-fsync", action="store_true", help="measure the transport alone")
-    ap.add_argument("--fast", action="store_true", help="pacs.fastpath serves C-STORE")
+    ap.add_argument("--fast", action="store_true", help="pacs.dimse.fastpath serves C-STORE")
     ap.add_argument("--chunked", action="store_true", help="STORE_RECV_CHUNKED_DATASET")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -3,7 +3,7 @@
 Each worker is a fresh ``os.fork()`` of a parent that has started no threads
 and created no pynetdicom objects; the worker calls ``serve()``, which must
 build its own AE. ``pacs serve`` opens the listening socket before forking and
-every worker accepts on it (:class:`pacs.transport.SharedSocketServer`), so an
+every worker accepts on it (:class:`pacs.dimse.server.SharedSocketServer`), so an
 idle worker takes the next association. The parent forwards SIGTERM/SIGINT to
 the workers, waits for them, and restarts a worker that dies, with a back-off
 if workers keep dying quickly.

@@ -168,6 +168,8 @@ def start_server(base: Path, **env_overrides: str) -> Server:
     env.update(PACS_DATA_DIR=str(data), PACS_DICOM_PORT=str(dicom_port), PACS_HTTP_PORT=str(http_port),
                PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1", PACS_DIMSE_WORKERS="1",
                PACS_HTTP_WORKERS="2", PACS_SHUTDOWN_GRACE="1")
+    if os.environ.get("PACS_TEST_DIMSE_PATCHES"):  # e.g. 0: every server on stock pynetdicom
+        env["PACS_DIMSE_PATCHES"] = os.environ["PACS_TEST_DIMSE_PATCHES"]
     env.update(env_overrides)
     srv = Server(data, dicom_port, http_port, env)
     log = open(base / "server.log", "ab")  # noqa: SIM115 - the server writes to it while it runs
