@@ -14,8 +14,9 @@ off the socket) with a reader that, in Sta6, takes P-DATA-TF PDUs apart itself:
   are written to a :mod:`pacs.dimse.receive` spool (memory up to ``MEMORY_LIMIT``, then an encrypted
   file: plaintext never on disk) that already starts with the Part 10 preamble and File Meta
   (PS3.10 7.1, the same bytes pynetdicom writes, encoded by hand); on the last fragment the store
-  function the server was built with is called synchronously in this thread, and the C-STORE-RSP (PS3.7 9.3.1.2) is written to the socket as one P-DATA-TF PDU
-  (fragmented to the peer's maximum PDU if it is tiny). No thread hand-off, no pydicom.
+  function the server was built with is called synchronously in this thread, and the C-STORE-RSP
+  (PS3.7 9.3.1.2) is written to the socket as one P-DATA-TF PDU (fragmented to the peer's maximum
+  PDU if it is tiny). No thread hand-off, no pydicom.
 - Every other message (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL, N-*, a C-STORE on a non-storage
   context) is handed to pynetdicom unchanged: its PDV items, in order, re-wrapped as a P-DATA-TF
   PDU, through ``_decode_pdu`` and the state machine exactly as the original reader does. The

@@ -4,8 +4,8 @@ What it changes (``pynetdicom.transport.AssociationSocket``):
 
 - ``__init__`` / ``connect``: TCP_NODELAY on every accepted and every requested socket.
   Why: pynetdicom never sets it, and Nagle's algorithm with the peer's delayed ACK costs ~40 ms per
-  small message. Figure: 22 -> 353 C-STOREs/s (``docs interop.md``); pynetdicom SCU -> SCP per small
-  C-STORE 57 -> 13 ms median (bench/README.md, "Transport alone").
+  small message. Figures: 22 -> 353 C-STOREs/s (design notes, interop.md); pynetdicom SCU -> SCP
+  per small C-STORE 57 -> 13 ms median (bench/README.md, "Transport alone").
 - ``recv`` / ``ready``: reads with ``recv_into`` in :data:`READ_CHUNK` (256 KiB) chunks, straight
   into the PDU buffer for large PDUs, instead of 4 KiB ``recv`` calls; ``ready`` is true while
   buffered bytes remain. Figure: server CPU per CT slice 9.2 -> 5.1 ms (no fsync), ct-1 44 -> 51/s.
