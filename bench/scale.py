@@ -202,7 +202,7 @@ class Orthanc:
 
 # -- work ------------------------------------------------------------------------------------------
 
-def push(server, folder: Path) -> list[tuple[int, float]]:  # noqa: ANN001
+def push(server, folder: Path) -> list[tuple[int, float]]:
     """Every decile over 2 associations; (files, seconds) per decile."""
     out = []
     env = dict(os.environ, TCP_NODELAY="1")
@@ -280,7 +280,7 @@ def searches(facts: dict[str, str]) -> list[tuple[str, str, tuple[str, ...] | st
     ]
 
 
-def run_searches(server, facts: dict[str, str], runs: int) -> dict[str, dict[str, float]]:  # noqa: ANN001
+def run_searches(server, facts: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     with requests.Session() as session:
         plan = searches(facts)
@@ -296,7 +296,7 @@ def run_searches(server, facts: dict[str, str], runs: int) -> dict[str, dict[str
     return out
 
 
-def measure(server, folder: Path, facts: dict[str, str], runs: int) -> dict:  # noqa: ANN001
+def measure(server, folder: Path, facts: dict[str, str], runs: int) -> dict:
     server.start()
     time.sleep(2)
     idle = tree_pss_bytes(server.pid)

@@ -250,7 +250,7 @@ class Archive:
                 results.append(self._write_blob(fp, content_type, study_uid))
             except ArchiveError as exc:
                 results.append(exc)
-            except Exception as exc:  # noqa: BLE001 - one object fails alone; details in the server log
+            except Exception as exc:  # one object fails alone; details in the server log
                 if disk_full(exc):
                     log.warning("an object was refused: no space left for the archive")
                     results.append(StorageFull("no space left in the archive"))
@@ -400,7 +400,7 @@ class Archive:
                         self._index(c, p, actor=p.actor, origin=p.origin, created=created)
                 self._created(pending)
                 return
-            except Exception:  # noqa: BLE001 - retried one by one below, where each error is kept
+            except Exception:  # retried one by one below, where each error is kept
                 log.debug("batch index transaction failed; indexing one by one", exc_info=True)
             self._index_one_by_one(pending)
         finally:
@@ -433,7 +433,7 @@ class Archive:
                 except ArchiveError as exc:
                     p.fail(exc)
                     break
-                except Exception as exc:  # noqa: BLE001 - e.g. the database is gone: refuse, keep serving
+                except Exception as exc:  # e.g. the database is gone: refuse, keep serving
                     if disk_full(exc):
                         log.warning("an object was refused: no space left for the index")
                         p.fail(StorageFull("no space left for the index"))
@@ -803,7 +803,7 @@ class Archive:
                         s.execute(update(Instance)
                                   .where(Instance.id == instance_id, Instance.blob_key == blob_key)
                                   .values(frame_index=data))
-            except Exception:  # noqa: BLE001 - a cache: recomputed on next use
+            except Exception:  # a cache: recomputed on next use
                 log.warning("could not keep %d frame index(es)", len(batch), exc_info=True)
 
     def read_frame(self, info: InstanceInfo, number: int) -> bytes:
@@ -1030,9 +1030,9 @@ def _serialise_sqlite_writes(engine: Any) -> None:
     """SQLite: every write transaction takes the write lock at BEGIN (no deadlocking upgrades)."""
 
     @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_conn, _record):  # noqa: ANN001
+    def _no_implicit_begin(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):  # noqa: ANN001
+    def _begin_immediate(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")

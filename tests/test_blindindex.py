@@ -176,7 +176,7 @@ def test_two_processes_create_one_new_patient(archive: Archive):
             for blob in data:
                 r = a.store(blob)
                 sent[r.sop_instance_uid] = blob
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 
     try:

@@ -36,7 +36,7 @@ from tests.conftest import raw_blob
 from tests.dicomgen import make_study
 
 
-def _all_keys(archive) -> list[bytes]:  # noqa: ANN001
+def _all_keys(archive) -> list[bytes]:
     """Every data and system key the archive can still unwrap."""
     ring = archive.vault.ring
     keys = []
@@ -53,7 +53,7 @@ def _opens(path: Path, key: bytes, blob_key: str) -> bool:
     try:
         with DecryptingReader(io.BytesIO(path.read_bytes()), key, blob_key) as r:
             return r.read(132)[128:132] == b"DICM"
-    except Exception:  # noqa: BLE001 - any failure to decrypt is what we want
+    except Exception:  # any failure to decrypt is what we want
         return False
 
 
@@ -64,12 +64,12 @@ def _years_after(d: date, years: int) -> date:
         return d.replace(year=d.year + years, day=28)
 
 
-def _store(archive, folder: Path, patient_id: str, study_date: str, n: int = 1) -> int:  # noqa: ANN001
+def _store(archive, folder: Path, patient_id: str, study_date: str, n: int = 1) -> int:
     return [archive.store(p) for p in make_study(folder, n_series=1, per_series=n,
                                                   patient_id=patient_id, study_date=study_date)][0].patient_ref
 
 
-def _received_on(archive, ref: int, day: date) -> None:  # noqa: ANN001
+def _received_on(archive, ref: int, day: date) -> None:
     """Test setup: pretend everything of this patient arrived on ``day`` (a record kept for years)."""
     with archive.write_sessions.begin() as s:
         s.execute(update(Patient).where(Patient.id == ref)
@@ -192,7 +192,7 @@ def test_letters_that_would_be_expired_are_refused(archive, tmp_path):
     assert letters.list(ref)[-1].state == "active"  # a refused reissue revokes nothing
 
 
-def test_retention_shreds_old_patients_only(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_retention_shreds_old_patients_only(archive, tmp_path: Path) -> None:
     old_ref = _store(archive, tmp_path / "old", "RET-OLD", "20100105", n=2)
     new_ref = _store(archive, tmp_path / "new", "RET-NEW", "20250105")
     _received_on(archive, old_ref, date(2010, 1, 6))
@@ -240,7 +240,7 @@ def test_retention_shreds_old_patients_only(archive, tmp_path: Path) -> None:  #
     assert run.detail == "1 due, limit 10, 1 shredded"
 
 
-def test_shred_on_request_ends_sessions(archive, tmp_path: Path) -> None:  # noqa: ANN001
+def test_shred_on_request_ends_sessions(archive, tmp_path: Path) -> None:
     ref = archive.store(make_study(tmp_path, n_series=1, per_series=1, patient_id="RET-REQ")[0]).patient_ref
     letters = Letters(archive)
     letter = letters.issue(ref)

@@ -237,7 +237,7 @@ def test_cfind_over_many_patients_while_some_are_shredded_completes_with_the_oth
     shredded = threading.Event()
     original = scp_archive.find
 
-    def find_meeting_a_shred(query):  # noqa: ANN001, ANN202
+    def find_meeting_a_shred(query):
         for n, match in enumerate(original(query)):
             yield match
             if n == 0:
@@ -278,7 +278,7 @@ def test_wado_rs_of_a_study_shredded_while_it_streams_ends_cleanly(tmp_path, cap
     opened = []
     original = web_archive.open
 
-    def open_meeting_a_shred(info):  # noqa: ANN001, ANN202
+    def open_meeting_a_shred(info):
         if len(opened) == 1:
             shred(writer, ref, actor="retention", origin="", reason="retention")
         opened.append(info.sop_uid)
@@ -304,10 +304,10 @@ def test_wado_rs_of_a_study_shredded_while_it_streams_ends_cleanly(tmp_path, cap
 def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_traceback(tmp_path, caplog):
     """getscu asks for four instances; the patient is shredded after the first is sent: the other
     three are failed sub-operations (PS3.4 C.4.3.1.3.2), one log line each, no traceback."""
-    from pacs import send
+    from pacs.dimse import send
     from pacs.scp import handlers, make_ae
 
-    send.enable()  # C-GET streams stored objects from their blobs, as in a DIMSE worker
+    send.install()  # C-GET streams stored objects from their blobs, as in a DIMSE worker
     settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "data")}, ae_title="PACS")
     writer = Archive(settings, create_key=True)
     paths = make_study(tmp_path / "s", n_series=1, per_series=4, patient_id="RET-G", rows=8, columns=8)
@@ -317,7 +317,7 @@ def test_cget_of_a_study_shredded_while_it_is_sent_fails_the_rest_without_a_trac
     opened: list[str] = []
     original = scp_archive.open
 
-    def open_meeting_a_shred(info):  # noqa: ANN001, ANN202
+    def open_meeting_a_shred(info):
         if len(set(opened)) == 1 and info.sop_uid not in opened:  # the first is sent: the next meets it
             shred(writer, ref, actor="retention", origin="", reason="retention")
         opened.append(info.sop_uid)
@@ -362,7 +362,7 @@ def test_qido_over_many_patients_while_some_are_shredded_completes_with_the_othe
     first: list[int] = []
     original = web_archive.find
 
-    def find_meeting_a_shred(query):  # noqa: ANN001, ANN202
+    def find_meeting_a_shred(query):
         for n, match in enumerate(original(query)):
             yield match
             if n == 0 and not first:  # the first query only

@@ -28,7 +28,7 @@ def cli() -> None:
     """Retention of patient records (retention_years after the latest study date or receipt)."""
 
 
-def _line(verb: str, p) -> str:  # noqa: ANN001 - storage.retention.Due
+def _line(verb: str, p) -> str:  # storage.retention.Due
     study = (f"{p.last_study_date[:4]}-{p.last_study_date[4:6]}-{p.last_study_date[6:]}"
              if p.last_study_date else "-")
     return (f"{verb}: patient {p.patient_ref} (last study {study}, last receipt "
