@@ -340,7 +340,7 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
     except ArchiveError as exc:
         outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
         return
-    except Exception as exc:  # noqa: BLE001 - pydicom/artifact errors: this item fails alone
+    except Exception as exc:  # pydicom/artifact errors: this item fails alone
         from storage.artifacts import ArtifactTooLarge
 
         reason = OUT_OF_RESOURCES if isinstance(exc, ArtifactTooLarge) else DATASET_MISMATCH
@@ -354,7 +354,7 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
             outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                          reason_of(exc), str(exc))
             return
-        except Exception:  # noqa: BLE001 - this item fails alone; details only in the server log
+        except Exception:  # this item fails alone; details only in the server log
             log.exception("STOW-RS: storing a JSON item failed")
             outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                          PROCESSING_FAILURE, "internal error while storing")

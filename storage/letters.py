@@ -346,7 +346,7 @@ class Letters:
             raise outcome
         return outcome
 
-    def _decide(self, s, selector: str, code: str, client_id: str,  # noqa: ANN001
+    def _decide(self, s, selector: str, code: str, client_id: str,
                 now: datetime) -> Grant | AccessDenied:
         cf = s.get(AccessFailure, client_id, with_for_update=True)
         if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
@@ -392,7 +392,7 @@ class Letters:
         return Grant(row.id, row.patient_ref, frozenset(studies) if studies else None)
 
     @staticmethod
-    def _count_client(s, cf: AccessFailure | None, client_id: str, now: datetime) -> None:  # noqa: ANN001
+    def _count_client(s, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
         if cf is None:
             s.add(AccessFailure(client=client_id, failures=1, last_failure_at=now))
         else:
@@ -501,15 +501,15 @@ def record_items(archive: Archive, patient_ref: int,
                     orig = extract_original(archive.dataset(info))
                     original = OriginalFile(orig.filename, orig.media_type,
                                             lambda data=orig.data: io.BytesIO(data))
-            except Exception:  # noqa: BLE001 - the DICOM object is exported whatever happens
+            except Exception:  # the DICOM object is exported whatever happens
                 log.info("no original recovered for one artifact (%s)", info.sop_class_uid)
         yield ExportItem(header=archive.header(info), open=lambda info=info: archive.open(info),
                          original=original)
 
 
-def write_record(archive: Archive, out, patient_ref: int, *, fmt: str, passcode: str | None,  # noqa: ANN001
+def write_record(archive: Archive, out, patient_ref: int, *, fmt: str, passcode: str | None,
                  study_uids: frozenset[str] | None = None, actor: str = "", origin: str = "",
-                 age_work_factor: int | None = None):  # noqa: ANN201
+                 age_work_factor: int | None = None):
     """Write a patient's record to ``out`` (zip, gpg or age) and audit it; returns the summary."""
     from .export import write_export
 

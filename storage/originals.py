@@ -115,7 +115,7 @@ class SpanReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]  # noqa: ANN001
+    def readinto(self, b) -> int:  # type: ignore[override]
         if self._left <= 0:
             return 0
         data = self._raw.read(min(len(b), self._left))

@@ -59,13 +59,13 @@ class Inbox:
     def __init__(self) -> None:
         self.mails: list[tuple[str, list[str], bytes, bool]] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope) -> str:
         self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
                            session.ssl is not None))
         return "250 OK"
 
 
-def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
     ok = auth_data.login == USER.encode() and auth_data.password == PASSWORD.encode()
     return AuthResult(success=ok, handled=False)
 

@@ -64,7 +64,7 @@ def notes_about(archive: Archive, grant: Grant) -> dict[str, list[Note]]:
             if info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.11":
                 text = note_text(ds)
             title = str(ds.get("DocumentTitle") or ds.get("ImageComments") or "")
-        except Exception:  # noqa: BLE001 - an unreadable artifact is left off the page, not fatal
+        except Exception:  # an unreadable artifact is left off the page, not fatal
             continue
         out.setdefault(study, []).append(Note(_KINDS[info.sop_class_uid], title, text, info))
     return out

@@ -89,7 +89,7 @@ def _date(value: str | None) -> str:
     return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) >= 8 else "date unknown"
 
 
-def _notes(base: str, notes: list) -> str:  # noqa: ANN001
+def _notes(base: str, notes: list) -> str:
     """The artifacts about one study (see :mod:`.notes`), as a list under it."""
     if not notes:
         return ""

@@ -43,7 +43,7 @@ def _is_note(path: Path) -> bool:
 @click.pass_obj
 def cli(ctx, files: tuple[Path, ...], patient_id: str, patient_name: str | None, issuer: str,
         birth_date: str, sex: str, study_uid: str | None, new_study: bool, description: str,
-        title: str | None, references: tuple[str, ...], about: str | None) -> None:  # noqa: ANN001
+        title: str | None, references: tuple[str, ...], about: str | None) -> None:
     """Store FILE... (PDF, photos incl. HEIC and multi-page scans, MP4/MOV video, WAV/MP3/M4A/Ogg
     dictations, text, RTF) for a patient, each stored or refused."""
     from storage.artifacts import ArtifactError  # imported here: keeps other `pacs` verbs fast

@@ -27,7 +27,7 @@ def _patient(ctx: Context, patient_id: str, issuer: str) -> int:
         raise click.ClickException(str(exc)) from None
 
 
-def _print(issued, pdf: Path | None) -> None:  # noqa: ANN001
+def _print(issued, pdf: Path | None) -> None:
     click.echo(f"letter:      {issued.letter_id}")
     click.echo(f"url:         {issued.url}")
     click.echo(f"access code: {issued.access_code}")
@@ -51,7 +51,7 @@ def _check_email(ctx: Context, email: str | None) -> None:
         raise click.UsageError(f"--email: {exc}") from None
 
 
-def _email(ctx: Context, issued, email: str | None) -> None:  # noqa: ANN001
+def _email(ctx: Context, issued, email: str | None) -> None:
     """Mail the letter's URL (pacs/mail.py); a failure is reported and audited, the letter stays."""
     if email is None:
         return
@@ -66,7 +66,7 @@ def _email(ctx: Context, issued, email: str | None) -> None:  # noqa: ANN001
     click.echo(f"email:       sent to {email}")
 
 
-def write_pdf(issued, path: Path) -> None:  # noqa: ANN001
+def write_pdf(issued, path: Path) -> None:
     """A one-page letter a provider can print and mail (reportlab)."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm

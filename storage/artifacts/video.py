@@ -220,7 +220,7 @@ def mp4_length(data: bytes) -> int:
     return pos
 
 
-def _convert(source: bytes | BinaryIO, sink: BinaryIO, work, options: dict | None = None) -> None:  # noqa: ANN001
+def _convert(source: bytes | BinaryIO, sink: BinaryIO, work, options: dict | None = None) -> None:
     """Open ``source`` and an MP4 muxer on ``sink``; ``work(input, output)`` moves the packets."""
     src = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -231,12 +231,12 @@ def _convert(source: bytes | BinaryIO, sink: BinaryIO, work, options: dict | Non
         raise InvalidArtifact(f"the video cannot be converted (corrupt?): {exc}") from exc
 
 
-def _audio_to_copy(source):  # noqa: ANN001, ANN202
+def _audio_to_copy(source):
     audio = source.streams.audio
     return audio[0] if audio and audio[0].codec_context.name in _COPY_AUDIO else None
 
 
-def _remux(source, out) -> None:  # noqa: ANN001
+def _remux(source, out) -> None:
     """The same video (and AAC/MP3 audio) packets into ``out``: no decoding, no loss."""
     pairs = {}
     for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
@@ -255,7 +255,7 @@ def _fit(width: int, height: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-def _transcode(source, out) -> None:  # noqa: ANN001
+def _transcode(source, out) -> None:
     """H.264 High Profile 8-bit 4:2:0 (level 4.1, 4.2 above 30 frames/s) into ``out``, one frame
     decoded at a time; AAC/MP3 audio copied."""
     vin = source.streams.video[0]

@@ -62,7 +62,7 @@ class _WriteOnly(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]  # noqa: ANN001
+    def write(self, data) -> int:  # type: ignore[override]
         return self._sink.write(data)
 
 
