@@ -2,7 +2,7 @@
 
 ``storage.artifacts`` makes objects of the artifact classes (PDF, photos, video, audio, notes);
 everyone else decides by this table: ``storage.letters`` (which objects carry an original to
-export), ``dicomweb.wado`` and ``wadouri`` (which originals come back, as which media type; what is
+export), ``dicomweb.patient.notes`` (what a patient's page lists, by label), ``dicomweb.wado`` and ``wadouri`` (which originals come back, as which media type; what is
 not rendered), ``dicomweb.render`` (documents are not images) and ``pacs.scp`` (the transfer
 syntaxes preferred for video and photographs). No pydicom Dataset, no I/O: a table.
 """
@@ -34,16 +34,17 @@ class ArtifactClass:
     name: str
     kind: str  # document | image | video | audio | text
     media_type: str | None  # the original as given back (storage.artifacts); None: not given back
+    label: str  # what a patient's page calls one (dicomweb.patient.notes)
 
 
 ARTIFACT_CLASSES: dict[str, ArtifactClass] = {c.uid: c for c in (
-    ArtifactClass(EncapsulatedPDFStorage, "Encapsulated PDF", "document", "application/pdf"),
-    ArtifactClass(EncapsulatedCDAStorage, "Encapsulated CDA", "document", None),
+    ArtifactClass(EncapsulatedPDFStorage, "Encapsulated PDF", "document", "application/pdf", "Document"),
+    ArtifactClass(EncapsulatedCDAStorage, "Encapsulated CDA", "document", None, "Document"),
     # A photograph kept as JPEG comes back as image/jpeg; other photographs are images like any other.
-    ArtifactClass(VLPhotographicImageStorage, "VL Photographic Image", "image", "image/jpeg"),
-    ArtifactClass(VideoPhotographicImageStorage, "Video Photographic Image", "video", "video/mp4"),
-    ArtifactClass(GeneralAudioWaveformStorage, "General Audio Waveform", "audio", "audio/wav"),
-    ArtifactClass(BasicTextSRStorage, "Basic Text SR", "text", "text/plain"),
+    ArtifactClass(VLPhotographicImageStorage, "VL Photographic Image", "image", "image/jpeg", "Photo"),
+    ArtifactClass(VideoPhotographicImageStorage, "Video Photographic Image", "video", "video/mp4", "Video"),
+    ArtifactClass(GeneralAudioWaveformStorage, "General Audio Waveform", "audio", "audio/wav", "Dictation"),
+    ArtifactClass(BasicTextSRStorage, "Basic Text SR", "text", "text/plain", "Note"),
 )}
 
 #: Classes whose objects may carry an original file (``storage.artifacts.extract_original``).

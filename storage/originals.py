@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.uid import VideoPhotographicImageStorage
 
 from .archive import Archive, InstanceInfo
 from .artifacts.common import (
@@ -28,7 +29,7 @@ from .artifacts.common import (
     safe_filename,
 )
 
-VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+VIDEO_PHOTOGRAPHIC = VideoPhotographicImageStorage
 CHUNK = 1 << 20
 
 

@@ -13,20 +13,16 @@ import io
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.uid import BasicTextSRStorage
 
 from storage.archive import Archive, InstanceInfo, Scope
+from storage.artifact_classes import ARTIFACT_CLASSES, WITH_ORIGINAL
 from storage.artifacts import about_study, note_text
 from storage.errors import NotFound
 from storage.letters import Grant
 
 MAX_ARTIFACTS = 200
-_KINDS = {
-    "1.2.840.10008.5.1.4.1.1.88.11": "Note",
-    "1.2.840.10008.5.1.4.1.1.104.1": "Document",
-    "1.2.840.10008.5.1.4.1.1.9.4.2": "Dictation",
-    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "Video",
-    "1.2.840.10008.5.1.4.1.1.77.1.4": "Photo",
-}
+_KINDS = {uid: ARTIFACT_CLASSES[uid].label for uid in WITH_ORIGINAL}  # storage/artifact_classes.py
 _TAGS = ["SOPClassUID", "ReferencedStudySequence", "DocumentTitle", "ImageComments",
          "ContentSequence", "ValueType", "ContentDate"]
 
@@ -61,7 +57,7 @@ def notes_about(archive: Archive, grant: Grant) -> dict[str, list[Note]]:
             if not study:
                 continue
             text = ""
-            if info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.11":
+            if info.sop_class_uid == BasicTextSRStorage:
                 text = note_text(ds)
             title = str(ds.get("DocumentTitle") or ds.get("ImageComments") or "")
         except Exception:  # an unreadable artifact is left off the page, not fatal
