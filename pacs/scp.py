@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from storage import metrics
 from storage.archive import Archive
 from storage.artifact_classes import VIDEO_CLASSES, VL_PHOTO_CLASSES
 from storage.config import Settings
@@ -99,12 +100,16 @@ def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> N
         why = "too many associations, or nothing we support proposed"
     archive.audit.record("login", actor=calling[:16], source=f"{requestor.address}:{requestor.port}",
                          outcome="failure", detail=f"DICOM association rejected: {why}")
+    metrics.association("rejected")
 
 
 def handlers(archive: Archive, settings: Settings) -> list:
     """Every event handler, bound to the archive (and the settings) as pynetdicom binds them."""
     return [
         (evt.EVT_REJECTED, handle_rejected, [archive, settings]),
+        (evt.EVT_ACCEPTED, lambda event: metrics.association("accepted")),
+        (evt.EVT_RELEASED, lambda event: metrics.association_ended()),
+        (evt.EVT_ABORTED, lambda event: metrics.association_ended()),
         (evt.EVT_C_ECHO, lambda event: 0x0000),
         (evt.EVT_C_STORE, handle_store, [archive]),
         (evt.EVT_C_FIND, handle_find, [archive, settings]),

@@ -8,11 +8,13 @@ to the archive when the server is built (``pacs.scp.handlers`` and ``pacs.scp.fa
 from __future__ import annotations
 
 import logging
+import time
 from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from storage import metrics
 from storage.archive import Archive
 from storage.errors import ArchiveError
 
@@ -27,17 +29,26 @@ def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -
     ArchiveError -> its failure status (pacs.status); anything else -> a processing failure, logged
     without PHI. Never raises.
     """
+    started = time.perf_counter()
     try:
         result = archive.store(part10, actor=actor, origin=origin)
     except ArchiveError as exc:
         log.info("C-STORE from %s refused: %s", actor, exc)
-        return _outcome(status_for_error(exc))
+        return _refused(exc, started)
     except Exception as exc:  # never let one object take the association down
         log.exception("C-STORE from %s failed", actor)
-        return _outcome(status_for_error(exc))
+        return _refused(exc, started)
     if result.status == "duplicate":
         log.info("C-STORE from %s: instance already stored, kept the first copy", actor)
+    metrics.stored("dimse")
+    metrics.dimse_request("C-STORE", "success", time.perf_counter() - started)
     return SUCCESS, ""
+
+
+def _refused(exc: BaseException, started: float) -> tuple[int, str]:
+    metrics.refused("dimse", metrics.reason_of(exc))
+    metrics.dimse_request("C-STORE", "failure", time.perf_counter() - started)
+    return _outcome(status_for_error(exc))
 
 
 def _outcome(ds: Dataset) -> tuple[int, str]:

@@ -103,6 +103,17 @@ def refused(door: str, reason: str) -> None:
     _update("refused", "inc", 1, door=_closed(door, DOORS), reason=_closed(reason, REASONS))
 
 
+def reason_of(exc: BaseException) -> str:
+    """The refusal reason label of an error raised while storing one object."""
+    from .errors import BadInput, Duplicate, StorageFull, StudyMismatch
+
+    for cls, reason in ((StorageFull, "out_of_resources"), (Duplicate, "duplicate"),
+                        (StudyMismatch, "study_mismatch"), (BadInput, "bad_input")):
+        if isinstance(exc, cls):
+            return reason
+    return "processing_failure"
+
+
 def http_request(service: str, status: int, seconds: float) -> None:
     """One answered HTTP request; ``service`` is a blueprint name (a closed set of our own)."""
     _update("http", "inc", 1, service=service, status=_closed(f"{status // 100}xx", STATUS_CLASSES))

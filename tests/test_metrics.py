@@ -4,6 +4,7 @@ worker processes, with closed labels and nothing about a patient in it or in the
 from __future__ import annotations
 
 import io
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomweb.multipart import Part, encode
-from tests.conftest import start_server
+from tests.conftest import require, start_server
 from tests.dicomgen import make_image
 
 
@@ -39,6 +40,11 @@ def test_metrics_count_stores_refusals_and_requests(tmp_path: Path) -> None:
         r = requests.post(f"{srv.dicomweb_url}/studies", data=b"".join(chunks),
                           headers={"Content-Type": ct}, timeout=60)
         assert r.status_code == 202, r.text
+        dcm = tmp_path / "one.dcm"
+        dcm.write_bytes(_p10(make_image(patient_id=patient, patient_name=name)))
+        done = subprocess.run([require("storescu"), "-aec", srv.ae_title, "127.0.0.1",
+                               str(srv.dicom_port), str(dcm)], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
         for _ in range(4):  # spread over both workers
             q = requests.get(f"{srv.dicomweb_url}/studies", params={"PatientID": patient}, timeout=30)
             assert q.status_code == 200
@@ -53,6 +59,11 @@ def test_metrics_count_stores_refusals_and_requests(tmp_path: Path) -> None:
         assert got[("pacs_http_requests_total", frozenset({("service", "qido"), ("status", "2xx")}))] == 4
         assert got[("pacs_http_requests_total", frozenset({("service", "stow"), ("status", "2xx")}))] == 1
         assert got[("pacs_http_request_seconds_count", frozenset({("service", "qido")}))] == 4
+        assert got[("pacs_stored_instances_total", frozenset({("door", "dimse")}))] == 1
+        assert got[("pacs_dimse_requests_total",
+                    frozenset({("service", "C-STORE"), ("outcome", "success")}))] == 1
+        assert got[("pacs_dimse_associations_total", frozenset({("outcome", "accepted")}))] == 1
+        assert got[("pacs_dimse_associations_active", frozenset())] == 0  # released
 
         secrets = [patient, name, images[0].StudyInstanceUID, images[0].SOPInstanceUID]
         assert not [s for s in secrets if s in r.text]
