@@ -297,7 +297,7 @@ def test_retrieve_is_audited(server, tmp_path):
     require("getscu")
     require("storescp")
     [path] = make_study(tmp_path / "in", n_series=1, per_series=1, patient_id="QR-AUDIT",
-                        rows=8, columns=8)
+                        patient_name="AUDIT^QUENTIN", rows=8, columns=8)  # no other test's match
     archive = server.archive()
     try:
         stored = archive.store(path)
