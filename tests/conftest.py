@@ -33,6 +33,9 @@ def pacs_command(data: Path, *args: str) -> subprocess.CompletedProcess:
 
 _PORTS_GIVEN: set[int] = set()
 _PORT_RANGE = (20000, 32768)  # below Linux's ephemeral range (32768-60999)
+# Its own generator: pytest-randomly re-seeds the global one before every test, which would make
+# every test (and every test run with the same seed on this machine) draw the same ports.
+_PORT_RANDOM = random.Random()
 
 
 def free_port() -> int:
@@ -49,7 +52,7 @@ def free_port() -> int:
     span = (_PORT_RANGE[1] - _PORT_RANGE[0]) // count
     low = _PORT_RANGE[0] + index * span
     for _ in range(1000):
-        port = random.randrange(low, low + span)
+        port = _PORT_RANDOM.randrange(low, low + span)
         if port in _PORTS_GIVEN:
             continue
         with socket.socket() as s:

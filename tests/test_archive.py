@@ -262,7 +262,6 @@ def test_frames_read_back(archive: Archive):
 def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
     """Encryption off (benchmarks only) must not fetch keys under the write lock (it hung once)."""
     import threading
-    import time
 
     from storage.config import load_settings
 
@@ -278,15 +277,14 @@ def test_unencrypted_bench_mode_and_concurrent_stores(tmp_path, db_url):
         except BaseException as exc:
             errors.append(exc)
 
-    started = time.monotonic()
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     try:
+        assert not any(t.is_alive() for t in threads)  # none hung
         assert errors == []
-        assert time.monotonic() - started < 20
         assert len(list(archive.find(Query("IMAGE")))) == 20
         info = archive.instances(sop_uid=next(archive.find(Query("IMAGE")))["SOPInstanceUID"])[0]
         assert b"DICM" in archive.read_bytes(info)[:200]

@@ -82,8 +82,29 @@ def _request(srv, refs: list[tuple[str, str]], *, calling: str = MODALITY,
     return status
 
 
+def _drain(reports: queue.Queue) -> None:
+    """Forget reports left by an earlier test of this module (each test expects only its own)."""
+    while not reports.empty():
+        reports.get_nowait()
+
+
+def _reports_sent(srv) -> int:
+    """How many results the archive has delivered: its report thread logs this, then ends."""
+    log = (srv.data_dir.parent / "server.log").read_text(errors="replace")
+    return log.count(f"storage commitment result sent to {MODALITY}")
+
+
+def _wait_reports_sent(srv, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _reports_sent(srv) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} results delivered"
+        time.sleep(0.05)
+
+
 def test_commitment_reports_held_and_missing_instances_on_a_new_association(site, tmp_path):
     srv, reports = site
+    _drain(reports)
+    sent_before = _reports_sent(srv)
     held = _store(srv, tmp_path / "in", 2)
     unknown = generate_uid()
     refs = [(MRImageStorage, str(ds.SOPInstanceUID)) for ds in held]
@@ -102,23 +123,33 @@ def test_commitment_reports_held_and_missing_instances_on_a_new_association(site
     assert failed == {(unknown, MRImageStorage): 0x0112,  # no such object instance
                       (str(held[0].SOPInstanceUID), "1.2.840.10008.5.1.4.1.1.2"): 0x0119}  # class conflict
 
-    all_held = _request(srv, refs[:2], transaction=generate_uid())
+    second = generate_uid()
+    all_held = _request(srv, refs[:2], transaction=second)
     assert all_held.Status == 0x0000
     event_type, info, _ = reports.get(timeout=30)
+    assert info.TransactionUID == second  # not the first one again
     assert event_type == 1 and len(info.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in info
 
-    time.sleep(3)  # past the archive's retry interval: a report answered once is not sent again
+    # a report answered once is not sent again: both report threads logged their delivery (their
+    # last act before they end), and nothing more arrived
+    _wait_reports_sent(srv, sent_before + 2)
     assert reports.empty()
 
 
 def test_requests_the_archive_cannot_answer_are_refused_with_a_reason(site):
     srv, reports = site
+    _drain(reports)
+    sent_before = _reports_sent(srv)
     stranger = _request(srv, [(MRImageStorage, generate_uid())], calling="STRANGER", transaction=generate_uid())
     assert stranger.Status == 0x0110
     assert "destinations" in stranger.ErrorComment  # the setting that would let us call it back
     no_transaction = _request(srv, [(MRImageStorage, generate_uid())])
     assert no_transaction.Status == 0x0115
     assert "Transaction UID" in no_transaction.ErrorComment
-    time.sleep(1)
-    assert reports.empty()
+    # No report for either: a request accepted after them is the first and only one reported
+    after = generate_uid()
+    assert _request(srv, [(MRImageStorage, generate_uid())], transaction=after).Status == 0x0000
+    assert reports.get(timeout=30)[1].TransactionUID == after
+    _wait_reports_sent(srv, sent_before + 1)
+    assert _reports_sent(srv) == sent_before + 1 and reports.empty()
     assert "Traceback" not in (srv.data_dir.parent / "server.log").read_text()

@@ -64,20 +64,29 @@ def test_nested_and_private_bulk_data_uris(client, study, server):
     assert meta[0]["00100020"]["Value"] == ["META-P1"]
 
 
-def test_study_metadata_and_cache_invalidation(client, study, server, tmp_path):
+def test_study_metadata(client, study):
     meta = client.retrieve_study_metadata(study["study"])
     assert len(meta) == 7
     assert {m["0020000E"]["Value"][0] for m in meta} == set(study["series"])
-    # the cache is filled; a new instance in the series clears it and shows up
+
+
+def test_series_metadata_cache_invalidation(client, server, tmp_path):
+    """A series of its own (the module's study stays as the other tests expect it)."""
+    paths = make_study(tmp_path / "in", n_series=1, per_series=3, rows=8, columns=8,
+                       patient_id="META-P3")
     archive = server.archive()
     try:
-        assert series_metadata(archive, study["study"], study["series"][0]).count("00080018") == 3
-        new = make_image(patient_id="META-P1", rows=8, columns=8, instance_number=4,
-                         study_uid=study["study"], series_uid=study["series"][0])
+        [first, *_] = [archive.store(p) for p in paths]
+        # the cache is filled; a new instance in the series clears it and shows up
+        assert [m["00200013"]["Value"][0] for m in client.retrieve_series_metadata(
+            first.study_uid, first.series_uid)] == [1, 2, 3]
+        assert series_metadata(archive, first.study_uid, first.series_uid).count("00080018") == 3
+        new = make_image(patient_id="META-P3", rows=8, columns=8, instance_number=4,
+                         study_uid=first.study_uid, series_uid=first.series_uid)
         archive.store(write(new, tmp_path))
     finally:
         archive.close()
-    meta = client.retrieve_series_metadata(study["study"], study["series"][0])
+    meta = client.retrieve_series_metadata(first.study_uid, first.series_uid)
     assert [m["00200013"]["Value"][0] for m in meta] == [1, 2, 3, 4]
 
 

@@ -102,9 +102,11 @@ def test_includefield_keyword_and_tag(client, data):
 
 
 def test_paging_until_empty(client, data):
+    # this module's four studies only: other tests add studies to the shared server
+    ours = {"StudyInstanceUID": [data.studies[k] for k in "DCBA"]}
     seen: list[str] = []
     for page in range(10):
-        found = client.search_for_studies(limit=1, offset=page)
+        found = client.search_for_studies(search_filters=ours, limit=1, offset=page)
         if not found:
             break
         assert len(found) == 1
@@ -112,7 +114,7 @@ def test_paging_until_empty(client, data):
     assert len(seen) == len(set(seen)) == 4
     # newest first, as OHIF's study list shows
     assert seen == [data.studies[k] for k in "ABCD"]
-    assert len(client.search_for_studies(get_remaining=True, limit=3)) == 4
+    assert len(client.search_for_studies(search_filters=ours, get_remaining=True, limit=3)) == 4
 
 
 def test_series_and_instances(client, data):
@@ -120,8 +122,8 @@ def test_series_and_instances(client, data):
     assert [s["0020000E"]["Value"][0] for s in series] == data.series["A"]
     assert series[0]["00080060"]["Value"] == ["CT"] and series[0]["00201209"]["Value"] == [3]
     assert series[0]["00081190"]["Value"][0].endswith(f"/series/{data.series['A'][0]}")
-    assert client.search_for_series(search_filters={"Modality": "MR"})[0]["0020000D"]["Value"] == [
-        data.studies["B"]]
+    mr = client.search_for_series(search_filters={"Modality": "MR", "PatientID": "QIDO-P1"})
+    assert [s["0020000D"]["Value"][0] for s in mr] == [data.studies["B"]]
     insts = client.search_for_instances(data.studies["A"], data.series["A"][1])
     assert [i["00200013"]["Value"][0] for i in insts] == [1, 2, 3]
     assert insts[0]["00280010"]["Value"] == [8]

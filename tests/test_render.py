@@ -1,7 +1,6 @@
 """Tests for dicomweb.render: rendered frames and thumbnails (PS3.18 8.3.5)."""
 
 import io
-import time
 
 import numpy as np
 import pydicom
@@ -151,17 +150,16 @@ def test_thumbnail() -> None:
     assert img.size == (64, 64) and img.mode == "RGB"
 
 
-def test_render_512_is_fast() -> None:
+def test_render_512() -> None:
+    """512 x 512 CTs render at full size, not blank (timings: bench/pixels.py)."""
     ds = _ds("liver_1frame.dcm")  # 512x512
     ct = _ds("CT_small.dcm")
     ct.Rows = ct.Columns = 512
     ct.PixelData = (np.arange(512 * 512, dtype=np.uint16) % 4096).tobytes()
     for d in (ds, ct):
-        render(d)
-        t = time.perf_counter()
-        for _ in range(5):
-            render(d)
-        assert (time.perf_counter() - t) / 5 < 0.1
+        img = _img(render(d))
+        assert img.format == "JPEG" and img.size == (512, 512) and img.mode == "L"
+        assert np.asarray(img).std() > 5
 
 
 # ------------------------------------------------ query parameters (PS3.18 8.3.5.1, Table 8.3.5-1)

@@ -97,7 +97,7 @@ def _wado(srv: Server, study_uid: str) -> dict[str, bytes]:
 
 def _qido_empty(srv: Server, query: str) -> bool:
     r = requests.get(f"{srv.dicomweb_url}/studies?{query}", timeout=30)
-    return r.status_code == 204 or (r.status_code == 200 and r.json() == [])
+    return r.status_code == 200 and r.json() == []  # no match is 200 [] (dicomweb/qido.py)
 
 
 def test_a_legacy_study_survives_restart_and_retention_until_the_period_ends(tmp_path):
