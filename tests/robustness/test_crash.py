@@ -13,6 +13,7 @@ wrapped key) finds nothing. On SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -120,10 +121,8 @@ class Killer(threading.Thread):
             else:
                 i += 1
             for pid in targets:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.kills[kind] += 1
 
 
