@@ -164,6 +164,8 @@ def compile_matcher(keyword: str, vr: str, value: object, *, fuzzy: bool = False
         return Matcher("single", [text])
     if vr == "UI":
         uids = [u.strip() for u in text.split("\\") if u.strip()]
+        if not uids:  # only separators ("\\"): empty values, universal matching (found by fuzzing)
+            return Matcher("universal")
         for u in uids:
             if not re.fullmatch(r"[0-9.]{1,64}", u):
                 raise BadInput(f"{keyword}: '{u[:70]}' is not a UID")

@@ -88,24 +88,41 @@ def age(pid: int) -> float:
     return uptime - start / os.sysconf("SC_CLK_TCK")
 
 
-class Killer(threading.Thread):
-    """SIGKILLs workers at random moments until stopped. A DIMSE worker only once it has lived
-    5.5 s: the supervisor backs off from workers that die young (pacs/workers.py, MIN_UPTIME), and a
-    growing back-off would leave the port without workers; gunicorn replaces its workers at once."""
+class Progress:
+    """Answers received per front door since the start (clients count, the killer reads)."""
 
-    def __init__(self, serve_pid: int, seed: int):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answers = {"dimse": 0, "http": 0}
+
+    def add(self, door: str) -> None:
+        with self.lock:
+            self.answers[door] += 1
+
+
+class Killer(threading.Thread):
+    """SIGKILLs workers at random moments until stopped, each time only once the front door it hits
+    has answered again since its last kill (a worker still starting is not what we test). A DIMSE
+    worker only once it has lived 5.5 s: the supervisor backs off from workers that die young
+    (pacs/workers.py, MIN_UPTIME); gunicorn replaces its workers at once."""
+
+    def __init__(self, serve_pid: int, seed: int, progress: Progress):
         super().__init__(daemon=True)
-        self.serve_pid, self.rng = serve_pid, random.Random(seed)
+        self.serve_pid, self.rng, self.progress = serve_pid, random.Random(seed), progress
         self.stop = threading.Event()
         self.kills: dict[str, int] = {"one DIMSE worker": 0, "one HTTP worker": 0, "all workers": 0}
+        self.last = {"dimse": -1, "http": -1}  # answers seen at the last kill of that door
+
+    def _answered(self, door: str) -> bool:
+        return self.progress.answers[door] > self.last[door]
 
     def run(self) -> None:
         kinds = list(self.kills)
         i = 0
         while not self.stop.wait(self.rng.uniform(0.2, 0.8)):
             dimse, http = workers(self.serve_pid)
-            old_dimse = [p for p in dimse if age(p) > 5.5]
-            old_http = [p for p in http if age(p) > 1.0]
+            old_dimse = [p for p in dimse if age(p) > 5.5] if self._answered("dimse") else []
+            old_http = [p for p in http if age(p) > 1.0] if self._answered("http") else []
             kind = kinds[i % 3]
             if kind == "all workers":
                 targets = dimse + http if len(old_dimse) == len(dimse) == 2 and old_http else []
@@ -113,20 +130,19 @@ class Killer(threading.Thread):
                 pool = old_dimse if kind == "one DIMSE worker" else old_http
                 targets = [self.rng.choice(pool)] if pool else []
             if not targets:
-                if kind != "one HTTP worker" and self.rng.random() < 0.3:  # HTTP ones meanwhile
-                    kind = "one HTTP worker"
-                    targets = [self.rng.choice(old_http)] if old_http else []
-                if not targets:
-                    continue
-            else:
-                i += 1
+                continue
+            i += 1
             for pid in targets:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.kills[kind] += 1
+            for door, hit in (("dimse", kind != "one HTTP worker"), ("http", kind != "one DIMSE worker")):
+                if hit:
+                    self.last[door] = self.progress.answers[door]
 
 
-def dimse_client(port: int, files: list[Path], outcome: dict[str, str], done: threading.Event) -> None:
+def dimse_client(port: int, files: list[Path], outcome: dict[str, str], done: threading.Event,
+                 progress: Progress) -> None:
     """storescu over the files not yet sent; after a broken association, again over the rest."""
     tool = require("storescu")
     left = list(files)
@@ -143,13 +159,15 @@ def dimse_client(port: int, files: list[Path], outcome: dict[str, str], done: th
                 outcome[sending] = "unknown"
             elif "Received Store Response" in line and sending:
                 outcome[sending] = "success" if SUCCESS in line else "failure"
+                progress.add("dimse")
                 sending = None
         left = [f for f in left if f.stem not in outcome]
         time.sleep(PAUSE)
     done.set()
 
 
-def stow_client(url: str, batches: list[list[tuple[str, bytes]]], outcome: dict[str, str]) -> None:
+def stow_client(url: str, batches: list[list[tuple[str, bytes]]], outcome: dict[str, str],
+                progress: Progress) -> None:
     for batch in batches:
         time.sleep(PAUSE)
         ct, chunks = encode([Part.make(b, "application/dicom") for _, b in batch],
@@ -163,6 +181,7 @@ def stow_client(url: str, batches: list[list[tuple[str, bytes]]], outcome: dict[
             continue  # the worker died under us: these stay unknown
         if r.status_code not in (200, 202, 409):
             continue
+        progress.add("http")
         body = r.json()
         for item in body.get("00081199", {}).get("Value", []):
             outcome[item["00081155"]["Value"][0]] = "success"
@@ -213,12 +232,13 @@ def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str]
     srv = start_server(tmp_path, PACS_DIMSE_WORKERS="2", PACS_HTTP_WORKERS="2", **database_env)
     try:
         outcome: dict[str, str] = {}
-        killer = Killer(srv.proc.pid, seed=int(tag, 16))
+        progress = Progress()
+        killer = Killer(srv.proc.pid, seed=int(tag, 16), progress=progress)
         killer.start()
         dones = [threading.Event() for _ in range(DIMSE_CLIENTS)]
-        clients = [threading.Thread(target=dimse_client, args=(srv.dicom_port, f, outcome, d))
+        clients = [threading.Thread(target=dimse_client, args=(srv.dicom_port, f, outcome, d, progress))
                    for f, d in zip(dimse_files, dones, strict=True)]
-        clients += [threading.Thread(target=stow_client, args=(srv.dicomweb_url + "/studies", b, outcome))
+        clients += [threading.Thread(target=stow_client, args=(srv.dicomweb_url + "/studies", b, outcome, progress))
                     for b in stow_batches]
         for t in clients:
             t.start()
