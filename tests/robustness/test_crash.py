@@ -240,10 +240,12 @@ def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str]
                    for f, d in zip(dimse_files, dones, strict=True)]
         clients += [threading.Thread(target=stow_client, args=(srv.dicomweb_url + "/studies", b, outcome, progress))
                     for b in stow_batches]
+        started = time.monotonic()
         for t in clients:
             t.start()
         for t in clients:
             t.join(timeout=400)
+        pushed_in = time.monotonic() - started
         killer.stop.set()
         killer.join()
         assert all(d.is_set() for d in dones)
@@ -278,5 +280,5 @@ def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str]
     assert tag not in check.stdout + check.stderr
     figures(objects_pushed=len(outcome), success=counts["success"], answer_lost=counts["unknown"],
             lost_but_complete=complete_unknown, crashes_injected=crashes,
-            kills=json.dumps(killer.kills), orphans_swept=swept,
+            kills=json.dumps(killer.kills), orphans_swept=swept, push_seconds=round(pushed_in),
             database=database_env.get("PACS_DATABASE_URL", "sqlite").split(":")[0])
