@@ -35,12 +35,14 @@ from storage.errors import NotFound
 from tests.conftest import _postgres_url, require, start_server
 from tests.dicomgen import dataset_bytes, make_image, write
 
-DIMSE_CLIENTS, FILES_PER_CLIENT = 4, 400
-STOW_CLIENTS, STOW_REQUESTS, PER_REQUEST = 2, 30, 10
+DIMSE_CLIENTS, FILES_PER_CLIENT = 4, 250
+STOW_CLIENTS, STOW_REQUESTS, PER_REQUEST = 2, 20, 10
 #: Clients pace themselves (an association of ASSOCIATION_FILES files, then a pause, as modalities
 #: send), so the push lasts ~40 s: long enough for several rounds of kills, DIMSE workers having to
 #: live 5.5 s between them.
 ASSOCIATION_FILES, PAUSE = 10, 0.4
+#: Kills of each kind (one DIMSE worker, one HTTP worker, all workers); then the push finishes.
+KILL_ROUNDS = 3
 SUCCESS = "Received Store Response (Success)"
 
 
@@ -101,7 +103,7 @@ class Progress:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs workers at random moments until stopped, each time only once the front door it hits
+    """SIGKILLs workers at random moments, KILL_ROUNDS of each kind, each time only once the front door it hits
     has answered again since its last kill (a worker still starting is not what we test). A DIMSE
     worker only once it has lived 5.5 s: the supervisor backs off from workers that die young
     (pacs/workers.py, MIN_UPTIME); gunicorn replaces its workers at once."""
@@ -119,7 +121,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         kinds = list(self.kills)
         i = 0
-        while not self.stop.wait(self.rng.uniform(0.2, 0.8)):
+        while not self.stop.wait(self.rng.uniform(0.2, 0.8)) and i < 3 * KILL_ROUNDS:
             dimse, http = workers(self.serve_pid)
             old_dimse = [p for p in dimse if age(p) > 5.5] if self._answered("dimse") else []
             old_http = [p for p in http if age(p) > 1.0] if self._answered("http") else []
@@ -197,6 +199,7 @@ def _p10(ds) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
+@pytest.mark.timeout(600)  # ~1 min each on a quiet machine; several times that under load
 def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str], figures) -> None:  # noqa: ANN001
     tag = os.urandom(4).hex()
     originals: dict[str, bytes] = {}
