@@ -95,7 +95,8 @@ def _operation(endpoint: str, method: str) -> dict[str, Any]:
         op.update(summary="STOW-RS: store instances (PS3.18 10.5)", requestBody={
             "required": True, "content": {
                 f'{MULTIPART}; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
-                f'{MULTIPART}; type="{DICOM_JSON}"': {"schema": {"type": "string", "format": "binary"}}}},
+                f'{MULTIPART}; type="{DICOM_JSON}"': {"schema": {"type": "string", "format": "binary"}},
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}}}},
             responses={s: {"description": d, "content": {DICOM_JSON: {"schema": {"type": "object"}}}}
                        for s, d in (("200", "all stored"), ("202", "some stored, some failed"),
                                     ("409", "none stored"))} | {

@@ -37,7 +37,7 @@ ROLES = ("none", "read", "write", "admin", "revoked", "own_letter", "other_lette
 TOKEN_ROLES = ("read", "write", "admin", "revoked")
 LETTER_ROLES = ("own_letter", "other_letter", "expired_letter")
 ALLOWED = "allowed"  # any answer but 401/403 (and never 5xx)
-PUBLIC = {"healthz", "static", "openapi.openapi"}
+PUBLIC = {"healthz", "readyz", "static", "openapi.openapi"}
 
 
 def _service(endpoint: str) -> str:
