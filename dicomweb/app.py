@@ -60,6 +60,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     for name in (*READ_SERVICES, *WRITE_SERVICES):
         module = importlib.import_module(f"dicomweb.{name}")
         app.register_blueprint(module.make_blueprint(name, auth.provider_authenticate, root))
+    from .openapi import make_blueprint as openapi_blueprint
+
+    app.register_blueprint(openapi_blueprint("openapi", root))  # the description of these routes
     upload = importlib.import_module("dicomweb.upload")
     app.register_blueprint(upload.make_blueprint("upload", auth.provider_authenticate, "/upload"))
 

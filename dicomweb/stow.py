@@ -304,11 +304,22 @@ def _location(part: Part) -> str:
 
 
 def _value(item: dict[str, Any], tag: str) -> str:
-    values = (item.get(tag) or {}).get("Value") or [""]
+    """The first value of ``tag`` as text; "" when the item's JSON is not shaped as PS3.18 F.2 says
+    (found by fuzzing: a list or a string where an attribute object belongs answered 500)."""
+    attr = item.get(tag)
+    values = attr.get("Value") if isinstance(attr, dict) else None
+    if not isinstance(values, list) or not values:
+        return ""
     v = values[0]
     if isinstance(v, dict):  # PN
         v = v.get("Alphabetic", "")
-    return str(v or "")
+    return str(v or "")[:64]
+
+
+def _bulk_refs(item: dict[str, Any]) -> dict[str, str]:
+    """Tag -> the part its BulkDataURI names."""
+    return {tag: str(attr["BulkDataURI"]).strip("<>") for tag, attr in item.items()
+            if isinstance(attr, dict) and "BulkDataURI" in attr}
 
 
 def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outcome,
@@ -319,8 +330,7 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
         outcome.fail(sop_class, sop_uid, STUDY_UID_MISMATCH,
                      "StudyInstanceUID differs from the study in the URL")
         return
-    refs = {tag: str(item[tag]["BulkDataURI"]).strip("<>") for tag in item
-            if isinstance(item[tag], dict) and "BulkDataURI" in item[tag]}
+    refs = _bulk_refs(item)
     missing = [uri for uri in refs.values() if uri not in bulk]
     if missing:
         outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND,

@@ -74,6 +74,7 @@ from .index.models import (
     PatientToken,
     Series,
     SeriesToken,
+    ShredLogEntry,
     Study,
     StudyToken,
     SystemKey,
@@ -871,6 +872,7 @@ class Archive:
                                   .where(Study.patient_id == patient_ref)).all()
             # the wrapped key is destroyed now (patients.key_id references the row: it goes below)
             s.execute(update(PatientKey).where(PatientKey.key_id == key_id).values(wrapped=b""))
+            s.merge(ShredLogEntry(key_id=key_id, shredded_at=_utcnow()))  # replayed on restores
         self.vault.forget(key_id)
         with self.write_sessions.begin() as s:
             study_ids = select(Study.id).where(Study.patient_id == patient_ref).scalar_subquery()

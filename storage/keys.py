@@ -118,10 +118,14 @@ class MasterKeyRing:
         return cls(versions)
 
     def save(self, path: Path) -> None:
-        """Write atomically with mode 0600."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write atomically with mode 0600, in a directory others cannot list or enter."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = path.parent.stat().st_mode
+        if mode & 0o007:  # e.g. the data directory made 0755 by the umask: not world-readable
+            os.chmod(path.parent, mode & 0o770)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover .tmp keeps its old mode through O_TRUNC
         with os.fdopen(fd, "w") as fh:
             fh.write(self.dumps())
             fh.flush()

@@ -120,7 +120,28 @@ def study_metadata(archive: Archive, study_uid: str, scope: Scope | None = None)
 def instance_json(archive: Archive, info: InstanceInfo) -> str:
     """One instance's header as DICOM JSON text with relative BulkDataURIs."""
     ds = archive.header(info)
-    return json.dumps(header_dict(ds, info), separators=(",", ":"), ensure_ascii=False)
+    try:
+        values = header_dict(ds, info)
+    except Exception:  # noqa: BLE001 - stored as received: an element pydicom cannot decode
+        log.warning("metadata of an instance leaves out elements that cannot be decoded")
+        values = header_dict(_decodable(ds), info)
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decodable(ds: Dataset) -> Dataset:
+    """``ds`` without the elements whose values cannot be decoded (a wrong length for the VR...),
+    found by sending mutated C-STOREs: one such object made its whole series' metadata fail."""
+    out = Dataset()
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                elem.value = [_decodable(item) for item in elem.value or []]
+            elem.to_json_dict(lambda _e: "", 1 << 30)
+        except Exception:  # noqa: BLE001, S112 - left out, see above
+            continue
+        out.add(elem)
+    return out
 
 
 def header_dict(ds: Dataset, info: InstanceInfo) -> dict[str, Any]:

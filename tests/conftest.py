@@ -163,6 +163,10 @@ class Server:
                 self.proc.kill()
 
 
+#: (server.log, master key file) of every server this process started: scanned at the end.
+SERVER_LOGS: list[tuple[Path, Path]] = []
+
+
 def start_server(base: Path, **env_overrides: str) -> Server:
     """Start ``pacs serve``; waits until both the DICOM port and /healthz answer."""
     data = base / "data"
@@ -176,6 +180,7 @@ def start_server(base: Path, **env_overrides: str) -> Server:
     env.update(env_overrides)
     srv = Server(data, dicom_port, http_port, env)
     log = open(base / "server.log", "ab")  # noqa: SIM115 - the server writes to it while it runs
+    SERVER_LOGS.append((base / "server.log", data / "master.key"))
     srv.proc = subprocess.Popen([PACS, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=base)
     deadline = time.monotonic() + 60
@@ -210,3 +215,61 @@ def raw_blob(archive: Archive, key: str) -> bytes:
 
     with (archive.inline_blobs if is_inline(key) else archive.blobs).open(key) as fh:
         return fh.read()
+
+
+# -- figures of the robustness suite (tests/robustness/conftest.py records them) ------------------
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    """Print every test's ``figures`` (kept as user properties, so they survive xdist)."""
+    lines = [f"{r.nodeid}: {value}" for reports in terminalreporter.stats.values() for r in reports
+             if getattr(r, "when", None) == "call"
+             for name, value in getattr(r, "user_properties", ()) if name == "figures"]
+    if lines:
+        terminalreporter.write_sep("=", "robustness figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+# -- no patient string or secret in any server log (issue 20 part 6) -------------------------------
+
+def _log_leaks() -> list[str]:
+    """Which server logs hold a patient string the tests used or their server's master key."""
+    from tests.dicomgen import PATIENT_STRINGS
+
+    needles = {s for s in PATIENT_STRINGS if len(s) >= 5}
+    leaks = []
+    for log, key_file in SERVER_LOGS:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        secrets = set()
+        if key_file.exists():
+            secrets = {line.split(":", 1)[1] for line in key_file.read_text().splitlines()
+                       if line and not line.startswith("#")}
+        found = sorted(s for s in needles if s in text) + ["the master key"] * any(k in text for k in secrets)
+        if found:
+            leaks.append(f"{log}: {', '.join(found[:5])}")
+    return leaks
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
+    leaks = _log_leaks()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports
+        workeroutput["log_leaks"], workeroutput["logs_scanned"] = leaks, len(SERVER_LOGS)
+        return
+    leaks += getattr(session.config, "_log_leaks", [])
+    scanned = len(SERVER_LOGS) + getattr(session.config, "_logs_scanned", 0)
+    print(f"\nserver logs scanned for patient strings and master keys: {scanned}; {len(leaks)} leak(s)")
+    for leak in leaks:
+        print(f"LEAK in a server log: {leak}")
+    if leaks:
+        session.exitstatus = 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist: a worker's findings
+    config = node.config
+    config._log_leaks = getattr(config, "_log_leaks", []) + node.workeroutput.get("log_leaks", [])
+    config._logs_scanned = getattr(config, "_logs_scanned", 0) + node.workeroutput.get("logs_scanned", 0)

@@ -8,6 +8,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+#: Patient IDs and names the tests made: no server log may contain them (tests/conftest.py).
+PATIENT_STRINGS: set[str] = set()
+
 
 def make_image(*, patient_id: str = "PAT001", patient_name: str = "Doe^Jane",
                study_uid: str | None = None, series_uid: str | None = None,
@@ -19,6 +22,7 @@ def make_image(*, patient_id: str = "PAT001", patient_name: str = "Doe^Jane",
                pixel_seed: int = 0, pixels: np.ndarray | None = None,
                charset: str | None = None, frames: int = 1) -> Dataset:
     """A CT or MR image with the identifying attributes a PACS indexes, ready for save_as."""
+    PATIENT_STRINGS.update((patient_id, str(patient_name)))
     ds = Dataset()
     meta = FileMetaDataset()
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage

@@ -36,6 +36,11 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
 
 
+#: alembic's ``context``/``op`` are process-wide proxies: two upgrades in two threads at once break
+#: each other (seen: an archive opened while ``pacs backup`` built its snapshot schema).
+_UPGRADE_LOCK = threading.Lock()
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest alembic revision."""
     from alembic import command
@@ -43,7 +48,7 @@ def upgrade(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _UPGRADE_LOCK, engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

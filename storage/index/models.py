@@ -240,3 +240,13 @@ class ReindexState(Base):
     level: Mapped[str] = mapped_column(String(16), primary_key=True)
     last_id: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# -- backups (migration 0010) -----------------------------------------------------------------------
+
+class ShredLogEntry(Base):
+    """A shredded patient's key id (random, no PHI): ``pacs restore`` replays it on older backups."""
+
+    __tablename__ = "shred_log"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shredded_at: Mapped[datetime] = mapped_column(DateTime)
