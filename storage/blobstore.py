@@ -176,6 +176,8 @@ class FileBlobStore:
         up, error = True, ""
         try:
             os.statvfs(self.root)
+            if not self.root.is_dir():
+                up, error = False, "not a directory"
         except OSError as exc:
             up, error = False, exc.strerror or "unreachable"
         return {"ok": up, "locations": [{"name": str(self.root), "up": up, "error": error}]}
