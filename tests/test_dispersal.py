@@ -184,6 +184,7 @@ def _ciphertexts(a: Archive, infos) -> dict[str, bytes]:  # noqa: ANN001
     return out
 
 
+@pytest.mark.slow
 def test_two_locations_lost_one_corrupt_repair_and_what_a_location_holds(tmp_path, weeds):
     settings = _dispersed_settings(tmp_path, weeds)
     a = Archive(settings, create_key=True)
@@ -294,3 +295,73 @@ def test_write_quorum_k_plus_one_stores_with_a_location_down_and_records_it(tmp_
         verify_share(a.blobs.read_share(4, info.blob_key), 4)
     finally:
         a.close()
+
+
+@pytest.mark.slow
+def test_served_c_get_and_wado_rs_with_two_servers_down(tmp_path, weeds):
+    """A real ``pacs serve`` on 3-of-5 dispersal: storescu in; two SeaweedFS servers killed;
+    every object back byte-identical through dcmtk getscu and WADO-RS."""
+    import subprocess
+
+    import pydicom
+    import requests
+
+    from dicomweb.multipart import decode_bytes
+    from tests.conftest import require, start_server
+    from tests.dicomgen import dataset_bytes, write
+
+    require("storescu")
+    prefix = uuid.uuid4().hex[:8]
+    locations = [f"s3://shares/{prefix}?endpoint={w.endpoint}" for w in weeds] + \
+        [str(tmp_path / "disk3"), str(tmp_path / "disk4")]
+    (tmp_path / "srv").mkdir()
+    srv = start_server(tmp_path / "srv", PACS_BLOB_STORE="dispersal",
+                       PACS_BLOB_LOCATIONS=",".join(locations), PACS_DISPERSAL_K="3",
+                       PACS_S3_ACCESS_KEY_ID=ACCESS_KEY, PACS_S3_SECRET_ACCESS_KEY=SECRET_KEY,
+                       PACS_BLOB_TIMEOUT="3")
+    stopped: list[Weed] = []
+    try:
+        pid = "DSV-" + uuid.uuid4().hex[:6]
+        study = pydicom.uid.generate_uid()
+        rng = np.random.default_rng(12)
+        files = [write(make_image(patient_id=pid, study_uid=study, rows=r, columns=r, frames=f,
+                                  instance_number=n + 1,
+                                  pixels=rng.integers(0, 4095, (f, r, r) if f > 1 else (r, r),
+                                                      dtype=np.uint16)), tmp_path / "in")
+                 for n, (r, f) in enumerate(((128, 1), (300, 1), (512, 4)))]
+        push = subprocess.run(["storescu", "-aec", srv.ae_title, "127.0.0.1", str(srv.dicom_port),
+                               *map(str, files)], capture_output=True, text=True, timeout=120)
+        assert push.returncode == 0, push.stderr
+        originals = {str(pydicom.dcmread(f).SOPInstanceUID): f.read_bytes() for f in files}
+        for w in weeds[:2]:
+            w.stop()
+            stopped.append(w)
+
+        out = tmp_path / "got"
+        out.mkdir()
+        got = subprocess.run(["getscu", "-aec", srv.ae_title, "-S", "+B", "-k", "QueryRetrieveLevel=STUDY",
+                              "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.dicom_port),
+                              "-od", str(out)], capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0, got.stderr
+        back = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p.read_bytes()
+                for p in out.iterdir()}
+        assert set(back) == set(originals)
+        for uid, raw in back.items():
+            assert dataset_bytes(raw) == dataset_bytes(originals[uid])
+
+        r = requests.get(f"{srv.dicomweb_url}/studies/{study}", timeout=60, headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        assert r.status_code == 200, r.text[:300]
+        parts = decode_bytes(r.content, r.headers["Content-Type"])
+        assert len(parts) == len(originals)
+        for part in parts:
+            raw = part.read()
+            uid = str(pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True).SOPInstanceUID)
+            assert dataset_bytes(raw) == dataset_bytes(originals[uid])
+    finally:
+        srv.stop()
+        restarts = [threading.Thread(target=w.start) for w in stopped]
+        for t in restarts:
+            t.start()
+        for t in restarts:
+            t.join()

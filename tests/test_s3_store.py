@@ -195,3 +195,60 @@ def test_s3_store_names_no_secret(tmp_path):
                         secret_access_key=s3["secret"])
     settings = s3_settings(tmp_path, s3["endpoint"], s3["bucket"], s3["key"], s3["secret"])
     assert s3["secret"] not in repr(store) and s3["secret"] not in repr(settings)
+
+
+@pytest.mark.slow
+def test_a_push_while_the_object_store_is_down_gets_out_of_resources_and_goes_on(tmp_path):
+    """Over DIMSE (pynetdicom SCU, one association): each object sent while SeaweedFS is down is
+    answered A700 with a comment, the association stays up, and once the store is back the next
+    C-STORE on the same association succeeds (no server restart)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from tests.conftest import start_server
+
+    if weed_binary() is None:
+        pytest.skip("weed not installed")
+    weed = Weed(tmp_path / "weed").start()
+    weed.create_bucket("push")
+    (tmp_path / "srv").mkdir()
+    srv = start_server(tmp_path / "srv", PACS_BLOB_STORE="s3://push/p", PACS_S3_ENDPOINT=weed.endpoint,
+                       PACS_S3_ACCESS_KEY_ID=ACCESS_KEY, PACS_S3_SECRET_ACCESS_KEY=SECRET_KEY,
+                       PACS_BLOB_TIMEOUT="2", PACS_INLINE_BLOB_LIMIT="0")
+    try:
+        rng = np.random.default_rng(5)
+        pid = "S3P-" + uuid.uuid4().hex[:6]
+
+        def image():  # noqa: ANN202
+            return make_image(patient_id=pid, rows=128, columns=128,
+                              pixels=rng.integers(0, 4095, (128, 128), dtype=np.uint16))
+
+        ae = AE(ae_title="PUSHER")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
+        assert assoc.is_established
+        try:
+            ok = image()
+            assert assoc.send_c_store(ok).Status == 0x0000
+            weed.stop()
+            refused = [image(), image()]
+            for ds in refused:
+                status = assoc.send_c_store(ds)
+                assert status.Status == 0xA700
+                assert "object store" in str(status.get("ErrorComment", ""))
+                assert assoc.is_established
+            weed.start()
+            assert assoc.send_c_store(refused[0]).Status == 0x0000
+        finally:
+            assoc.release()
+        a = srv.archive()
+        try:
+            assert a.instances(sop_uid=refused[0].SOPInstanceUID)
+            with pytest.raises(NotFound):
+                a.instances(sop_uid=refused[1].SOPInstanceUID)
+        finally:
+            a.close()
+        assert "Traceback" not in (tmp_path / "srv" / "server.log").read_text()
+    finally:
+        srv.stop()
+        weed.stop()
