@@ -10,7 +10,7 @@ Share format (integers big-endian)::
 
     header  "PACSSHR1" | version u8 | k u8 | n u8 | share u8 | block u32 | crc32 of these u32  (24 B)
     stripe  block bytes (the last stripe's blocks are ceil(rest / k) long) | crc32 u32, per stripe
-    footer  object length u64 | stripes u32 | blake2b-128 of all stripe records | crc32 u32 | "PACSSEND"
+    footer  object length u64 | stripes u32 | crc32 of all stripe records u32 | crc32 u32 | "PACSSEND"
 
 Each block's CRC is seeded with (share, stripe), so a block moved to another place fails too; the
 footer's digest is the whole share's checksum (``pacs blobs scrub``). The object length is in the
@@ -38,7 +38,6 @@ costs at most ``timeout``, never a hung store or read.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import io
 import logging
 import secrets
@@ -65,7 +64,7 @@ BLOCK = 64 << 10
 BATCH_STRIPES = 8  # stripes encoded and sent per location at once (0.75 MB at 3-of-5)
 _HEAD = struct.Struct(">8sBBBBI")
 HEADER_SIZE = _HEAD.size + 4
-_FOOT = struct.Struct(">QI16s")
+_FOOT = struct.Struct(">QII")
 FOOTER_SIZE = _FOOT.size + 4 + len(END)
 CRC = 4
 
@@ -103,12 +102,12 @@ def parse_header(data: bytes) -> Geometry:
     return Geometry(k, n, share, block)
 
 
-def _footer(length: int, stripes: int, digest: bytes) -> bytes:
+def _footer(length: int, stripes: int, digest: int) -> bytes:
     body = _FOOT.pack(length, stripes, digest)
     return body + struct.pack(">I", zlib.crc32(body)) + END
 
 
-def parse_footer(data: bytes) -> tuple[int, int, bytes]:
+def parse_footer(data: bytes) -> tuple[int, int, int]:
     """(object length, stripes, digest) from the last FOOTER_SIZE bytes of a share."""
     if len(data) != FOOTER_SIZE or data[-len(END):] != END:
         raise CorruptShare("share footer is missing")
@@ -138,7 +137,7 @@ class _Encoder:
         self._fec = zfec.Encoder(k, n)
         self.stripes = 0
         self.length = 0
-        self.digests = [hashlib.blake2b(digest_size=16) for _ in range(n)]
+        self.digests = [0] * n  # running CRC-32 of each share's stripe records
 
     def encode(self, data: memoryview, last: bool) -> list[bytearray]:
         """Encode ``data``: whole stripes, and if ``last`` a final short stripe for the rest."""
@@ -160,14 +159,14 @@ class _Encoder:
             for i, b in enumerate(blocks):
                 record = b + struct.pack(">I", _crc(i, self.stripes, b))
                 out[i] += record
-                self.digests[i].update(record)
+                self.digests[i] = zlib.crc32(record, self.digests[i])
             self.stripes += 1
             pos += min(rest, k * blen)
         self.length += pos
         return out
 
     def footers(self) -> list[bytes]:
-        return [_footer(self.length, self.stripes, d.digest()) for d in self.digests]
+        return [_footer(self.length, self.stripes, d) for d in self.digests]
 
 
 def encode_object(data: bytes, k: int, n: int, block: int = BLOCK) -> list[bytes]:
@@ -500,7 +499,7 @@ def verify_share(data: bytes, share: int) -> tuple[Geometry, int]:
         raise CorruptShare(f"share {geo.share} found where share {share} belongs")
     length, stripes, digest = parse_footer(data[-FOOTER_SIZE:])
     body = data[HEADER_SIZE:len(data) - FOOTER_SIZE]
-    if hashlib.blake2b(body, digest_size=16).digest() != digest:
+    if zlib.crc32(body) != digest:
         raise CorruptShare("share digest does not match")
     count, _last = stripe_layout(len(data), geo.block)
     if count != stripes:
