@@ -28,7 +28,9 @@ from .errors import BlobStoreMisconfigured, BlobStoreUnavailable, NotFound
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 << 20  # S3's smallest part is 5 MiB (except the last)
-READ_AHEAD = 64 << 10  # a small read (an encryption header) brings the start of the next segment
+READ_AHEAD = 64 << 10  # a small read brings some of what follows
+FIRST_READ = (1 << 20) + (64 << 10)  # a read at 0 (the encryption header) brings the first segment:
+# a small object (a CT slice) is then one GET, not two
 _KEY = re.compile(r"[0-9a-f]{32}")
 _GONE = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
@@ -278,7 +280,8 @@ class _S3Reader(io.RawIOBase):
         return out
 
     def _fetch(self, start: int, size: int | None) -> bytes:
-        want = None if size is None or size < 0 else max(size, READ_AHEAD)
+        ahead = FIRST_READ if start == 0 else READ_AHEAD
+        want = None if size is None or size < 0 else max(size, ahead)
         rng = f"bytes={start}-" if want is None else f"bytes={start}-{start + want - 1}"
         try:
             answer = self._store.call("get_object", Key=self._name, Range=rng)
