@@ -56,8 +56,9 @@ class BlobStore(Protocol):
       returns how many.
     * ``check()``: raise BlobStoreMisconfigured (naming the setting) or BlobStoreUnavailable when the
       store cannot be used; ``pacs serve`` calls it at start.
-    * ``health()``: ``{"ok": bool, "locations": [{"name", "up", "error"}], ...}`` for readiness
-      and metrics (no keys, no PHI).
+    * ``health()``: readiness for ``/readyz`` (storage/health.py): ``{part: "ok" | reason}``, part
+      ``""`` for the store as a whole; a reason starting ``degraded`` means still serving. Reasons
+      name a kind of failure only (no URL, key, credential or PHI).
 
     Failures to reach a remote store raise BlobStoreUnavailable (a StorageFull: Out of Resources).
     """
@@ -72,7 +73,7 @@ class BlobStore(Protocol):
     def keys(self, older_than: float | None = None) -> Iterator[str]: ...
     def sweep_incomplete(self, older_than: float) -> int: ...
     def check(self) -> None: ...
-    def health(self) -> dict[str, Any]: ...
+    def health(self) -> dict[str, str]: ...
 
 
 class FileBlobStore:
@@ -172,15 +173,12 @@ class FileBlobStore:
             raise BlobStoreUnavailable(f"the blob directory {self.root} cannot be used: "
                                        f"{exc.strerror or exc}") from None
 
-    def health(self) -> dict[str, Any]:
-        up, error = True, ""
-        try:
-            os.statvfs(self.root)
-            if not self.root.is_dir():
-                up, error = False, "not a directory"
-        except OSError as exc:
-            up, error = False, exc.strerror or "unreachable"
-        return {"ok": up, "locations": [{"name": str(self.root), "up": up, "error": error}]}
+    def health(self) -> dict[str, str]:
+        if not os.path.isdir(self.root):
+            return {"": "missing directory"}
+        if not os.access(self.root, os.W_OK):
+            return {"": "not writable"}
+        return {"": "ok"}
 
     def __repr__(self) -> str:
         return f"FileBlobStore({self.root})"

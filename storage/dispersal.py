@@ -469,19 +469,35 @@ class DispersedBlobStore:
             log.warning("dispersal: location %d (%s) is unreachable; its shares will be repaired",
                         i, self.locations[i].name)
 
-    def health(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
+        """Each location up or down, corrupt shares seen, objects below full redundancy (for
+        ``pacs blobs health`` and metrics; location names carry no credentials)."""
         results = self._all(lambda i, loc: loc.store.health())
         locs = []
         for i, loc in enumerate(self.locations):
             r = results.get(i)
-            up = isinstance(r, dict) and bool(r.get("ok"))
-            locs.append({"name": loc.name, "up": up, "corrupt_shares_seen": loc.corrupt,
-                         "error": "" if up else (type(r).__name__ if isinstance(r, BaseException)
-                                                 else "down")})
+            up = isinstance(r, dict) and r.get("") == "ok"
+            error = "" if up else (f"unreachable ({type(r).__name__})" if isinstance(r, BaseException)
+                                   else str((r or {}).get("", "down")))
+            locs.append({"name": loc.name, "up": up, "error": error,
+                         "corrupt_shares_seen": loc.corrupt})
         up = sum(1 for x in locs if x["up"])
         below = self.repairs.count() if self.repairs is not None else 0
         return {"ok": up >= self.write_quorum, "locations": locs, "k": self.k, "n": self.n,
                 "write_quorum": self.write_quorum, "objects_below_full_redundancy": below}
+
+    def health(self) -> dict[str, str]:
+        """Readiness: the store as a whole ("ok" while write_quorum locations answer), each location
+        ("degraded: ..." when down but tolerated), and objects below full redundancy."""
+        st = self.status()
+        up = sum(1 for x in st["locations"] if x["up"])
+        out = {"": "ok" if st["ok"] else
+               f"unavailable: {up} of {self.n} locations up, write_quorum {self.write_quorum}"}
+        for i, loc in enumerate(st["locations"]):
+            out[f"location{i}"] = "ok" if loc["up"] else f"degraded: {loc['error']}"
+        below = st["objects_below_full_redundancy"]
+        out["full_redundancy"] = "ok" if not below else f"degraded: {below} object(s) below"
+        return out
 
     def __repr__(self) -> str:
         return f"DispersedBlobStore({self.k}-of-{self.n})"

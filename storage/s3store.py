@@ -167,13 +167,14 @@ class S3BlobStore:
                 f"{self.setting}: cannot reach the object store at "
                 f"{self.endpoint or 'the default endpoint'} ({type(exc).__name__})") from None
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, str]:
         try:
             self._client.head_bucket(Bucket=self.bucket)
-            up, error = True, ""
-        except (self._client_error, self._boto_error) as exc:
-            up, error = False, type(exc).__name__
-        return {"ok": up, "locations": [{"name": self.name(), "up": up, "error": error}]}
+            return {"": "ok"}
+        except self._client_error as exc:
+            return {"": f"refused ({exc.response.get('Error', {}).get('Code', '')})"}
+        except self._boto_error as exc:
+            return {"": f"unreachable ({type(exc).__name__})"}
 
     def __repr__(self) -> str:
         return f"S3BlobStore({self.name()})"

@@ -8,6 +8,7 @@ what one location holds, shredding; a hanging location; refusals of impossible c
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import shutil
@@ -38,6 +39,7 @@ from storage.errors import (
     NotFound,
     StorageFull,
 )
+from storage.health import readiness, ready
 from tests.dicomgen import make_image
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, Weed, weed_binary
 
@@ -221,8 +223,12 @@ def test_two_locations_lost_one_corrupt_repair_and_what_a_location_holds(tmp_pat
         for data, info in zip(corpus, infos, strict=True):
             assert a.read_bytes(info) == data
             assert a.read_frame(info, 1) == a.dataset(info).PixelData[:info.rows * info.columns * 2]
-        health = store.health()
-        assert [loc["up"] for loc in health["locations"]] == [False, True, True, True, False]
+        status = store.status()
+        assert [loc["up"] for loc in status["locations"]] == [False, True, True, True, False]
+        checks = readiness(a)  # what /readyz answers: write_quorum = n, so not ready
+        assert checks["blobs"].startswith("unavailable") and not ready(checks)
+        assert checks["blobs.location0"].startswith("degraded") and checks["blobs.location1"] == "ok"
+        assert "shares" not in json.dumps(checks) and SECRET_KEY not in json.dumps(checks)
         with pytest.raises(StorageFull):  # write_quorum = n: refused, nothing acknowledged or indexed
             a.store(_bytes(make_image(patient_id=pid, rows=200, columns=200,
                                       pixels=np.ones((200, 200), dtype=np.uint16))))
@@ -244,7 +250,7 @@ def test_two_locations_lost_one_corrupt_repair_and_what_a_location_holds(tmp_pat
         for data, info in zip(corpus, infos, strict=True):
             assert a.read_bytes(info) == data
         assert store.corrupt_found > before  # reported (log, health, blob_repairs)
-        assert store.health()["objects_below_full_redundancy"] >= len(infos)
+        assert store.status()["objects_below_full_redundancy"] >= len(infos)
 
         # repaired: every share verifies again
         counts = repair(a)
@@ -252,7 +258,8 @@ def test_two_locations_lost_one_corrupt_repair_and_what_a_location_holds(tmp_pat
         assert counts["repaired"] == len(infos), counts
         checked = scrub(a, rate_mb=1000)
         assert checked["shares ok"] == 5 * len(infos), checked
-        assert store.health()["objects_below_full_redundancy"] == 0
+        assert store.status()["objects_below_full_redundancy"] == 0
+        assert ready(readiness(a))
         for data, info in zip(corpus, infos, strict=True):
             assert a.read_bytes(info) == data
 

@@ -73,4 +73,6 @@ def scrub(ctx: Context, rate: float, limit: int | None, restart: bool) -> None:
 @pass_ctx
 def health(ctx: Context) -> None:
     """Locations up or down, objects below full redundancy (JSON)."""
-    click.echo(json.dumps(ctx.archive().blobs.health(), indent=2))
+    store = ctx.archive().blobs
+    status = getattr(store, "status", None)
+    click.echo(json.dumps(status() if callable(status) else store.health(), indent=2))
