@@ -374,9 +374,10 @@ def test_served_c_get_and_wado_rs_with_two_servers_down(tmp_path, weeds):
             t.join()
 
 
-def test_scrub_and_repair_resume_and_report_counts_through_the_cli(tmp_path):
-    """On five directories: a scrub stopped after one object goes on from there; the CLI reports
-    counts; a wiped location comes back whole through ``pacs blobs repair``."""
+def test_scrub_and_repair_resume_and_report_counts_through_the_cli(tmp_path, db_url):
+    """On five directories (index on SQLite and on PostgreSQL): a scrub stopped after one object goes
+    on from there; the CLI reports counts; a wiped location comes back whole through ``pacs blobs
+    repair``."""
     import json
     import subprocess
 
@@ -385,7 +386,7 @@ def test_scrub_and_repair_resume_and_report_counts_through_the_cli(tmp_path):
     locs = [str(tmp_path / f"d{i}") for i in range(5)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_BLOB_STORE="dispersal",
-               PACS_BLOB_LOCATIONS=",".join(locs), PACS_DISPERSAL_K="3")
+               PACS_BLOB_LOCATIONS=",".join(locs), PACS_DISPERSAL_K="3", PACS_DATABASE_URL=db_url)
     settings = load_settings(env=env)
     a = Archive(settings, create_key=True)
     try:

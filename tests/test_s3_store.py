@@ -189,6 +189,25 @@ def test_serve_refuses_a_wrong_bucket_or_credentials_in_one_line(tmp_path, what)
     assert ("does not exist" if what == "bucket" else "credentials") in lines[0]
 
 
+def test_the_secret_can_come_from_a_file(tmp_path):
+    s3 = _shared_s3()
+    secret = tmp_path / "s3.secret"
+    secret.write_text(s3["secret"] + "\n")
+    settings = load_settings(env={}, data_dir=tmp_path / "data",
+                             blob_store=f"s3://{s3['bucket']}/f-{uuid.uuid4().hex[:6]}",
+                             s3_endpoint=s3["endpoint"], s3_access_key_id=s3["key"],
+                             s3_secret_access_key_file=str(secret))
+    a = Archive(settings, create_key=True)
+    try:
+        a.blobs.check()
+        data = _bytes(make_image(patient_id="S3F-" + uuid.uuid4().hex[:6], rows=256, columns=256,
+                                 pixels=np.ones((256, 256), dtype=np.uint16)))
+        [info] = a.instances(sop_uid=a.store(data).sop_instance_uid)
+        assert a.read_bytes(info) == data
+    finally:
+        a.close()
+
+
 def test_s3_store_names_no_secret(tmp_path):
     s3 = _shared_s3()
     store = S3BlobStore(s3["bucket"], "p", endpoint=s3["endpoint"], access_key_id=s3["key"],
