@@ -246,6 +246,8 @@ def test_two_locations_lost_one_corrupt_repair_and_what_a_location_holds(tmp_pat
             for at in range(len(raw) // 7, len(raw), len(raw) // 7):
                 raw[at] ^= 0xFF
             s3._client.put_object(Bucket="shares", Key=name, Body=bytes(raw))
+        for i, loc in enumerate(store.locations):  # the location holding them answers fastest
+            loc.latency, loc.down_until = (0.0001 if i == 2 else 1.0), 0.0
         before = store.corrupt_found
         for data, info in zip(corpus, infos, strict=True):
             assert a.read_bytes(info) == data
@@ -415,3 +417,45 @@ def test_scrub_and_repair_resume_and_report_counts_through_the_cli(tmp_path, db_
     for info in infos:
         verify_share((Path(locs[1]) / info.blob_key[:2] / info.blob_key[2:4] / info.blob_key)
                      .read_bytes(), 1)
+
+
+class _Counting(FileBlobStore):
+    """A directory that counts the bytes read from it."""
+
+    def __init__(self, root):  # noqa: ANN001
+        super().__init__(root)
+        self.read = 0
+
+    def open(self, key):  # noqa: ANN001, ANN201
+        fh = super().open(key)
+        store = self
+        real = fh.read
+
+        def read(n=-1):  # noqa: ANN001, ANN202
+            data = real(n)
+            store.read += len(data)
+            return data
+
+        fh.read = read  # type: ignore[method-assign]
+        return fh
+
+
+def test_a_frame_read_fetches_only_its_stripes(tmp_path):
+    locs = [_Counting(tmp_path / f"c{i}") for i in range(5)]
+    settings = load_settings(env={}, data_dir=tmp_path / "data", blob_store="dispersal",
+                             blob_locations=[str(tmp_path / f"c{i}") for i in range(5)])
+    a = Archive(settings, create_key=True)
+    try:
+        a.blobs = DispersedBlobStore(locs, 3, 5, timeout=5)  # the same directories, counted
+        rng = np.random.default_rng(4)
+        ds = make_image(patient_id="DSF-" + uuid.uuid4().hex[:6], rows=1024, columns=1024, frames=8,
+                        pixels=rng.integers(0, 4095, (8, 1024, 1024), dtype=np.uint16))
+        [info] = a.instances(sop_uid=a.store(_bytes(ds)).sop_instance_uid)
+        stored = sum(p.stat().st_size for p in tmp_path.glob("c*/*/*/*"))
+        for loc in locs:
+            loc.read = 0
+        assert a.read_frame(info, 6) == ds.PixelData[5 * 2 * 1024 * 1024: 6 * 2 * 1024 * 1024]
+        fetched = sum(loc.read for loc in locs)
+        assert fetched < stored / 4  # k shares of the frame's stripes (and the header's), of 5 x 1/3
+    finally:
+        a.close()
