@@ -457,8 +457,8 @@ class DispersedBlobStore:
         results = self._all(lambda i, loc: loc.store.check())
         down = []
         for i, r in sorted(results.items()):
-            if isinstance(r, BlobStoreMisconfigured):
-                raise BlobStoreMisconfigured(f"blob_locations[{i}]: {r}")
+            if isinstance(r, BlobStoreMisconfigured):  # its message names blob_locations[i]
+                raise r
             if isinstance(r, BaseException):
                 down.append(i)
         if self.n - len(down) < self.write_quorum:

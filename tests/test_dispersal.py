@@ -459,3 +459,28 @@ def test_a_frame_read_fetches_only_its_stripes(tmp_path):
         assert fetched < stored / 4  # k shares of the frame's stripes (and the header's), of 5 x 1/3
     finally:
         a.close()
+
+
+def test_serve_refuses_a_location_with_a_wrong_bucket_naming_it(tmp_path):
+    import subprocess
+
+    from tests.conftest import PACS, free_port
+
+    endpoint = os.environ.get("PACS_TEST_S3_ENDPOINT")
+    if not endpoint:
+        pytest.skip("SeaweedFS not started (scripts/test starts it)")
+    locs = [str(tmp_path / f"d{i}") for i in range(4)]
+    locs.insert(2, f"s3://no-such-bucket-anywhere/p?endpoint={endpoint}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_PORT=str(free_port()),
+               PACS_HTTP_PORT=str(free_port()), PACS_DICOM_HOST="127.0.0.1",
+               PACS_HTTP_HOST="127.0.0.1", PACS_BLOB_STORE="dispersal",
+               PACS_BLOB_LOCATIONS=",".join(locs), PACS_DISPERSAL_K="3",
+               PACS_S3_ACCESS_KEY_ID=os.environ["PACS_TEST_S3_ACCESS_KEY_ID"],
+               PACS_S3_SECRET_ACCESS_KEY=os.environ["PACS_TEST_S3_SECRET_ACCESS_KEY"])
+    done = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "blob_locations[2]" in lines[0] and "does not exist" in lines[0], \
+        done.stderr
+    assert not (tmp_path / "data" / "master.key").exists()  # refused before anything was written
