@@ -554,14 +554,14 @@ class Archive:
         try:
             with DecryptingReader(self.blobs.open(p.blob_key), old, p.blob_key, p.blob_size) as source:
                 _copy(source, EncryptingWriter(fh, dek, blob_key))  # type: ignore[arg-type]
-            self.blobs.commit(fh, durable=self.settings.fsync)
+            size = self.blobs.commit(fh, durable=self.settings.fsync)
         except BaseException:
             with contextlib.suppress(OSError):
                 fh.close()
-            self.blobs.delete(blob_key)
+            self._discard_blob(blob_key)
             raise
-        self.blobs.delete(p.blob_key)
-        p.blob_key, p.blob_size = blob_key, self.blobs.size(blob_key)
+        self._discard_blob(p.blob_key)
+        p.blob_key, p.blob_size = blob_key, size
 
     def _check_study_owner(self, study_uid: str, patient_ref: int) -> None:
         """Refuse a study UID that belongs to another patient (cached; a mismatch is re-read)."""
