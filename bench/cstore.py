@@ -175,11 +175,15 @@ def _popen(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
-def pacs_server(name: str, cmd: str, extra_env: dict[str, str]) -> Server:
-    """Our server: ``cmd`` with PACS_* environment variables."""
+def pacs_server(name: str, cmd: str, extra_env: dict[str, str], blob_store: str = "") -> Server:
+    """Our server: ``cmd`` with PACS_* environment variables (``blob_store``: bench/objectstores.py)."""
 
     def start(tmp: Path, port: int) -> subprocess.Popen:
         env = dict(os.environ)
+        if blob_store:
+            from bench.objectstores import env_for
+
+            env.update(env_for(blob_store, tmp))
         env.update(
             PACS_DATA_DIR=str(tmp / "data"),
             PACS_DICOM_PORT=str(port),
@@ -390,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
         "bare-2w-nofsync": bare_server("bare-2w-nofsync", "--workers", "2", "--no-fsync"),
         "pacs": pacs_server("pacs", args.pacs_cmd, {}),
         "pacs-noenc": pacs_server("pacs-noenc", args.pacs_cmd, {"PACS_BENCH_NO_ENCRYPTION": "1"}),
+        # blob stores (bench/objectstores.py): S3 on SeaweedFS, 3-of-5 dispersal
+        "pacs-s3": pacs_server("pacs-s3", args.pacs_cmd, {}, "s3"),
+        "pacs-dispersal": pacs_server("pacs-dispersal", args.pacs_cmd, {}, "dispersal"),
+        "pacs-dispersal-s3": pacs_server("pacs-dispersal-s3", args.pacs_cmd, {}, "dispersal-s3"),
     }
     results = []
     servers = args.servers.split(",")

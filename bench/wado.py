@@ -64,11 +64,14 @@ def make_series(folder: Path, count: int) -> tuple[str, str, list[str], list[Pat
     return study, series, sops, paths
 
 
-def start_pacs(tmp: Path) -> Running:
+def start_pacs(tmp: Path, blob_store: str = "") -> Running:
+    """``pacs serve``; ``blob_store``: files (default), s3, dispersal, dispersal-s3 (bench/objectstores.py)."""
+    from bench.objectstores import env_for
+
     dicom, http = free_port(), free_port()
     env = dict(os.environ, PACS_DATA_DIR=str(tmp / "data"), PACS_DICOM_PORT=str(dicom),
                PACS_HTTP_PORT=str(http), PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1",
-               PACS_AE_TITLE=AET, TCP_NODELAY="1")
+               PACS_AE_TITLE=AET, TCP_NODELAY="1", **env_for(blob_store, tmp))
     pacs = str(Path(sys.executable).parent / "pacs")
     return Running("pacs", _popen([pacs, "serve"], env, tmp / "server.log"), dicom, http,
                    "/dicom-web")
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--frame-runs", type=int, default=50)
     ap.add_argument("--series-runs", type=int, default=5)
-    ap.add_argument("--servers", default="pacs,orthanc")
+    ap.add_argument("--servers", default="pacs,orthanc",
+                    help="pacs, orthanc, and pacs-s3, pacs-dispersal, pacs-dispersal-s3 (blob stores)")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="bench-wado-"))
     try:
@@ -169,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.servers.split(","):
             tmp = base / name
             tmp.mkdir()
-            srv = start_pacs(tmp) if name == "pacs" else start_orthanc(tmp)
+            ours = name.startswith("pacs")
+            srv = start_pacs(tmp, name.removeprefix("pacs").lstrip("-")) if ours else start_orthanc(tmp)
             try:
-                wait_http(srv, "/healthz" if name == "pacs" else "/system")
+                wait_http(srv, "/healthz" if ours else "/system")
                 if not run_storescu(paths, srv.dicom_port, 4, 300):
                     raise RuntimeError(f"storescu into {name} failed")
                 frames = [f"{srv.root}/studies/{study}/series/{series}/instances/{sop}/frames/1"

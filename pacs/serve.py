@@ -68,6 +68,13 @@ def check_data_dir(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> None:
     """Create or check keys and schema; sweep orphans. Raises KeyUnavailable on a wrong key."""
+    from storage import blobstores
+    from storage.errors import BlobStoreMisconfigured, BlobStoreUnavailable
+
+    try:  # a wrong bucket, bad credentials, k-of-n impossible: refused before anything is written
+        blobstores.build(settings).check()
+    except (BlobStoreMisconfigured, BlobStoreUnavailable) as exc:
+        raise CannotStart(str(exc)) from None
     archive = Archive(settings, create_key=True)
     try:
         archive.sweep_orphans()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from storage.errors import BadInput, Conflict, Duplicate, KeyUnavailable, NotFound, StorageFull
+from storage.errors import (
+    BadInput,
+    BlobStoreUnavailable,
+    Conflict,
+    Duplicate,
+    KeyUnavailable,
+    NotFound,
+    StorageFull,
+)
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
@@ -39,6 +47,8 @@ def status_for_error(exc: BaseException) -> Dataset:
         return status(CANNOT_UNDERSTAND, str(exc))
     if isinstance(exc, Conflict):
         return status(DATASET_MISMATCH, str(exc))
+    if isinstance(exc, BlobStoreUnavailable):
+        return status(OUT_OF_RESOURCES, "the object store cannot be reached; send it again later")
     if isinstance(exc, StorageFull):
         return status(OUT_OF_RESOURCES, "out of storage space")
     if isinstance(exc, (KeyUnavailable, NotFound)):

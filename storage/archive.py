@@ -48,9 +48,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import blobstores
 from .attributes import PHI_BY_LEVEL
 from .audit import AuditLog
-from .blobstore import DatabaseBlobStore, FileBlobStore, is_inline
+from .blobstore import DatabaseBlobStore, is_inline
 from .config import Settings
 from .crypto import DecryptingReader, EncryptingWriter
 from .errors import (
@@ -190,7 +191,7 @@ class Archive:
         self.vault = Vault(ring, self.write_sessions, read_sessions=self.sessions,
                            reload=lambda: load_master_keys(settings.master_key_file, settings.master_key))
         self.vault.check_master_key()
-        self.blobs = FileBlobStore(settings.blob_dir)  # type: ignore[arg-type]
+        self.blobs = blobstores.build(settings, self.write_engine)  # files, S3 or dispersal
         self.inline_blobs = DatabaseBlobStore(self.engine)
         self.queries = QueryEngine(self.sessions, self.vault,
                                    pn_ignore_case=not settings.case_sensitive_person_names,
@@ -330,11 +331,11 @@ class Archive:
         try:
             writer = EncryptingWriter(fh, dek, blob_key)
             _copy(fp, writer)
-            self.blobs.commit(fh, durable=False)  # made durable in store_many, one sync per batch
+            blob_size = self.blobs.commit(fh, durable=False)  # durable in store_many, one sync per batch
         except BaseException as exc:
             with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
                 fh.close()
-            self.blobs.delete(blob_key)
+            self._discard_blob(blob_key)
             if not disk_full(exc):
                 raise
             full = True
@@ -343,7 +344,7 @@ class Archive:
             # buffer they hold, go now (a receive spool cannot be closed while something views it)
             raise StorageFull("no space left in the blob store")
 
-        return _Pending(v, patient_ref or 0, key_id, blob_key, self.blobs.size(blob_key),
+        return _Pending(v, patient_ref or 0, key_id, blob_key, blob_size,
                         writer.plain_size, content_type, replaced, outcome, frame_index=frame_index,
                         new_patient=new)
 
@@ -443,7 +444,7 @@ class Archive:
                         p.fail(ArchiveError("the index could not be written"))
                     break
             if p.failed and p.inline is None:
-                self.blobs.delete(p.blob_key)
+                self._discard_blob(p.blob_key)
 
     @contextlib.contextmanager
     def _ingest_transaction(self) -> Iterator[Connection]:
@@ -554,14 +555,14 @@ class Archive:
         try:
             with DecryptingReader(self.blobs.open(p.blob_key), old, p.blob_key, p.blob_size) as source:
                 _copy(source, EncryptingWriter(fh, dek, blob_key))  # type: ignore[arg-type]
-            self.blobs.commit(fh, durable=self.settings.fsync)
+            size = self.blobs.commit(fh, durable=self.settings.fsync)
         except BaseException:
             with contextlib.suppress(OSError):
                 fh.close()
-            self.blobs.delete(blob_key)
+            self._discard_blob(blob_key)
             raise
-        self.blobs.delete(p.blob_key)
-        p.blob_key, p.blob_size = blob_key, self.blobs.size(blob_key)
+        self._discard_blob(p.blob_key)
+        p.blob_key, p.blob_size = blob_key, size
 
     def _check_study_owner(self, study_uid: str, patient_ref: int) -> None:
         """Refuse a study UID that belongs to another patient (cached; a mismatch is re-read)."""
@@ -893,7 +894,15 @@ class Archive:
     def _delete_files(self, blob_keys: Iterable[str]) -> None:
         for key in blob_keys:
             if not is_inline(key):
-                self.blobs.delete(key)
+                self._discard_blob(key)
+
+    def _discard_blob(self, key: str) -> None:
+        """Delete a blob no index row names (any more); if the store cannot now, the orphan sweep will."""
+        try:
+            self.blobs.delete(key)
+        except (ArchiveError, OSError) as exc:
+            log.warning("a blob could not be deleted now (%s); the orphan sweep will remove it",
+                        type(exc).__name__)
 
     def blob_keys(self) -> set[str]:
         """Every stored blob's key: files and rows of the index database."""
@@ -904,7 +913,7 @@ class Archive:
         cutoff = time.time() - grace_seconds
         with self.sessions() as s:
             known = set(s.scalars(select(Instance.blob_key)).all())
-        n = 0
+        n = self.blobs.sweep_incomplete(cutoff)  # S3 multipart uploads a crash left open
         for key in list(self.blobs.keys(older_than=cutoff)):
             if key not in known:
                 self.blobs.delete(key)

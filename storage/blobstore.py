@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy import Connection, Engine, bindparam, delete, select
 
-from .errors import NotFound, StorageFull
+from .errors import BlobStoreUnavailable, NotFound, StorageFull
 from .index.models import InlineBlob
 
 
@@ -38,14 +38,42 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 class BlobStore(Protocol):
+    """Opaque bytes under random keys; DICOM-free and encryption-free. What each method promises:
+
+    * ``new_key()``: a fresh random key (hex; no UID, name or date, ever).
+    * ``create(key)``: a write-only stream for a new blob. Closing it without ``commit`` abandons the
+      blob (an S3 multipart upload is aborted; a file stays until ``delete`` or the orphan sweep).
+    * ``commit(fh, durable)``: finish the blob and return its size in bytes. When it returns,
+      ``open(key)`` reads the whole blob; with ``durable`` it also survives a crash, otherwise
+      ``sync([key, ...])`` makes a batch durable. The archive indexes a blob only after this, and
+      acknowledges a store only after the index committed.
+    * ``sync(keys)``: make committed blobs durable (a no-op where commit is durable already).
+    * ``open(key)``: a seekable binary reader; reading a byte range fetches only that range (plus
+      what the store needs to check it). NotFound if there is no such blob.
+    * ``size(key)``, ``delete(key)`` (a missing blob is not an error), ``keys(older_than)`` (every
+      committed key, optionally only those written before ``older_than``, epoch seconds).
+    * ``sweep_incomplete(older_than)``: abandon writes begun before then and never committed;
+      returns how many.
+    * ``check()``: raise BlobStoreMisconfigured (naming the setting) or BlobStoreUnavailable when the
+      store cannot be used; ``pacs serve`` calls it at start.
+    * ``health()``: readiness for ``/readyz`` (storage/health.py): ``{part: "ok" | reason}``, part
+      ``""`` for the store as a whole; a reason starting ``degraded`` means still serving. Reasons
+      name a kind of failure only (no URL, key, credential or PHI).
+
+    Failures to reach a remote store raise BlobStoreUnavailable (a StorageFull: Out of Resources).
+    """
+
     def new_key(self) -> str: ...
     def create(self, key: str) -> BinaryIO: ...
-    def commit(self, fh: BinaryIO, durable: bool = True) -> None: ...
+    def commit(self, fh: BinaryIO, durable: bool = True) -> int: ...
     def sync(self, keys: list[str]) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
     def keys(self, older_than: float | None = None) -> Iterator[str]: ...
+    def sweep_incomplete(self, older_than: float) -> int: ...
+    def check(self) -> None: ...
+    def health(self) -> dict[str, str]: ...
 
 
 class FileBlobStore:
@@ -74,12 +102,13 @@ class FileBlobStore:
                 raise StorageFull("no space left in the blob store") from None
             raise
 
-    def commit(self, fh: BinaryIO, durable: bool = True) -> None:
-        """Flush and (if durable) fsync; then close."""
+    def commit(self, fh: BinaryIO, durable: bool = True) -> int:
+        """Flush and (if durable) fsync; then close. Returns the blob's size."""
         try:
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
+            return fh.tell()
         except OSError as exc:
             if exc.errno == 28:
                 raise StorageFull("no space left in the blob store") from None
@@ -128,6 +157,28 @@ class FileBlobStore:
                 for f in mid.iterdir():
                     if older_than is None or f.stat().st_mtime < older_than:
                         yield f.name
+
+    def sweep_incomplete(self, older_than: float) -> int:
+        """Nothing to do: an uncommitted file is an ordinary key, which the orphan sweep finds."""
+        return 0
+
+    def check(self) -> None:
+        """The directory exists and takes a new file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"the blob directory {self.root} cannot be used: "
+                                       f"{exc.strerror or exc}") from None
+
+    def health(self) -> dict[str, str]:
+        if not os.path.isdir(self.root):
+            return {"": "missing directory"}
+        if not os.access(self.root, os.W_OK):
+            return {"": "not writable"}
+        return {"": "ok"}
 
     def __repr__(self) -> str:
         return f"FileBlobStore({self.root})"

@@ -38,6 +38,18 @@ class Settings:
     encrypt: bool = True  # False only for benchmarks (PACS_BENCH_NO_ENCRYPTION=1)
     fsync: bool = True
     inline_blob_limit: int = 65536  # objects up to this size (bytes) are kept in the index database
+    # Blob store (storage/blobstores.py): "" = files in blob_dir; "s3://bucket/prefix"; "dispersal"
+    blob_store: str = ""
+    s3_endpoint: str = ""  # e.g. http://127.0.0.1:8333 (SeaweedFS, MinIO); "" = AWS
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # "" = the standard AWS credential chain
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_secret_access_key_file: Path | None = None
+    blob_timeout: float = 10.0  # seconds a blob store request (or a dispersal location) may take
+    blob_locations: list[str] = field(default_factory=list)  # dispersal: directories or s3:// URLs
+    dispersal_k: int = 3  # shares needed to read an object
+    dispersal_n: int = 0  # shares written per object (0: one per location)
+    write_quorum: int = 0  # shares that must be confirmed before a store is acknowledged (0: n)
 
     # DICOM networking
     ae_title: str = "PACS"
@@ -183,6 +195,7 @@ def check(s: Settings) -> Settings:
             problems.append(f"destinations: {why}")
         if not 1 <= d.port <= 65535:
             problems.append(f"destinations: the port of {ae} is {d.port}; a port is 1-65535")
+    problems += _blob_store_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
     return s
@@ -196,6 +209,39 @@ def _check_retention(s: Settings, problems: list[str], need: Any) -> None:
         except ValueError as exc:
             problems.append(f"{name}: {exc}, got {getattr(s, name)!r}")
     need(s.retention_clock in RETENTION_CLOCKS, "retention_clock", "one of " + ", ".join(RETENTION_CLOCKS))
+
+
+def _blob_store_problems(s: Settings) -> list[str]:
+    """What is wrong with the blob store settings (storage/blobstores.py), each naming its setting."""
+    out: list[str] = []
+    if s.blob_timeout <= 0:
+        out.append(f"blob_timeout: must be more than 0 seconds, got {s.blob_timeout!r}")
+    kind = s.blob_store
+    if kind.startswith("s3://"):
+        if not kind[5:].split("/", 1)[0].split("?", 1)[0]:
+            out.append(f"blob_store: s3://bucket/prefix needs a bucket, got {kind!r}")
+    elif kind == "dispersal":
+        n = s.dispersal_n or len(s.blob_locations)
+        if not s.blob_locations:
+            out.append("blob_locations: dispersal needs at least one location")
+        if s.dispersal_n < 0 or n > 255:
+            out.append(f"dispersal_n: must be 1..255 (0: one per location), got {s.dispersal_n!r}")
+        elif len(s.blob_locations) < n:
+            out.append(f"blob_locations: dispersal_n is {n} but only {len(s.blob_locations)} "
+                       "location(s) are set")
+        if not 1 <= s.dispersal_k <= max(n, 1):
+            out.append(f"dispersal_k: must be 1..dispersal_n ({n}), got {s.dispersal_k!r}")
+        if s.write_quorum and not s.dispersal_k <= s.write_quorum <= n:
+            out.append(f"write_quorum: must be dispersal_k..dispersal_n ({s.dispersal_k}..{n}) "
+                       f"or 0 (all n), got {s.write_quorum!r}")
+        for i, loc in enumerate(s.blob_locations):
+            if not (loc.startswith("s3://") and len(loc) > 5 or loc.startswith("file:///")
+                    or os.path.isabs(loc)):
+                out.append(f"blob_locations[{i}]: expected an absolute directory or s3://bucket/prefix, "
+                           f"got {loc.split('?', 1)[0]!r}")
+    elif kind not in ("", "files"):
+        out.append(f"blob_store: expected \"\" (files), s3://bucket/prefix or dispersal, got {kind!r}")
+    return out
 
 
 def _coerce(name: str, value: Any) -> Any:

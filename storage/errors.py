@@ -34,6 +34,17 @@ class StorageFull(ArchiveError):
     """The blob store or the database has no room left."""
 
 
+class BlobStoreUnavailable(StorageFull):
+    """The object store (or too many dispersal locations) cannot be reached or did not confirm a
+    write: that object is refused with Out of Resources, like a full disk; storing resumes by itself
+    once the store answers again."""
+
+
+class BlobStoreMisconfigured(ArchiveError):
+    """The blob store refuses us for good: a wrong bucket, bad credentials, an impossible k-of-n.
+    The message names the setting to fix (``pacs serve`` refuses to start with it)."""
+
+
 class KeyUnavailable(ArchiveError):
     """The master key is missing or wrong, or a patient key cannot be unwrapped."""
 

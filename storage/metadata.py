@@ -43,7 +43,7 @@ from sqlalchemy import select, update
 
 from .archive import Archive, InstanceInfo, Scope
 from .crypto import open_small, seal_small
-from .errors import NotFound, disk_full
+from .errors import NotFound, StorageFull, disk_full
 from .index.models import Patient, Series, Study
 from .keys import hkdf
 from .transfer_syntaxes import is_native
@@ -252,7 +252,7 @@ class MetadataWarmer:
                 pass  # deleted meanwhile
             except Exception as exc:  # one bad series must not stop the others
                 log.warning("metadata warmer: series %d could not be built", series_id,
-                            exc_info=not disk_full(exc))
+                            exc_info=not disk_full(exc) and not isinstance(exc, StorageFull))
                 if len(self._failed) > 10_000:
                     self._failed.clear()
                 self._failed[series_id] = updated_at

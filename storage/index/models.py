@@ -122,6 +122,16 @@ class InlineBlob(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class BlobRepair(Base):
+    """A dispersed blob below full redundancy (storage/dispersal.py): its missing or corrupt shares."""
+
+    __tablename__ = "blob_repairs"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)  # the blob's random key
+    shares: Mapped[str] = mapped_column(String(800))  # share numbers, comma separated
+    reason: Mapped[str] = mapped_column(String(16))  # write | missing | corrupt | scrub
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class ApiToken(Base):
     """Provider API tokens (DICOMweb bearer), stored as SHA-256 of the token."""
 

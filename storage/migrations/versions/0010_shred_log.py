@@ -1,14 +1,14 @@
 """shred log: the key ids of shredded patients, replayed by ``pacs restore`` onto older backups
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-03 16:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0010'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
