@@ -2,7 +2,7 @@
 
 Usage (data from ``python -m bench.gen DATA``)::
 
-    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc]
+    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc,pacs-hsm]
         [--scenarios small-1,ct-1,ct-4,big-1] [--small-count 500] [--ct-count 200]
         [--stock-client]
 
@@ -193,6 +193,27 @@ def pacs_server(name: str, cmd: str, extra_env: dict[str, str], blob_store: str 
             **extra_env,
         )
         return _popen(shlex.split(cmd), env, tmp / "server.log")
+
+    return Server(name, start)
+
+
+SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"  # Debian's softhsm2
+
+
+def pacs_hsm_server(name: str, cmd: str) -> Server:
+    """Our server with the master key in a fresh SoftHSM2 token (PKCS#11, storage/hsm.py)."""
+
+    def start(tmp: Path, port: int) -> subprocess.Popen:
+        tokens = tmp / "tokens"
+        tokens.mkdir(parents=True)
+        conf = tmp / "softhsm2.conf"
+        conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+        env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--so-pin",
+                        "bench-so", "--pin", "bench-pin"], env=env, check=True, capture_output=True)
+        return pacs_server(name, cmd, {
+            "SOFTHSM2_CONF": str(conf), "PACS_MASTER_KEY": "pkcs11:token=bench;object=master",
+            "PACS_PKCS11_MODULE": SOFTHSM2_MODULE, "PACS_PKCS11_PIN": "bench-pin"}).start(tmp, port)
 
     return Server(name, start)
 
@@ -398,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         "pacs-s3": pacs_server("pacs-s3", args.pacs_cmd, {}, "s3"),
         "pacs-dispersal": pacs_server("pacs-dispersal", args.pacs_cmd, {}, "dispersal"),
         "pacs-dispersal-s3": pacs_server("pacs-dispersal-s3", args.pacs_cmd, {}, "dispersal-s3"),
+        "pacs-hsm": pacs_hsm_server("pacs-hsm", args.pacs_cmd),
     }
     results = []
     servers = args.servers.split(",")

@@ -80,9 +80,12 @@ def serve(ctx: Context) -> None:
     except CannotStart as exc:
         raise click.ClickException(f"refusing to start: {exc}. Nothing was changed.") from None
     except KeyUnavailable as exc:
+        if ctx.settings.master_key.startswith("pkcs11:"):
+            where = "master_key, pkcs11_module and pkcs11_pin / pkcs11_pin_file"
+        else:
+            where = f"PACS_MASTER_KEY / master_key_file ({ctx.settings.master_key_file})"
         raise click.ClickException(
-            f"refusing to start: {exc}. Nothing was changed. Check PACS_MASTER_KEY / "
-            f"master_key_file ({ctx.settings.master_key_file}).") from None
+            f"refusing to start: {exc}. Nothing was changed. Check {where}.") from None
 
 
 @main.command(name="import")

@@ -29,6 +29,8 @@ import pydicom
 from storage import metrics
 from storage.archive import Archive
 from storage.config import Settings
+from storage.hsm import log_in
+from storage.keys import uses_token
 
 log = logging.getLogger("pacs.serve")
 
@@ -164,6 +166,8 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     dicom_socket = bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
     http_socket = bind("DICOMweb", "http_port", settings.http_host, settings.http_port)
     http_socket.setblocking(True)
+    if uses_token(settings):  # a wrong PIN or a missing token: refused before anything is written
+        log_in(settings)
     check_data_dir(settings)
     prepare(settings)
     metrics_dir = metrics.prepare()  # before any child: they inherit it

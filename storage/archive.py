@@ -81,7 +81,7 @@ from .index.models import (
     SystemKey,
 )
 from .index.prepared import Prepared
-from .keys import load_master_keys
+from .keys import open_master_keys, uses_token
 from .newpatient import KnownPatients, NewPatient, NewPatients
 from .query import Query, QueryEngine, phi_aad, phi_where
 from .retention import study_date_of
@@ -173,6 +173,10 @@ class Archive:
         # pydicom's per-value validation on read (regex checks, warnings) cost ~3 ms per store.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.settings = settings
+        if uses_token(settings):  # log in to the HSM before anything is written: a wrong PIN
+            from .hsm import log_in  # or a missing token is KeyUnavailable, nothing changed
+
+            log_in(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.database_url)
         self.write_engine = make_engine(settings.database_url)
@@ -186,10 +190,10 @@ class Archive:
             self.write_sessions = LockedSessions(self.write_sessions, self._write_lock)
         with self.sessions() as s:  # a new key only for a new index: never beside existing data
             fresh = s.scalars(select(SystemKey).limit(1)).first() is None
-        ring = load_master_keys(settings.master_key_file, settings.master_key,
-                                create=create_key and fresh)
+        ring = open_master_keys(settings, create=create_key and fresh)
         self.vault = Vault(ring, self.write_sessions, read_sessions=self.sessions,
-                           reload=lambda: load_master_keys(settings.master_key_file, settings.master_key))
+                           reload=lambda: open_master_keys(settings),
+                           cache_size=settings.key_cache_size)
         self.vault.check_master_key()
         self.blobs = blobstores.build(settings, self.write_engine)  # files, S3 or dispersal
         self.inline_blobs = DatabaseBlobStore(self.engine)

@@ -34,7 +34,13 @@ class Settings:
     database_url: str = ""  # default: SQLite file in data_dir
     blob_dir: Path | None = None  # default: data_dir / "blobs"
     master_key_file: Path | None = None  # default: data_dir / "master.key" (see conf/pacs.toml)
-    master_key: str = ""  # base64 key(s) from the environment instead of a file: "1:<b64>,2:<b64>"
+    # base64 key(s) from the environment instead of a file: "1:<b64>,2:<b64>"; or a PKCS#11 URI
+    # (RFC 7512) naming the key in an HSM: "pkcs11:token=pacs;object=pacs-master" (storage/hsm.py)
+    master_key: str = field(default="", repr=False)
+    pkcs11_module: str = ""  # the PKCS#11 module (.so) of the HSM
+    pkcs11_pin: str = field(default="", repr=False)  # the token's user PIN (better: pkcs11_pin_file)
+    pkcs11_pin_file: Path | None = None  # a file whose first line is the PIN
+    key_cache_size: int = 4096  # unwrapped patient data keys kept in memory per process (LRU)
     encrypt: bool = True  # False only for benchmarks (PACS_BENCH_NO_ENCRYPTION=1)
     fsync: bool = True
     inline_blob_limit: int = 65536  # objects up to this size (bytes) are kept in the index database
@@ -168,7 +174,7 @@ def check(s: Settings) -> Settings:
     for name in ("dicom_port", "http_port"):
         need(1 <= getattr(s, name) <= 65535, name, "a port is 1-65535")
     for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
-                 "max_upload_bytes"):
+                 "max_upload_bytes", "key_cache_size"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval"):
         need(getattr(s, name) >= 0, name, "must not be negative")
@@ -196,6 +202,7 @@ def check(s: Settings) -> Settings:
         if not 1 <= d.port <= 65535:
             problems.append(f"destinations: the port of {ae} is {d.port}; a port is 1-65535")
     problems += _blob_store_problems(s)
+    problems += _pkcs11_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
     return s
@@ -241,6 +248,24 @@ def _blob_store_problems(s: Settings) -> list[str]:
                            f"got {loc.split('?', 1)[0]!r}")
     elif kind not in ("", "files"):
         out.append(f"blob_store: expected \"\" (files), s3://bucket/prefix or dispersal, got {kind!r}")
+
+
+def _pkcs11_problems(s: Settings) -> list[str]:
+    """A PKCS#11 master key needs a well-formed URI, a module and a PIN (its value never shown)."""
+    if not s.master_key.startswith("pkcs11:"):
+        return []
+    from .hsm import parse_uri
+
+    try:
+        uri = parse_uri(s.master_key)
+    except ValueError as exc:
+        return [f"master_key: {exc}"]
+    out = []
+    if not (s.pkcs11_module or uri.module_path):
+        out.append("pkcs11_module: the PKCS#11 module path is needed for a pkcs11: master_key")
+    if not (s.pkcs11_pin or s.pkcs11_pin_file or uri.pin_source or uri.pin_value):
+        out.append("pkcs11_pin: a PIN (pkcs11_pin_file or PACS_PKCS11_PIN) is needed for a "
+                   "pkcs11: master_key")
     return out
 
 

@@ -1,6 +1,7 @@
 """Master key rotation (security.md "Keys"): rewrap data keys only, never a stored object.
 
-:func:`rotate` adds a fresh master key version, saves the ring (key file) and rewraps every
+:func:`rotate` adds a fresh master key version where the ring lives (its key file, or a new key
+generated in the PKCS#11 token) and rewraps every
 ``PatientKey`` and ``SystemKey`` row under it, in one transaction per batch; blobs and sealed index
 values are untouched because the data keys themselves do not change. :func:`retire` removes an old
 version from the ring once no row is wrapped under it.
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from .errors import ArchiveError
 from .index.models import PatientKey, SystemKey
-from .keys import MasterKeyRing, WrappedKey
+from .keys import KeyRing, WrappedKey
 
 if TYPE_CHECKING:
     from .archive import Archive
@@ -32,11 +33,11 @@ class Rotated:
     version: int
     patient_keys: int
     system_keys: int
-    ring: MasterKeyRing
+    ring: KeyRing
     saved_to: str  # "" when the ring comes from the environment (print it instead)
 
 
-def rewrap_all(archive: Archive, ring: MasterKeyRing) -> tuple[int, int]:
+def rewrap_all(archive: Archive, ring: KeyRing) -> tuple[int, int]:
     """Rewrap every wrapped key not yet under ``ring.current_version``; returns (patient, system)."""
     old = archive.vault.ring
     target = ring.current_version
@@ -63,12 +64,8 @@ def rewrap_all(archive: Archive, ring: MasterKeyRing) -> tuple[int, int]:
 
 def rotate(archive: Archive) -> Rotated:
     """New master key version; the ring is saved before any key is rewrapped under it."""
-    ring = archive.vault.ring.with_new_version()
-    path = archive.settings.master_key_file
-    saved = ""
-    if not archive.settings.master_key and path is not None:
-        ring.save(path)
-        saved = str(path)
+    ring = archive.vault.ring.rotated()
+    saved = ring.location
     p, s = rewrap_all(archive, ring)
     archive.vault.ring = ring
     archive.audit.record("key-rotate", actor="pacs keys", detail=f"version {ring.current_version}; "
@@ -87,8 +84,8 @@ def versions_in_use(archive: Archive) -> dict[int, int]:
     return out
 
 
-def retire(archive: Archive, version: int) -> MasterKeyRing:
-    """Remove ``version`` from the ring (saved to the key file if there is one)."""
+def retire(archive: Archive, version: int) -> KeyRing:
+    """Remove ``version`` from the ring (saved to the key file, or destroyed in the token)."""
     ring = archive.vault.ring
     if not ring.has(version):
         raise RotationError(f"master key version {version} is not in the ring")
@@ -97,10 +94,7 @@ def retire(archive: Archive, version: int) -> MasterKeyRing:
     used = versions_in_use(archive).get(version, 0)
     if used:
         raise RotationError(f"master key version {version} still wraps {used} key(s); rotate first")
-    new = ring.without(version)
-    path = archive.settings.master_key_file
-    if not archive.settings.master_key and path is not None:
-        new.save(path)
+    new = ring.retired(version)
     archive.vault.ring = new
     archive.audit.record("key-retire", actor="pacs keys", detail=f"version {version}")
     return new

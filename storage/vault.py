@@ -1,13 +1,15 @@
 """The key vault: master key ring + the index's wrapped keys, and what is derived from them.
 
-* ``dek(key_id)`` unwraps a patient's data key (cached in memory; never written in clear).
+* ``dek(key_id)`` unwraps a patient's data key (cached in memory; never written in clear). With the
+  master key in an HSM each cache miss is one ``C_Decrypt`` in the token (~28 us with SoftHSM2,
+  ``bench/keys.py``; more with a network HSM), so a patient's key is unwrapped once, not per object.
 * ``blind(label, value)`` is the keyed hash used for exact matching on identifiers without storing
   them (HMAC-SHA256 truncated to 128 bits, under a random installation key wrapped by the master key).
 * ``seal`` / ``unseal`` encrypt index values (a patient's name, a study's description ...) under a key
   derived from the patient's DEK, bound to the table and row they belong to.
 
 Nothing here grows with the number of patients: unwrapped data keys are kept in a bounded LRU
-(``_KEYS_MAX``), decrypted values are not kept at all (searching is the blind indexes' job,
+(``key_cache_size``, default ``_KEYS_MAX``), decrypted values are not kept at all (searching is the blind indexes' job,
 storage/blindindex.py; a query decrypts only the rows it returns or must confirm).
 """
 
@@ -29,9 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from .crypto import open_small, seal_small
 from .errors import KeyUnavailable, NotFound
 from .index.models import PatientKey, SystemKey
-from .keys import KEY_BYTES, MasterKeyRing, WrappedKey, hkdf
+from .keys import KEY_BYTES, KeyRing, WrappedKey, hkdf
 
-_KEYS_MAX = 4096  # unwrapped data keys kept per process (LRU); a miss costs one AES-GCM unwrap
+_KEYS_MAX = 4096  # default of key_cache_size: unwrapped data keys kept per process (LRU); a miss
+# costs one AES-GCM unwrap (in the token when the master key is in an HSM)
 
 
 class _LRU(OrderedDict):
@@ -55,17 +58,17 @@ class _LRU(OrderedDict):
 
 
 class Vault:
-    def __init__(self, ring: MasterKeyRing, sessions: sessionmaker[Session],
-                 reload: Callable[[], MasterKeyRing] | None = None,
-                 read_sessions: sessionmaker[Session] | None = None):
+    def __init__(self, ring: KeyRing, sessions: sessionmaker[Session],
+                 reload: Callable[[], KeyRing] | None = None,
+                 read_sessions: sessionmaker[Session] | None = None, cache_size: int = _KEYS_MAX):
         self.ring = ring
         self._sessions = sessions  # writes (new keys)
         # Reads go through the read engine: a key fetched while the caller holds the SQLite write
         # lock (e.g. sealing inside the index transaction) must not wait for that same lock.
         self._read = read_sessions or sessions
         self._reload = reload  # re-reads the key file: other processes may have rotated it
-        self._deks = _LRU(_KEYS_MAX)
-        self._field_keys = _LRU(_KEYS_MAX)
+        self._deks = _LRU(max(1, cache_size))
+        self._field_keys = _LRU(max(1, cache_size))
         self._lock = threading.Lock()
         self._blind_key = self._system_key("blind-index")
 

@@ -19,6 +19,9 @@ import pytest
 
 from storage.archive import Archive
 from storage.config import Settings, load_settings
+from tests import softhsm
+
+softhsm.setup_process_token()  # before anything loads the PKCS#11 module (tests/softhsm.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACS = str(Path(sys.executable).parent / "pacs")

@@ -34,11 +34,14 @@ def rotate(ctx: Context) -> None:
     r = run(ctx.archive())
     click.echo(f"master key version {r.version}: rewrapped {r.patient_keys} patient key(s) and "
                f"{r.system_keys} system key(s)")
-    if r.saved_to:
+    if r.saved_to.startswith("PKCS#11"):
+        click.echo(f"made in the {r.saved_to}; it never leaves the token.")
+    elif r.saved_to:
         click.echo(f"saved to {r.saved_to}. BACK IT UP NOW.")
     else:
         click.echo("The master key comes from PACS_MASTER_KEY: set it to this ring before the next start:")
-        click.echo(",".join(line for line in r.ring.dumps().splitlines() if not line.startswith("#")))
+        click.echo(",".join(line for line in r.ring.dumps().splitlines()  # type: ignore[attr-defined]
+                            if not line.startswith("#")))
 
 
 @cli.command()
@@ -46,6 +49,7 @@ def rotate(ctx: Context) -> None:
 @pass_ctx
 def retire(ctx: Context, version: int) -> None:
     """Remove an old master key version once no key is wrapped under it."""
+    from storage.keys import MasterKeyRing
     from storage.rotation import RotationError
     from storage.rotation import retire as run
 
@@ -55,5 +59,5 @@ def retire(ctx: Context, version: int) -> None:
     except RotationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"retired version {version}; the ring now holds {ring.versions}")
-    if archive.settings.master_key:
+    if not ring.location and isinstance(ring, MasterKeyRing):
         click.echo(",".join(line for line in ring.dumps().splitlines() if not line.startswith("#")))
