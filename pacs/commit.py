@@ -35,6 +35,7 @@ from storage.config import Destination, Settings
 from storage.errors import NotFound
 
 from .status import SUCCESS, status
+from .tls import associate_args
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def _report(archive: Archive, settings: Settings, calling: str, destination: Des
     ae.add_requested_context(StorageCommitmentPushModel)
     role = build_role(StorageCommitmentPushModel, scp_role=True)  # we are the SCP (J.3.3.1.3)
     for attempt in range(1, ATTEMPTS + 1):
-        assoc = ae.associate(destination.host, destination.port, ae_title=calling, ext_neg=[role])
+        assoc = ae.associate(destination.host, destination.port, ae_title=calling, ext_neg=[role],
+                             **associate_args(settings, destination))  # TLS if tls = true
         if assoc.is_established:
             try:
                 status, _reply = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,

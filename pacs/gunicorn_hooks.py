@@ -44,3 +44,10 @@ def child_exit(server: Any, worker: Any) -> None:
     from storage import metrics
 
     metrics.process_exited(worker.pid)
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Any) -> Any:
+    """HTTPS (``http_tls``): TLS 1.2 or later with the BCP 195 suites only (pacs/tls.py)."""
+    from pacs.tls import _bcp195
+
+    return _bcp195(default_ssl_context_factory())

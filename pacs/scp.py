@@ -26,7 +26,7 @@ from storage.artifact_classes import VIDEO_CLASSES, VL_PHOTO_CLASSES
 from storage.config import Settings
 from storage.transfer_syntaxes import is_video
 
-from . import dimse
+from . import dimse, tls
 from .commit import handle_action
 from .dimse.fastpath import FastStoreBinding
 from .find import handle_find
@@ -113,7 +113,7 @@ def handlers(archive: Archive, settings: Settings) -> list:
         (evt.EVT_C_ECHO, lambda event: 0x0000),
         (evt.EVT_C_STORE, handle_store, [archive]),
         (evt.EVT_C_FIND, handle_find, [archive, settings]),
-        (evt.EVT_C_MOVE, handle_move, [archive, settings]),
+        (evt.EVT_C_MOVE, tls.move_over_tls(handle_move), [archive, settings]),  # tls = true: TLS
         (evt.EVT_C_GET, handle_get, [archive, settings]),
         (evt.EVT_N_ACTION, handle_action, [archive, settings]),
     ]

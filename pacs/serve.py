@@ -32,6 +32,8 @@ from storage.config import Settings
 from storage.hsm import log_in
 from storage.keys import uses_token
 
+from . import tls
+
 log = logging.getLogger("pacs.serve")
 
 #: A gunicorn that exits is started again, at most once in this many seconds.
@@ -99,7 +101,7 @@ def start_http(settings: Settings, config_path: str | None, listen_socket: socke
     env = _child_env(settings, config_path)
     fd = listen_socket.fileno()
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(settings.http_workers),
-           "--bind", f"fd://{fd}", "--threads", "4",
+           "--bind", f"fd://{fd}", "--threads", "4", *tls.gunicorn_args(settings),
            "--config", "python:pacs.gunicorn_hooks",  # uploads spread over the workers
            "--timeout", "300", "--graceful-timeout", str(int(settings.shutdown_grace)), "--log-level", "warning",
            "dicomweb:create_app()"]
@@ -140,9 +142,11 @@ def install_dimse(settings: Settings) -> bool:
                          switch_interval=settings.dimse_switch_interval)
 
 
-def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
+def dimse_worker(settings: Settings, listen_socket: socket.socket | None,
+                 tls_socket: socket.socket | None = None) -> None:
     """One SCP process: its own archive, the (patched) pynetdicom, accepting on the parent's
-    ``listen_socket`` (shared by every worker) until SIGTERM."""
+    ``listen_socket`` (shared by every worker) until SIGTERM; and on ``tls_socket`` over TLS
+    (pacs/tls.py), beside it or alone."""
     from .dimse.server import serve_forever
     from .scp import fast_store, handlers, make_ae
 
@@ -151,11 +155,25 @@ def dimse_worker(settings: Settings, listen_socket: socket.socket) -> None:
     # cost ~1 ms per C-STORE response (measured with py-spy).
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     archive = Archive(settings)
+    ae, evt_handlers, fast = make_ae(settings), handlers(archive, settings), fast_store(archive, settings)
+    tls_server = None
     try:
-        serve_forever(make_ae(settings), settings.dicom_host, settings.dicom_port,
-                      listen_socket=listen_socket, evt_handlers=handlers(archive, settings),
-                      fast_store=fast_store(archive, settings), drain_timeout=settings.shutdown_grace)
+        if tls_socket is not None:
+            tls_handlers = tls.tls_handlers(evt_handlers, archive, settings)
+            if listen_socket is None:  # TLS only: it is the main server
+                serve_forever(ae, settings.dicom_host, settings.dicom_tls_port, listen_socket=tls_socket,
+                              evt_handlers=tls_handlers, fast_store=fast,
+                              drain_timeout=settings.shutdown_grace,
+                              ssl_context=tls.server_context(
+                                  settings, verify_client=settings.dicom_tls_verify_client, deferred=True))
+                return
+            tls_server = tls.start_tls_server(ae, settings, tls_socket, tls_handlers, fast)
+        serve_forever(ae, settings.dicom_host, settings.dicom_port,
+                      listen_socket=listen_socket, evt_handlers=evt_handlers,
+                      fast_store=fast, drain_timeout=settings.shutdown_grace)
     finally:
+        if tls_server is not None:
+            tls.stop_tls_server(*tls_server, settings.shutdown_grace)
         archive.close()
 
 
@@ -163,7 +181,14 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     """Run everything until SIGTERM/SIGINT; returns the exit code. Raises CannotStart, KeyUnavailable."""
     from .workers import prefork
 
-    dicom_socket = bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
+    try:
+        tls.check(settings)  # certificates that do not load: one line, before anything is bound
+    except tls.CannotUseTLS as exc:
+        raise CannotStart(str(exc)) from None
+    dicom_socket = (bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
+                    if settings.dicom_plain else None)
+    tls_socket = (bind("DICOM over TLS", "dicom_tls_port", settings.dicom_host, settings.dicom_tls_port)
+                  if settings.dicom_tls else None)
     http_socket = bind("DICOMweb", "http_port", settings.http_host, settings.http_port)
     http_socket.setblocking(True)
     if uses_token(settings):  # a wrong PIN or a missing token: refused before anything is written
@@ -175,9 +200,15 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()
     retention = start_retention(settings, config_path)
-    log.info("DICOMweb on http://%s:%d%s", settings.http_host, settings.http_port, settings.dicomweb_root)
-    log.info("DICOM %s on %s:%d (%d processes)", settings.ae_title, settings.dicom_host,
-             settings.dicom_port, settings.dimse_workers)
+    log.info("DICOMweb on %s://%s:%d%s", "https" if settings.http_tls else "http", settings.http_host,
+             settings.http_port, settings.dicomweb_root)
+    if dicom_socket is not None:
+        log.info("DICOM %s on %s:%d (%d processes)", settings.ae_title, settings.dicom_host,
+                 settings.dicom_port, settings.dimse_workers)
+    if tls_socket is not None:
+        log.info("DICOM %s over TLS on %s:%d%s", settings.ae_title, settings.dicom_host,
+                 settings.dicom_tls_port, " (client certificates required)"
+                 if settings.dicom_tls_verify_client else "")
 
     def keep_http() -> None:
         """Start gunicorn again if it exited (on the same socket: no client sees the port closed)."""
@@ -189,7 +220,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 
     def worker() -> None:
         http_socket.close()  # gunicorn's, not this process's
-        dimse_worker(settings, dicom_socket)
+        dimse_worker(settings, dicom_socket, tls_socket)
 
     try:
         return prefork(worker, max(1, settings.dimse_workers), watch=keep_http)

@@ -24,6 +24,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # open associations to it over TLS (PS3.15 B.9)
 
 
 @dataclass
@@ -84,6 +85,17 @@ class Settings:
     open_loopback: bool = True  # requests from this machine need no token (embedded default)
     max_upload_bytes: int = 4 * 1024**3
     public_url: str = ""  # base URL printed in patient letters; default from the request / http_port
+    http_tls: bool = False  # serve HTTPS on http_port (tls_cert_file / tls_key_file), with HSTS
+    hsts_max_age: int = 31536000  # Strict-Transport-Security max-age when http_tls is on
+
+    # TLS (both doors): this server's certificate chain and key, and the CAs it trusts for peers
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None  # client certificates (mutual TLS) and C-MOVE destinations
+    dicom_tls: bool = False  # open the DICOM TLS port (PS3.15 B.9, BCP 195 profile)
+    dicom_tls_port: int = 2762  # the port IANA registered for DICOM over TLS
+    dicom_plain: bool = True  # keep the plain dicom_port as well (false: TLS only)
+    dicom_tls_verify_client: bool = False  # mutual TLS: only peers with a certificate from tls_ca_file
 
     # Matching
     case_sensitive_person_names: bool = False
@@ -118,6 +130,9 @@ class Settings:
             s.master_key_file = s.data_dir / "master.key"
         elif s.master_key_file is not None:
             s.master_key_file = Path(s.master_key_file).expanduser().absolute()
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file", "pkcs11_pin_file"):
+            if getattr(s, name) is not None:
+                setattr(s, name, Path(getattr(s, name)).expanduser().absolute())
         return s
 
 
@@ -134,17 +149,19 @@ def _parse_destinations(value: Any) -> dict[str, Destination]:
     if isinstance(value, str):
         for item in filter(None, (v.strip() for v in value.split(","))):
             ae, _, hostport = item.partition("=")
+            hostport, tls = (hostport[:-4], True) if hostport.endswith("/tls") else (hostport, False)
             host, _, port = hostport.rpartition(":")
             port = port.strip()
             if not ae.strip() or not (port.isascii() and port.isdigit()):
-                raise ConfigError(f"destinations: {item!r} is not AE=host:port")
-            out[ae.strip()] = Destination(ae.strip(), host or "127.0.0.1", int(port))
+                raise ConfigError(f"destinations: {item!r} is not AE=host:port (or AE=host:port/tls)")
+            out[ae.strip()] = Destination(ae.strip(), host or "127.0.0.1", int(port), tls)
     elif isinstance(value, dict):
         for ae, d in value.items():
             if not isinstance(d, dict) or "port" not in d:
                 raise ConfigError(f"destinations: {ae!r} needs a port (and optionally a host)")
             try:
-                out[ae] = Destination(ae, d.get("host", "127.0.0.1"), int(d["port"]))
+                out[ae] = Destination(ae, d.get("host", "127.0.0.1"), int(d["port"]),
+                                      d.get("tls", False) is True)
             except (TypeError, ValueError):
                 raise ConfigError(f"destinations: the port of {ae!r} is not a number") from None
     else:
@@ -171,12 +188,13 @@ def check(s: Settings) -> Settings:
         if not ok:
             problems.append(f"{name}: {what}, got {getattr(s, name)!r}")
 
-    for name in ("dicom_port", "http_port"):
+    for name in ("dicom_port", "http_port", "dicom_tls_port"):
         need(1 <= getattr(s, name) <= 65535, name, "a port is 1-65535")
     for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
                  "max_upload_bytes", "key_cache_size"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
-    for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval"):
+    for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval",
+                 "hsts_max_age"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     _check_retention(s, problems, need)
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")
@@ -202,7 +220,7 @@ def check(s: Settings) -> Settings:
         if not 1 <= d.port <= 65535:
             problems.append(f"destinations: the port of {ae} is {d.port}; a port is 1-65535")
     problems += _blob_store_problems(s)
-    problems += _pkcs11_problems(s)
+    problems += _pkcs11_problems(s) + _tls_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
     return s
@@ -248,6 +266,28 @@ def _blob_store_problems(s: Settings) -> list[str]:
                            f"got {loc.split('?', 1)[0]!r}")
     elif kind not in ("", "files"):
         out.append(f"blob_store: expected \"\" (files), s3://bucket/prefix or dispersal, got {kind!r}")
+
+
+def _tls_problems(s: Settings) -> list[str]:
+    """TLS needs a certificate and its key; files that are not there are named (PS3.15 B.9)."""
+    out = []
+    wanted = s.http_tls or s.dicom_tls
+    if wanted and (s.tls_cert_file is None or s.tls_key_file is None):
+        out.append("tls_cert_file: http_tls or dicom_tls needs tls_cert_file and tls_key_file")
+    if s.dicom_tls_verify_client and s.tls_ca_file is None:
+        out.append("tls_ca_file: dicom_tls_verify_client needs the CA bundle of enrolled clients")
+    if any(d.tls for d in s.destinations.values()) and s.tls_ca_file is None:
+        out.append("tls_ca_file: a destination with tls = true needs tls_ca_file to check its certificate")
+    if not s.dicom_plain and not s.dicom_tls:
+        out.append("dicom_plain: false needs dicom_tls = true (else no DICOM port is open)")
+    if s.dicom_tls and s.dicom_plain and s.dicom_tls_port == s.dicom_port:
+        out.append(f"dicom_tls_port: the same as dicom_port ({s.dicom_port})")
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        path = getattr(s, name)
+        if path is not None and (wanted or any(d.tls for d in s.destinations.values())) \
+                and not Path(path).is_file():
+            out.append(f"{name}: {path} is not a readable file")
+    return out
 
 
 def _pkcs11_problems(s: Settings) -> list[str]:
