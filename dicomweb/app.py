@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
                                 x_prefix=1)
     errors.register(app)
     _cors(app, settings.cors_origins)
+    if settings.http_tls:  # served over TLS by gunicorn itself: browsers keep to https (RFC 6797)
+        hsts = f"max-age={settings.hsts_max_age}"
+        app.after_request(lambda resp: (resp.headers.setdefault("Strict-Transport-Security", hsts), resp)[1])
 
     root = "/" + settings.dicomweb_root.strip("/")
     for name in (*READ_SERVICES, *WRITE_SERVICES):

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -143,7 +144,8 @@ class Server:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.env.get("PACS_HTTP_TLS") in ("1", "true") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -191,9 +193,14 @@ def start_server(base: Path, **env_overrides: str) -> Server:
         if srv.proc.poll() is not None:
             raise RuntimeError(f"pacs serve exited: {(base / 'server.log').read_text()[-3000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
-                pass
-            urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=1).read()
+            if env.get("PACS_DICOM_PLAIN") not in ("0", "false"):
+                with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
+                    pass
+            if env.get("PACS_DICOM_TLS") in ("1", "true"):
+                with socket.create_connection(("127.0.0.1", int(env["PACS_DICOM_TLS_PORT"])), timeout=0.5):
+                    pass
+            ctx = ssl._create_unverified_context() if srv.http_url.startswith("https") else None
+            urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=1, context=ctx).read()
             return srv
         except OSError:
             time.sleep(0.2)

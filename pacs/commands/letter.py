@@ -13,7 +13,8 @@ from storage.errors import ArchiveError
 
 
 def base_url(ctx: Context) -> str:
-    return ctx.settings.public_url or f"http://localhost:{ctx.settings.http_port}"
+    scheme = "https" if ctx.settings.http_tls else "http"
+    return ctx.settings.public_url or f"{scheme}://localhost:{ctx.settings.http_port}"
 
 
 def _origin() -> str:
