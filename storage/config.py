@@ -32,7 +32,7 @@ class Settings:
     """Everything the server can be told. Paths are resolved by :meth:`resolved`."""
 
     data_dir: Path = Path("data")
-    database_url: str = ""  # default: SQLite file in data_dir
+    database_url: str = field(default="", repr=False)  # default: SQLite in data_dir (may hold a password)
     blob_dir: Path | None = None  # default: data_dir / "blobs"
     master_key_file: Path | None = None  # default: data_dir / "master.key" (see conf/pacs.toml)
     # base64 key(s) from the environment instead of a file: "1:<b64>,2:<b64>"; or a PKCS#11 URI
@@ -142,6 +142,12 @@ class ConfigError(ValueError):
 
 DUPLICATE_POLICIES = ("keep", "replace", "reject")
 RETENTION_CLOCKS = ("latest", "study_date")
+
+#: Secret settings that can also be read from a file named by ``PACS_<NAME>_FILE`` (e.g. a container
+#: secret), so they need not sit in the configuration file or the process environment. The master
+#: key and the PKCS#11 PIN have their own file settings (``master_key_file``, ``pkcs11_pin_file``).
+#: None of these is ever logged: their fields are left out of ``repr(Settings)``.
+SECRET_FROM_FILE = ("database_url",)
 
 
 def _parse_destinations(value: Any) -> dict[str, Destination]:
@@ -355,6 +361,15 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     for key, val in env.items():
         if key.startswith("PACS_") and key[5:].lower() in names:
             values[key[5:].lower()] = val
+    for name in SECRET_FROM_FILE:  # PACS_<NAME>_FILE: the secret is the file's first line
+        path_value = env.get(f"PACS_{name.upper()}_FILE")
+        if path_value:
+            try:
+                lines = Path(path_value).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"PACS_{name.upper()}_FILE: cannot read {path_value}: "
+                                  f"{exc.strerror or exc}") from None
+            values[name] = lines[0] if lines else ""
     if env.get("PACS_BENCH_NO_ENCRYPTION") in ("1", "true", "yes"):
         values["encrypt"] = False
     values.update(overrides)
