@@ -8,8 +8,8 @@
   alone with ``dicom_plain = false``), given the context through pynetdicom's public ``ssl_context``.
   pynetdicom wraps the accepted socket in the accepting thread; :class:`DeferredHandshakeContext`
   wraps it with ``do_handshake_on_connect=False``, and the handshake is done by our EVT_CONN_OPEN
-  handler (:func:`handle_conn_open`), which pynetdicom runs in the connection's own thread, under the
-  network timeout: a peer that connects and says nothing, or speaks plain DICOM to the TLS port,
+  handler (:func:`handle_conn_open`), which pynetdicom runs in the connection's own thread, under
+  ``connect_timeout``: a peer that connects and says nothing, or speaks plain DICOM to the TLS port,
   holds its own thread only, never the accept loop. A failed handshake is a ``login`` failure in
   the audit trail and the connection is closed; pynetdicom then sees a closed transport (Evt17).
 * Mutual TLS (``dicom_tls_verify_client``): a peer without a certificate from ``tls_ca_file`` fails
@@ -70,9 +70,10 @@ def server_context(settings: Settings, *, verify_client: bool = False,
     ctx = (DeferredHandshakeContext if deferred else ssl.SSLContext)(ssl.PROTOCOL_TLS_SERVER)
     _bcp195(ctx)
     ctx.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
-    if settings.tls_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(settings.tls_ca_file))
-    if verify_client:
+    if settings.tls_ca_file is not None:  # a client certificate is asked for (and checked, and
+        ctx.load_verify_locations(cafile=str(settings.tls_ca_file))  # its subject audited) ...
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    if verify_client:  # ... and with mutual TLS, required
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -157,7 +158,7 @@ def handle_conn_open(event: evt.Event, archive: Any, settings: Settings) -> None
     host, port = event.address[0], event.address[1]
     before = sock.gettimeout()
     try:
-        sock.settimeout(settings.network_timeout)
+        sock.settimeout(settings.connect_timeout)  # opening the connection includes the handshake
         sock.do_handshake()
         sock.settimeout(before)
     except (ssl.SSLError, OSError) as exc:
@@ -165,8 +166,14 @@ def handle_conn_open(event: evt.Event, archive: Any, settings: Settings) -> None
         log.info("TLS handshake with %s:%s failed: %s", host, port, reason)
         archive.audit.record("login", actor="", source=f"{host}:{port}", outcome="failure",
                              detail=f"DICOM TLS handshake failed: {reason}"[:500])
+        # socket.socket.shutdown, not SSLSocket.shutdown: that one drops the TLS object, and the
+        # association's reader would then read the peer's remaining bytes as plain DICOM. This way
+        # every later read is a TLS error or the end of the stream (Evt17).
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # the association's reader sees the end (Evt17)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        # No A-ASSOCIATE-RQ can come now: the acceptor must not wait acse_timeout (30 s) for one,
+        # holding one of max_associations (pynetdicom counts running association threads).
+        event.assoc.acse_timeout = 0.01
 
 
 def handle_accepted(event: evt.Event, archive: Any, settings: Settings) -> None:
