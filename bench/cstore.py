@@ -2,7 +2,7 @@
 
 Usage (data from ``python -m bench.gen DATA``)::
 
-    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc,pacs-hsm]
+    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc,pacs-hsm,pacs-tls]
         [--scenarios small-1,ct-1,ct-4,big-1] [--small-count 500] [--ct-count 200]
         [--stock-client]
 
@@ -166,6 +166,7 @@ class Server:
 
     name: str
     start: Callable[[Path, int], subprocess.Popen]
+    client_args: tuple[str, ...] = ()  # extra storescu options (e.g. +tls ...)
 
 
 def _popen(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -218,6 +219,21 @@ def pacs_hsm_server(name: str, cmd: str) -> Server:
     return Server(name, start)
 
 
+def pacs_tls_server(name: str, cmd: str, pki_dir: Path) -> Server:
+    """Our server with only the DICOM TLS port (PS3.15 B.9, pacs/tls.py); storescu uses +tls."""
+    from tests.tlscerts import make_pki
+
+    pki = make_pki(pki_dir)
+
+    def start(tmp: Path, port: int) -> subprocess.Popen:
+        return pacs_server(name, cmd, {
+            "PACS_DICOM_TLS": "1", "PACS_DICOM_PLAIN": "0", "PACS_DICOM_TLS_PORT": str(port),
+            "PACS_TLS_CERT_FILE": str(pki.server_cert), "PACS_TLS_KEY_FILE": str(pki.server_key),
+            "PACS_TLS_CA_FILE": str(pki.ca)}).start(tmp, port)
+
+    return Server(name, start, ("+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)))
+
+
 def bare_server(name: str, *flags: str, env: dict[str, str] | None = None) -> Server:
     """The bench's own bare SCP (write + fsync only)."""
     extra = env or {}
@@ -258,7 +274,7 @@ def orthanc_server(binary: str = "Orthanc") -> Server:
 
 
 def run_storescu(files: list[Path], port: int, parallel: int, timeout: float, *,
-                 nodelay: bool = True) -> bool:
+                 nodelay: bool = True, client_args: tuple[str, ...] = ()) -> bool:
     """Send ``files`` over ``parallel`` associations; return True if all succeeded.
 
     ``nodelay=False`` runs storescu as installed: Debian's dcmtk leaves Nagle's algorithm on unless
@@ -270,7 +286,7 @@ def run_storescu(files: list[Path], port: int, parallel: int, timeout: float, *,
     for chunk in chunks:
         if not chunk:
             continue
-        cmd = ["storescu", "-aec", AET, "-aet", "BENCH", "--timeout", "30", "-nh"]
+        cmd = ["storescu", "-aec", AET, "-aet", "BENCH", "--timeout", "30", "-nh", *client_args]
         cmd += ["127.0.0.1", str(port), *map(str, chunk)]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -331,7 +347,8 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
         cpu0 = tree_cpu_seconds(proc.pid)
         with MemorySampler(proc.pid) as memory:
             t0 = time.perf_counter()
-            ok = run_storescu(files, port, parallel, timeout, nodelay=nodelay)
+            ok = run_storescu(files, port, parallel, timeout, nodelay=nodelay,
+                              client_args=server.client_args)
             seconds = time.perf_counter() - t0
         return Result(
             server.name, scenario, len(files), seconds, megabytes,
@@ -421,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
         "pacs-dispersal-s3": pacs_server("pacs-dispersal-s3", args.pacs_cmd, {}, "dispersal-s3"),
         "pacs-hsm": pacs_hsm_server("pacs-hsm", args.pacs_cmd),
     }
+    if "pacs-tls" in args.servers.split(","):
+        known["pacs-tls"] = pacs_tls_server("pacs-tls", args.pacs_cmd,
+                                            Path(tempfile.mkdtemp(prefix="bench-pki-")))
     results = []
     servers = args.servers.split(",")
     for scen in args.scenarios.split(","):
