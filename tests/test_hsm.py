@@ -152,6 +152,13 @@ def test_serve_refuses_a_wrong_pin_or_a_missing_token_and_changes_nothing(tmp_pa
                         patient_name=name):
         subprocess.run([PACS, "import", "-q", str(p)], env=env, check=True, capture_output=True,
                        timeout=120)
+    rotated = subprocess.run([PACS, "keys", "rotate"], env=env, capture_output=True, text=True, timeout=120)
+    assert rotated.returncode == 0 and "made in the PKCS#11 token 'pacs-serve'" in rotated.stdout
+    retired = subprocess.run([PACS, "keys", "retire", "--version", "1"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert retired.returncode == 0 and "[2]" in retired.stdout and "pkcs11" not in retired.stdout
+    status = subprocess.run([PACS, "keys", "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.stdout.strip().splitlines() == [f"version 2: {status.stdout.split()[2]} wrapped key(s) (current)"]
     before = _tree(tmp_path / "data")
 
     pin_file.write_text("0000-wrong\n")
