@@ -268,3 +268,20 @@ def test_storage_commitment_result_goes_back_over_tls(tls_server, pki, reports, 
     assert status.Status == 0x0000
     report, version = reports.get(timeout=30)
     assert report.TransactionUID == info.TransactionUID and version and version.startswith("TLSv1.")
+
+
+def test_tls_only_closes_the_plain_port(tmp_path, pki):
+    tls_port = free_port()
+    (tmp_path / "srv").mkdir()
+    srv = start_server(tmp_path / "srv", PACS_DICOM_TLS="1", PACS_DICOM_PLAIN="0",
+                       PACS_DICOM_TLS_PORT=str(tls_port), PACS_TLS_CERT_FILE=str(pki.server_cert),
+                       PACS_TLS_KEY_FILE=str(pki.server_key), PACS_TLS_CA_FILE=str(pki.ca))
+    srv.extra["tls_port"] = tls_port
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", srv.dicom_port), timeout=2).close()
+        assert _echo(srv, _client_ctx(pki, None, None))  # no mutual TLS: a client certificate is optional
+        assert _echo(srv, _client_ctx(pki, pki.client_cert, pki.client_key))
+        assert not _echo(srv, _client_ctx(pki, pki.rogue_cert, pki.rogue_key))  # shown, but untrusted
+    finally:
+        srv.stop()

@@ -261,3 +261,21 @@ def _wrapped_rows(url: str) -> list[tuple[str, int, bytes]]:
     finally:
         engine.dispose()
     return rows
+
+
+def test_unwrapped_data_keys_are_kept_in_a_bounded_cache(tmp_path):
+    """key_cache_size bounds the data keys in memory; an evicted patient is unwrapped again (in the token)."""
+    if not os.environ.get("PACS_TEST_SOFTHSM2_CONF"):
+        pytest.fail("SoftHSM2 is not installed: run scripts/test, which installs softhsm2")
+    settings = load_settings(env={}, data_dir=tmp_path / "data", master_key=softhsm.token_uri(),
+                             pkcs11_module=softhsm.module(), pkcs11_pin=softhsm.PIN, key_cache_size=2)
+    archive = Archive(settings, create_key=True)
+    try:
+        stored = [(p, archive.store(p)) for i in range(4)
+                  for p in make_study(tmp_path / f"p{i}", n_series=1, per_series=1, patient_id=f"LRU-{i}")]
+        assert len(archive.vault._keys) <= 2
+        for path, res in stored:
+            assert archive.read_bytes(archive.instances(sop_uid=res.sop_instance_uid)[0]) == path.read_bytes()
+        assert len(archive.vault._keys) <= 2
+    finally:
+        archive.close()

@@ -3,6 +3,7 @@ test makes; HSTS; BCP 195 (no TLS 1.1); the patient session cookie is Secure and
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
-from tests.conftest import Server, require, start_server
+from tests.conftest import PACS, Server, free_port, require, start_server
 from tests.dicomgen import make_study
 from tests.test_letters import parse_letter
 from tests.tlscerts import Pki, make_pki
@@ -113,3 +114,20 @@ def test_patient_session_cookie_is_secure_over_https(https_server, pki, tmp_path
     assert "strict-transport-security" in signed.stdout.lower()
     record = _curl("--cacert", str(pki.ca), "-b", str(jar), page)
     assert record.returncode == 0 and "Knee MRI" in record.stdout
+
+
+def test_a_certificate_that_does_not_load_is_refused_at_start(tmp_path, pki):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_HTTP_TLS="1", PACS_TLS_CERT_FILE=str(bad),
+               PACS_TLS_KEY_FILE=str(pki.server_key), PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1",
+               PACS_DICOM_PORT=str(free_port()), PACS_HTTP_PORT=str(free_port()))
+    run = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    [line] = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert "tls_cert_file" in line and "Nothing was changed" in line
+    assert not (tmp_path / "data").exists()
+    env.pop("PACS_TLS_CERT_FILE")
+    run = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "tls_cert_file" in run.stderr and "Traceback" not in run.stderr
