@@ -279,3 +279,32 @@ def test_unwrapped_data_keys_are_kept_in_a_bounded_cache(tmp_path):
         assert len(archive.vault._keys) <= 2
     finally:
         archive.close()
+
+
+def test_a_running_server_follows_a_rotation_made_by_another_process(hsm_settings, tmp_path):
+    """`pacs keys rotate` in its own process makes version 2 in the token; a process that opened the
+    ring before (a gunicorn or DIMSE worker) finds it in the token when a key wrapped by it comes."""
+    running = Archive(hsm_settings, create_key=True)
+    try:
+        first = make_study(tmp_path / "a", n_series=1, per_series=1, patient_id="HSM-X1")[0]
+        running.store(first)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+        env.update(PACS_DATA_DIR=str(hsm_settings.data_dir), PACS_DATABASE_URL=hsm_settings.database_url,
+                   PACS_MASTER_KEY=hsm_settings.master_key, PACS_PKCS11_MODULE=hsm_settings.pkcs11_module,
+                   PACS_PKCS11_PIN=softhsm.PIN)
+        later = make_study(tmp_path / "b", n_series=1, per_series=1, patient_id="HSM-X2")[0]
+        for cmd in (["keys", "rotate"], ["import", "-q", str(later)]):
+            run = subprocess.run([PACS, *cmd], env=env, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+        assert running.vault.ring.versions == [1]
+        [info] = running.instances(sop_uid=pydicom_uid(later))
+        assert running.read_bytes(info) == later.read_bytes()
+        assert running.vault.ring.versions == [1, 2]
+    finally:
+        running.close()
+
+
+def pydicom_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
