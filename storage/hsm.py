@@ -106,7 +106,8 @@ def read_pin(settings: Settings) -> str:
     uri = parse_uri(settings.master_key)
     source = str(settings.pkcs11_pin_file) if settings.pkcs11_pin_file else uri.pin_source
     if source:
-        source = source.removeprefix("file://") if source.startswith("file://") else source
+        source = source.removeprefix("file://") if source.startswith("file://") else \
+            source.removeprefix("file:")  # RFC 7512 2.4: pin-source is a file: URI or a path
         try:
             return Path(source).read_text().splitlines()[0] if Path(source).stat().st_size else ""
         except OSError as exc:
@@ -130,7 +131,12 @@ def _library(path: str) -> Any:
     if entry is not None:
         if entry[0] == pid:
             return entry[1]
-        entry[1].reinitialize()  # a forked child: initialise the module again (PKCS#11 6.7.7)
+        try:
+            entry[1].reinitialize()  # a forked child: initialise the module again (PKCS#11 6.7.7)
+        except pkcs11.PKCS11Error as exc:
+            raise KeyUnavailable(f"the PKCS#11 module {path} cannot be initialised again after fork: "
+                                 f"{type(exc).__name__}") from None
+        _sessions.clear()  # the parent's sessions are not this process's
         _libs[path] = (pid, entry[1])
         return entry[1]
     if not Path(path).is_file():
