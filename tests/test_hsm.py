@@ -273,10 +273,10 @@ def test_unwrapped_data_keys_are_kept_in_a_bounded_cache(tmp_path):
     try:
         stored = [(p, archive.store(p)) for i in range(4)
                   for p in make_study(tmp_path / f"p{i}", n_series=1, per_series=1, patient_id=f"LRU-{i}")]
-        assert len(archive.vault._keys) <= 2
+        assert len(archive.vault._deks) <= 2
         for path, res in stored:
             assert archive.read_bytes(archive.instances(sop_uid=res.sop_instance_uid)[0]) == path.read_bytes()
-        assert len(archive.vault._keys) <= 2
+        assert len(archive.vault._deks) <= 2
     finally:
         archive.close()
 
