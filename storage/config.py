@@ -41,7 +41,7 @@ class Settings:
     pkcs11_module: str = ""  # the PKCS#11 module (.so) of the HSM
     pkcs11_pin: str = field(default="", repr=False)  # the token's user PIN (better: pkcs11_pin_file)
     pkcs11_pin_file: Path | None = None  # a file whose first line is the PIN
-    key_cache_size: int = 4096  # unwrapped patient data keys kept in memory per process (LRU)
+    key_cache_size: int = 0  # unwrapped patient data keys kept per process (LRU); 0: 4096
     encrypt: bool = True  # False only for benchmarks (PACS_BENCH_NO_ENCRYPTION=1)
     fsync: bool = True
     inline_blob_limit: int = 65536  # objects up to this size (bytes) are kept in the index database
@@ -197,10 +197,10 @@ def check(s: Settings) -> Settings:
     for name in ("dicom_port", "http_port", "dicom_tls_port"):
         need(1 <= getattr(s, name) <= 65535, name, "a port is 1-65535")
     for name in ("dimse_workers", "http_workers", "max_associations", "letter_max_failures",
-                 "max_upload_bytes", "key_cache_size"):
+                 "max_upload_bytes"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval",
-                 "hsts_max_age"):
+                 "hsts_max_age", "key_cache_size"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     _check_retention(s, problems, need)
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")

@@ -60,15 +60,16 @@ class _LRU(OrderedDict):
 class Vault:
     def __init__(self, ring: KeyRing, sessions: sessionmaker[Session],
                  reload: Callable[[], KeyRing] | None = None,
-                 read_sessions: sessionmaker[Session] | None = None, cache_size: int = _KEYS_MAX):
+                 read_sessions: sessionmaker[Session] | None = None, cache_size: int = 0):
         self.ring = ring
         self._sessions = sessions  # writes (new keys)
         # Reads go through the read engine: a key fetched while the caller holds the SQLite write
         # lock (e.g. sealing inside the index transaction) must not wait for that same lock.
         self._read = read_sessions or sessions
         self._reload = reload  # re-reads the key file: other processes may have rotated it
-        self._deks = _LRU(max(1, cache_size))
-        self._field_keys = _LRU(max(1, cache_size))
+        size = cache_size or _KEYS_MAX  # 0: the built-in default (key_cache_size)
+        self._deks = _LRU(size)
+        self._field_keys = _LRU(size)
         self._lock = threading.Lock()
         self._blind_key = self._system_key("blind-index")
 
