@@ -9,7 +9,8 @@
   derived from the patient's DEK, bound to the table and row they belong to.
 
 Nothing here grows with the number of patients: unwrapped data keys are kept in a bounded LRU
-(``key_cache_size``, default ``_KEYS_MAX``), decrypted values are not kept at all (searching is the blind indexes' job,
+(``key_cache_size``, default ``_KEYS_MAX``), decrypted values are not kept at all (searching is
+the blind indexes' job,
 storage/blindindex.py; a query decrypts only the rows it returns or must confirm).
 """
 
