@@ -10,8 +10,7 @@
 
 Nothing here grows with the number of patients: unwrapped data keys are kept in a bounded LRU
 (``key_cache_size``, default ``_KEYS_MAX``), decrypted values are not kept at all (searching is
-the blind indexes' job,
-storage/blindindex.py; a query decrypts only the rows it returns or must confirm).
+the blind indexes' job, storage/blindindex.py; a query decrypts only the rows it returns or must confirm).
 """
 
 from __future__ import annotations
