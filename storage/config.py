@@ -272,6 +272,7 @@ def _blob_store_problems(s: Settings) -> list[str]:
                            f"got {loc.split('?', 1)[0]!r}")
     elif kind not in ("", "files"):
         out.append(f"blob_store: expected \"\" (files), s3://bucket/prefix or dispersal, got {kind!r}")
+    return out
 
 
 def _tls_problems(s: Settings) -> list[str]:
