@@ -121,7 +121,8 @@ def _metrics(app: Flask) -> None:
     @app.get("/metrics")
     def metrics_view() -> Response:
         auth.provider_authenticate()
-        body, content_type = metrics.exposition()
+        status = getattr(app.extensions["archive"].blobs, "status", None)
+        body, content_type = metrics.exposition(status() if callable(status) else None)
         return Response(body, mimetype=content_type.split(";")[0],
                         content_type=content_type)
 

@@ -141,15 +141,44 @@ def commit_queue(depth: int) -> None:
     _update("commit_queue", "set", depth)
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every process's metrics added up, in the Prometheus text format, and its content type."""
+def exposition(blob_status: dict[str, Any] | None = None) -> tuple[bytes, str]:
+    """Every process's metrics added up, in the Prometheus text format, and its content type.
+
+    ``blob_status``: what a blob store over several locations reports at this moment (the dispersal
+    store's ``status()``): locations up, corrupt shares seen, objects below full redundancy.
+    """
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     if enabled():
         MultiProcessCollector(registry)
+    if blob_status is not None:
+        registry.register(_BlobStatus(blob_status))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _BlobStatus:
+    """Gauges read from a blob store's status at scrape time (locations labelled by position)."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("pacs_blob_location_up", "A blob location answers (1) or not (0)",
+                               labels=["location"])
+        corrupt = GaugeMetricFamily("pacs_blob_location_corrupt_shares_seen",
+                                    "Corrupt shares this process has read from a location",
+                                    labels=["location"])
+        for i, loc in enumerate(self.status.get("locations", [])):
+            up.add_metric([str(i)], 1.0 if loc.get("up") else 0.0)
+            corrupt.add_metric([str(i)], float(loc.get("corrupt_shares_seen", 0)))
+        below = GaugeMetricFamily("pacs_blob_objects_below_full_redundancy",
+                                  "Objects with shares missing, waiting for pacs blobs repair")
+        below.add_metric([], float(self.status.get("objects_below_full_redundancy", 0)))
+        yield from (up, corrupt, below)
 
 
 def process_exited(pid: int) -> None:

@@ -345,6 +345,15 @@ def test_served_c_get_and_wado_rs_with_two_servers_down(tmp_path, weeds):
         for w in weeds[:2]:
             w.stop()
             stopped.append(w)
+        # what a load balancer and Prometheus see: two locations down, below the write quorum of 5
+        ready = requests.get(f"{srv.http_url}/readyz", timeout=60)
+        assert ready.status_code == 503
+        assert ready.json()["blobs"].startswith("unavailable: 3 of 5 locations up")
+        scraped = requests.get(f"{srv.http_url}/metrics", timeout=60).text
+        assert 'pacs_blob_location_up{location="0"} 0.0' in scraped
+        assert 'pacs_blob_location_up{location="1"} 0.0' in scraped
+        assert 'pacs_blob_location_up{location="2"} 1.0' in scraped
+        assert 'pacs_blob_location_up{location="4"} 1.0' in scraped
 
         out = tmp_path / "got"
         out.mkdir()
