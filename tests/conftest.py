@@ -89,6 +89,19 @@ def require(tool: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _stock_receive_after_each_test() -> Iterator[None]:
+    """A test that installs our pynetdicom patches in the test process (test_transport,
+    test_fastpath) leaves pynetdicom's own C-STORE receive behind it: the receive patch spools a
+    data set where ``event.dataset_path`` names no file, which an in-process SCU of a later test
+    (C-GET's Storage SCP role) reads. Servers under test are separate processes and keep theirs."""
+    yield
+    from pacs.dimse import receive
+
+    if receive.is_installed():
+        receive.uninstall()
+
+
 # -- archives --------------------------------------------------------------------------------------
 
 def _postgres_url() -> Iterator[str]:

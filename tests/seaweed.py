@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,20 +33,29 @@ def weed_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
+_GIVEN: set[int] = set()
+_RNG = random.Random()
+
+
 def _free_ports(n: int) -> list[int]:
-    """n free loopback ports whose +10000 gRPC companions are free too."""
+    """n free loopback ports whose +10000 gRPC companions are free too, never handed out twice.
+
+    Drawn from 2000-9999 (companions 12000-19999): below Linux's ephemeral range (32768-60999),
+    where any outgoing connection may take a port between our check and weed's bind (seen in a
+    full run: "bind: address already in use"), and below tests.conftest.free_port's 20000-32767.
+    """
     out: list[int] = []
     while len(out) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535 or port in out:
+        port = _RNG.randrange(2000, 10000)
+        if port in _GIVEN:
             continue
         try:
-            with socket.socket() as s2:
+            with socket.socket() as s, socket.socket() as s2:
+                s.bind(("127.0.0.1", port))
                 s2.bind(("127.0.0.1", port + 10000))
         except OSError:
             continue
+        _GIVEN.add(port)
         out.append(port)
     return out
 

@@ -123,7 +123,7 @@ def _compile(filters: dict[str, str], fuzzy: bool) -> None:
 
 _OFFERS = [mediatypes.instance_offers(), mediatypes.instance_offers("1.2.840.10008.1.2.4.50"),
            mediatypes.frame_offers("1.2.840.10008.1.2.1"), mediatypes.frame_offers("1.2.840.10008.1.2.4.90"),
-           mediatypes.metadata_offers(), mediatypes.rendered_offers(), mediatypes.bulkdata_offers()]
+           mediatypes.metadata_offers(), mediatypes.rendered_offers()]
 
 
 def fuzz_mediatypes(data: bytes) -> None:
