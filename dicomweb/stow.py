@@ -189,10 +189,20 @@ def store_dicom_parts(parts: Iterator[Part], outcome: Outcome) -> None:
             outcome.ok(result)
 
 
-def _parts() -> Iterator[Part]:
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body over the limit of {limit} bytes")
+
+
+def _upload_limit() -> int:
+    """``max_upload_bytes``, after refusing a body whose declared length is already over it."""
     limit = settings().max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+        raise _too_large(limit)
+    return limit
+
+
+def _parts() -> Iterator[Part]:
+    limit = _upload_limit()
     return decode(request.stream, request.headers.get("Content-Type", ""),
                   max_part_size=limit, max_total=limit)
 
@@ -203,16 +213,14 @@ def _single_body() -> Iterator[Part]:
     It is copied into an encrypted spool (in memory up to 1 MiB), so the body is never held whole
     in memory nor written in clear, and no more than ``max_upload_bytes`` is read.
     """
-    limit = settings().max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+    limit = _upload_limit()
     spool = EncryptedSpool(max_size=1 << 20)
     try:
         total = 0
         while chunk := request.stream.read(1 << 20):
             total += len(chunk)
             if total > limit:
-                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+                raise _too_large(limit)
             spool.write(chunk)
         spool.seek(0)
     except BaseException:
