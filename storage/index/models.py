@@ -60,6 +60,8 @@ class Patient(Base):
     num_studies: Mapped[int] = mapped_column(Integer, default=0)
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    provider_id: Mapped[int] = mapped_column(Integer, index=True,
+                                             server_default="1")  # providers.id (migration 0011)
 
 
 class Study(Base):
@@ -260,3 +262,15 @@ class ShredLogEntry(Base):
     __tablename__ = "shred_log"
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     shredded_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# -- providers (migration 0011, storage/providers.py) -----------------------------------------------
+
+class Provider(Base):
+    """A tenant: the provider whose credentials stored a patient, and alone may see them."""
+
+    __tablename__ = "providers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
