@@ -13,7 +13,16 @@ import binascii
 from flask import Response, abort, current_app, g, request
 
 from storage.archive import Scope
-from storage.letters import AccessDenied, Grant, Letters, Throttled, WrongCode
+from storage.letters import (
+    AccessDenied,
+    Grant,
+    LetterInvalid,
+    Letters,
+    Locked,
+    Throttled,
+    UnknownLetter,
+    WrongCode,
+)
 
 from .. import context
 
@@ -29,8 +38,18 @@ def letters() -> Letters:
     return found
 
 
+#: The HTTP status of each refusal (storage/letters raises them without one).
+_STATUS: tuple[tuple[type[AccessDenied], int], ...] = (
+    (Throttled, 429), (Locked, 403), (LetterInvalid, 410), (UnknownLetter, 404), (WrongCode, 401))
+
+
+def status_of(exc: AccessDenied) -> int:
+    """The HTTP status a refused letter is answered with (401 for any other refusal)."""
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 401)
+
+
 def deny(exc: AccessDenied, *, basic: bool) -> Response:
-    resp = Response(str(exc) + "\n", status=exc.status, mimetype="text/plain")
+    resp = Response(str(exc) + "\n", status=status_of(exc), mimetype="text/plain")
     if isinstance(exc, Throttled) and exc.retry_after:
         resp.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, WrongCode) and basic:

@@ -28,7 +28,7 @@ from storage.letters import AccessDenied, Grant, write_record
 from storage.query import Query
 
 from .. import context
-from .auth import COOKIE, deny, letters
+from .auth import COOKIE, deny, letters, status_of
 
 _SELECTOR = "<string(length=32):selector>"
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:46rem;margin:1rem auto;padding:0 1rem;
@@ -208,7 +208,7 @@ def blueprint() -> Blueprint:
         try:
             grant = letters().authenticate(selector, code, context.client_address())
         except AccessDenied as exc:
-            resp = _form(selector, str(exc), exc.status)
+            resp = _form(selector, str(exc), status_of(exc))
             retry = deny(exc, basic=False).headers.get("Retry-After")
             if retry:
                 resp.headers["Retry-After"] = retry

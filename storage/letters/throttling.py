@@ -1,0 +1,166 @@
+"""Authentication with brute-force protection (security.md "Patient letters").
+
+Failed codes are counted per letter and per client address (an HMAC of it) in the index, so every
+worker sees the same counts; after a few failures each try must wait a growing delay
+(:class:`Throttled` with ``retry_after``, never a sleep); after ``letter_max_failures`` the letter
+is locked; a global failure rate above :data:`ALARM_PER_MINUTE` raises an alarm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from .. import secrets
+from ..index.models import AccessFailure, AuditEvent, Letter, Patient
+from .records import (
+    AccessDenied,
+    Grant,
+    LetterInvalid,
+    Locked,
+    Throttled,
+    UnknownLetter,
+    WrongCode,
+    _studies,
+    _utcnow,
+)
+
+if TYPE_CHECKING:
+    from ..archive import Archive
+
+log = logging.getLogger(__name__)
+
+LETTER_FREE_FAILURES = 3  # per letter: tries before delays start
+CLIENT_FREE_FAILURES = 20  # per client address (across letters)
+MAX_DELAY = 3600.0  # seconds
+CLIENT_FORGET_AFTER = timedelta(hours=24)
+ALARM_PER_MINUTE = 100  # refused attempts per minute, all letters and clients together
+ALARM_QUIET = timedelta(minutes=5)
+_REFUSED = ("failure", "throttled", "locked", "unknown", "invalid")
+
+
+def delay_for(failures: int, free: int) -> float:
+    """Seconds a client must wait after ``failures`` failures: 0, then 1, 2, 4 ... up to an hour."""
+    if failures < free:
+        return 0.0
+    return min(MAX_DELAY, 2.0 ** (failures - free))
+
+
+class Throttling:
+    """Access codes checked with brute-force protection (a part of :class:`Letters`)."""
+
+    archive: Archive
+    _secret: bytes
+
+    def _client_id(self, address: str) -> str:
+        """Client addresses are counted under an HMAC, so the table holds no addresses."""
+        return hmac.new(self._secret, f"client|{address}".encode(), hashlib.sha256).hexdigest()[:64]
+
+    def authenticate(self, selector: str, code: str, client: str, *,
+                     now: datetime | None = None) -> Grant:
+        """Check an access code for a letter; raises an :class:`AccessDenied` subclass.
+
+        Order: throttle of the client, existence, validity, lock, throttle of the letter, then the
+        constant-time comparison. Only compared codes count as failures (a throttled or locked
+        try compares nothing); every refusal is audited and feeds the global alarm.
+        """
+        now = now or _utcnow()
+        client_id = self._client_id(client)
+        try:
+            grant = self._check(selector, code, client_id, now)
+        except AccessDenied as exc:
+            self._refused(exc, client, now)
+            raise
+        self.archive.audit.record("letter-use", actor=grant.actor, source=client,
+                                  patient_ref=grant.patient_ref, detail="access code accepted")
+        return grant
+
+    def _check(self, selector: str, code: str, client_id: str, now: datetime) -> Grant:
+        with self.archive.write_sessions.begin() as s:
+            outcome = self._decide(s, selector, code, client_id, now)
+            if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
+                outcome.patient_ref = s.scalar(select(Letter.patient_ref).where(Letter.selector == selector))
+        if isinstance(outcome, AccessDenied):  # raised after the commit: failures must be kept
+            raise outcome
+        return outcome
+
+    def _decide(self, s, selector: str, code: str, client_id: str,
+                now: datetime) -> Grant | AccessDenied:
+        cf = s.get(AccessFailure, client_id, with_for_update=True)
+        if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
+            cf.failures = 0
+        if cf is not None:
+            wait = delay_for(cf.failures, CLIENT_FREE_FAILURES)
+            ready = cf.last_failure_at + timedelta(seconds=wait)
+            if wait and now < ready:
+                return Throttled("throttled", "too many failed codes from this address; wait",
+                                 _seconds(ready - now))
+        row = s.scalars(select(Letter).where(Letter.selector == selector)
+                        .with_for_update()).first() if len(selector) <= 64 else None
+        if row is None:
+            secrets.verify_access_code(self._secret, code, b"\0" * 32)  # same work as a real try
+            self._count_client(s, cf, client_id, now)
+            return UnknownLetter("unknown", "no such letter")
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            return LetterInvalid("invalid", "this letter is no longer valid; ask your provider for a new one")
+        if row.locked_at is not None:
+            return Locked("locked", "this letter is locked after too many wrong codes; "
+                                    "ask your provider for a new letter")
+        wait = delay_for(row.failures, LETTER_FREE_FAILURES)
+        if wait and row.last_failure_at is not None:
+            ready = row.last_failure_at + timedelta(seconds=wait)
+            if now < ready:
+                return Throttled("throttled", "too many wrong codes; wait before trying again",
+                                 _seconds(ready - now))
+        if not secrets.verify_access_code(self._secret, code, row.code_hash):
+            row.failures += 1
+            row.last_failure_at = now
+            if row.failures >= self.archive.settings.letter_max_failures:
+                row.locked_at = now
+            self._count_client(s, cf, client_id, now)
+            return WrongCode("failure", "wrong access code")
+        if s.get(Patient, row.patient_ref) is None:
+            return LetterInvalid("invalid", "this letter is no longer valid")
+        row.failures = 0
+        row.last_failure_at = None
+        row.last_used_at = now
+        if cf is not None:
+            cf.failures = 0
+        studies = _studies(row.study_uids)
+        return Grant(row.id, row.patient_ref, frozenset(studies) if studies else None)
+
+    @staticmethod
+    def _count_client(s, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
+        if cf is None:
+            s.add(AccessFailure(client=client_id, failures=1, last_failure_at=now))
+        else:
+            cf.failures += 1
+            cf.last_failure_at = now
+
+    def _refused(self, exc: AccessDenied, client: str, now: datetime) -> None:
+        """Audit a refusal and raise the global alarm when refusals come too fast."""
+        self.archive.audit.record("letter-access", actor="patient-letter", source=client,
+                                  outcome=exc.reason, patient_ref=exc.patient_ref, detail=str(exc)[:200])
+        with self.archive.sessions() as s:
+            recent = s.scalar(select(func.count(AuditEvent.id)).where(
+                AuditEvent.action == "letter-access", AuditEvent.outcome.in_(_REFUSED),
+                AuditEvent.at >= now - timedelta(minutes=1)))
+            if (recent or 0) < ALARM_PER_MINUTE:
+                return
+            raised = s.scalar(select(func.count(AuditEvent.id)).where(
+                AuditEvent.action == "alarm", AuditEvent.at >= now - ALARM_QUIET))
+        if raised:
+            return
+        log.warning("ALARM: %d refused patient-letter attempts in the last minute", recent)
+        self.archive.audit.record("alarm", actor="pacs", source=client, outcome="alarm",
+                                  detail=f"{recent} refused letter attempts in one minute")
+
+
+
+def _seconds(delta: timedelta) -> int:
+    return max(1, int(delta.total_seconds() + 0.999))
