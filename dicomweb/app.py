@@ -114,8 +114,8 @@ def _metrics(app: Flask) -> None:
     def _counted(resp: Response) -> Response:
         started = g.get("pacs_started")
         if started is not None:
-            metrics.http_request(request.blueprint or request.endpoint or "none", resp.status_code,
-                                 time.perf_counter() - started)
+            metrics.http_request(request.blueprint or request.endpoint or "none",
+                                 f"{resp.status_code // 100}xx", time.perf_counter() - started)
         return resp
 
     @app.get("/metrics")

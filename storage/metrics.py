@@ -114,9 +114,10 @@ def reason_of(exc: BaseException) -> str:
     return "processing_failure"
 
 
-def http_request(service: str, status: int, seconds: float) -> None:
-    """One answered HTTP request; ``service`` is a blueprint name (a closed set of our own)."""
-    _update("http", "inc", 1, service=service, status=_closed(f"{status // 100}xx", STATUS_CLASSES))
+def http_request(service: str, status_class: str, seconds: float) -> None:
+    """One answered HTTP request; ``service`` is a blueprint name (a closed set of our own),
+    ``status_class`` one of :data:`STATUS_CLASSES` (the front door classifies its status)."""
+    _update("http", "inc", 1, service=service, status=_closed(status_class, STATUS_CLASSES))
     _update("http_seconds", "observe", seconds, service=service)
 
 
