@@ -18,6 +18,7 @@ The work is done by the modules of :mod:`storage.core`, one job each, which this
 * :mod:`storage.core.reading`: queries, instance lookups, opening stored objects;
 * :mod:`storage.core.frame_cache`: the frame-index cache;
 * :mod:`storage.core.removal`: delete, shred, orphan sweep;
+* :mod:`storage.core.sealed`: encryption at rest, above the blob stores (and the inline one);
 * :mod:`storage.core.statements`: the SQL, built once; :mod:`storage.core.engines`: engine set-up;
 * :mod:`storage.core.records`: StoreResult, InstanceInfo, Scope.
 """
@@ -44,6 +45,7 @@ from .core.ingest_commit import Ingest
 from .core.reading import Reading
 from .core.records import CHUNK, InstanceInfo, Scope, StoreResult, _Pending
 from .core.removal import Removal
+from .core.sealed import SealedBlobs
 from .frames import FrameIndex
 from .index.models import SystemKey
 from .keys import open_master_keys, uses_token
@@ -82,6 +84,7 @@ class Archive(Ingest, IndexRows, Reading, FrameCache, Removal):
         self.vault.check_master_key()
         self.blobs = blobstores.build(settings, self.write_engine)  # files, S3 or dispersal
         self.inline_blobs = DatabaseBlobStore(self.engine)
+        self.sealed = SealedBlobs(self.blobs, self.inline_blobs)  # encryption, above both stores
         self.queries = QueryEngine(self.sessions, self.vault,
                                    pn_ignore_case=not settings.case_sensitive_person_names,
                                    phonetic=settings.phonetic_fuzzy_matching)

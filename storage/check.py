@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from .blobstore import is_inline
 from .crypto import DecryptingReader
 from .errors import ArchiveError
 from .index.models import InlineBlob, Instance, Patient, PatientKey, Series, Study, SystemKey
@@ -126,7 +125,7 @@ def _check_instances(archive: Archive, report: Report, deks: dict[str, bytes | N
     for inst_id, blob_key, blob_size, size, key_id in rows:
         report.instances += 1
         known.add(blob_key)
-        store = archive.inline_blobs if is_inline(blob_key) else archive.blobs
+        store = archive.sealed.store_of(blob_key)
         try:
             source = store.open(blob_key)
         except ArchiveError:

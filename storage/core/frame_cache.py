@@ -17,13 +17,17 @@ from ..index.models import (
     Instance,
 )
 from .records import CHUNK, InstanceInfo
+from .state import ArchiveState
 from .statements import _SQL
 
 log = logging.getLogger(__name__)
 
 
-class FrameCache:
-    """Frame indexes: this process's memory, the index column, or computed once (storage/frames.py)."""
+class FrameCache(ArchiveState):
+    """Frame indexes: this process's memory, the index column, or computed once (storage/frames.py).
+
+    Calls on other rooms: ``open`` (:mod:`.reading`).
+    """
 
     # -- frames ---------------------------------------------------------------------------------------
 

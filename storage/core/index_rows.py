@@ -21,13 +21,17 @@ from ..newpatient import NewPatient
 from ..query import phi_aad
 from ..retention import study_date_of
 from .records import StoreResult, _Pending, _utcnow
+from .state import ArchiveState
 from .statements import _SQL, _int, _subset
 
 log = logging.getLogger(__name__)
 
 
-class IndexRows:
-    """The patient, study, series and instance rows one stored object adds (inside the commit)."""
+class IndexRows(ArchiveState):
+    """The patient, study, series and instance rows one stored object adds (inside the commit).
+
+    Calls on other rooms: ``_rekey`` (:mod:`.ingest_commit`).
+    """
 
     def _patient_for(self, v: dict[str, Any], study_uid: str
                      ) -> tuple[int | None, str, NewPatient | None]:

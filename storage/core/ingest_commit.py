@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from sqlalchemy import (
     select,
 )
 
-from ..crypto import DecryptingReader, EncryptingWriter
 from ..errors import (
     ArchiveError,
     Conflict,
@@ -40,13 +38,18 @@ from ..index.models import (
     Instance,
 )
 from .records import CHUNK, StoreResult, _Pending
+from .state import ArchiveState
 from .statements import _SQL
 
 log = logging.getLogger(__name__)
 
 
-class Ingest:
-    """Store objects: check, write the encrypted blob, then index it in a group commit."""
+class Ingest(ArchiveState):
+    """Store objects: check, seal the blob (:mod:`.sealed`), then index it in a group commit.
+
+    Calls on other rooms: ``_patient_for``, ``_index`` (:mod:`.index_rows`), ``_info``
+    (:mod:`.reading`), ``_delete_instances`` and ``_discard_blob`` (:mod:`.removal`).
+    """
 
     # -- ingest ---------------------------------------------------------------------------------------
 
@@ -145,34 +148,13 @@ class Ingest:
         frames = native_frame_index(header.transfer_syntax, v, header.pixel_head, header.pixel_at, size)
         frame_index = json.dumps(frames.to_dict()).encode() if frames is not None else None
         if size <= self.settings.inline_blob_limit:  # kept in the index
-            blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
-            writer = EncryptingWriter(sink, dek, blob_key)
-            _copy(fp, writer)
-            data = sink.getvalue()
-            return _Pending(v, patient_ref or 0, key_id, blob_key, len(data), writer.plain_size,
+            blob_key, data, plain_size = self.sealed.seal_inline(fp, dek)
+            return _Pending(v, patient_ref or 0, key_id, blob_key, len(data), plain_size,
                             content_type, replaced, outcome, inline=data, frame_index=frame_index,
                             new_patient=new)
-        blob_key = self.blobs.new_key()
-        fh = self.blobs.create(blob_key)
-        full = False
-        try:
-            writer = EncryptingWriter(fh, dek, blob_key)
-            _copy(fp, writer)
-            blob_size = self.blobs.commit(fh, durable=False)  # durable in store_many, one sync per batch
-        except BaseException as exc:
-            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails again
-                fh.close()
-            self._discard_blob(blob_key)
-            if not disk_full(exc):
-                raise
-            full = True
-        if full:
-            # raised here, not in the handler: the OSError's frames, and the views into the received
-            # buffer they hold, go now (a receive spool cannot be closed while something views it)
-            raise StorageFull("no space left in the blob store")
-
+        blob_key, blob_size, plain_size = self.sealed.seal(fp, dek)
         return _Pending(v, patient_ref or 0, key_id, blob_key, blob_size,
-                        writer.plain_size, content_type, replaced, outcome, frame_index=frame_index,
+                        plain_size, content_type, replaced, outcome, frame_index=frame_index,
                         new_patient=new)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
@@ -302,36 +284,11 @@ class Ingest:
         assert p.new_patient is not None
         old = p.new_patient.dek
         if p.inline is not None:
-            blob_key, sink = self.inline_blobs.new_key(), io.BytesIO()
-            with DecryptingReader(io.BytesIO(p.inline), old, p.blob_key, p.blob_size) as source:
-                _copy(source, EncryptingWriter(sink, dek, blob_key))  # type: ignore[arg-type]
-            p.inline, p.blob_key = sink.getvalue(), blob_key
+            p.blob_key, p.inline = self.sealed.reseal_inline(p.inline, p.blob_key, p.blob_size, old, dek)
             p.blob_size = len(p.inline)
             return
-        blob_key = self.blobs.new_key()
-        fh = self.blobs.create(blob_key)
-        try:
-            with DecryptingReader(self.blobs.open(p.blob_key), old, p.blob_key, p.blob_size) as source:
-                _copy(source, EncryptingWriter(fh, dek, blob_key))  # type: ignore[arg-type]
-            size = self.blobs.commit(fh, durable=self.settings.fsync)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fh.close()
-            self._discard_blob(blob_key)
-            raise
-        self._discard_blob(p.blob_key)
-        p.blob_key, p.blob_size = blob_key, size
-
-
-def _copy(fp: BinaryIO, writer: EncryptingWriter) -> None:
-    """All of ``fp`` into ``writer``, which is then closed; an in-memory source goes in as one view."""
-    if isinstance(fp, io.BytesIO):
-        with fp.getbuffer() as view:
-            writer.write_last(view)
-        return
-    fp.seek(0)
-    shutil.copyfileobj(fp, writer, CHUNK)
-    writer.close()
+        p.blob_key, p.blob_size = self.sealed.reseal(p.blob_key, p.blob_size, old, dek,
+                                                     durable=self.settings.fsync)
 
 
 def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO, bool]:

@@ -15,7 +15,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from ..blobstore import is_inline
 from ..crypto import DecryptingReader
 from ..errors import (
     NotFound,
@@ -29,13 +28,17 @@ from ..index.models import (
 )
 from ..query import Query, phi_where
 from .records import CHUNK, InstanceInfo, Scope
+from .state import ArchiveState
 from .statements import _SQL, _info, _instances_stmt
 
 log = logging.getLogger(__name__)
 
 
-class Reading:
-    """Find instances and open their decrypted bytes."""
+class Reading(ArchiveState):
+    """Find instances and open their decrypted bytes.
+
+    Calls on other rooms: ``_remember_frame_index`` (:mod:`.frame_cache`).
+    """
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -94,9 +97,7 @@ class Reading:
 
     def open(self, info: InstanceInfo) -> DecryptingReader:
         """A seekable plaintext stream of the stored Part 10 bytes."""
-        dek = self.vault.dek(info.key_id)
-        source = (self.inline_blobs if is_inline(info.blob_key) else self.blobs).open(info.blob_key)
-        return DecryptingReader(source, dek, info.blob_key, info.blob_size)
+        return self.sealed.open(info.blob_key, info.blob_size, self.vault.dek(info.key_id))
 
     def read_bytes(self, info: InstanceInfo) -> bytes:
         with self.open(info) as r:

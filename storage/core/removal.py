@@ -12,9 +12,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..blobstore import is_inline
 from ..errors import (
-    ArchiveError,
     NotFound,
 )
 from ..index.db import purge_deleted
@@ -27,12 +25,16 @@ from ..index.models import (
     Study,
 )
 from .records import _utcnow
+from .state import ArchiveState
 
 log = logging.getLogger(__name__)
 
 
-class Removal:
-    """Take objects out of the index and their blobs out of the blob store."""
+class Removal(ArchiveState):
+    """Take objects out of the index and their blobs out of the blob store.
+
+    Calls on other rooms: ``instances`` (:mod:`.reading`).
+    """
 
     # -- deletion and shredding --------------------------------------------------------------------
 
@@ -112,21 +114,15 @@ class Removal:
         return len(blob_keys)
 
     def _delete_files(self, blob_keys: Iterable[str]) -> None:
-        for key in blob_keys:
-            if not is_inline(key):
-                self._discard_blob(key)
+        self.sealed.discard_stored(blob_keys)
 
     def _discard_blob(self, key: str) -> None:
         """Delete a blob no index row names (any more); if the store cannot now, the orphan sweep will."""
-        try:
-            self.blobs.delete(key)
-        except (ArchiveError, OSError) as exc:
-            log.warning("a blob could not be deleted now (%s); the orphan sweep will remove it",
-                        type(exc).__name__)
+        self.sealed.discard(key)
 
     def blob_keys(self) -> set[str]:
         """Every stored blob's key: files and rows of the index database."""
-        return set(self.blobs.keys()) | set(self.inline_blobs.keys())
+        return set(self.sealed.keys())
 
     def sweep_orphans(self, grace_seconds: float = 3600) -> int:
         """Delete blobs no index row names (a crash between blob write and index commit)."""
