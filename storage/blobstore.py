@@ -196,7 +196,7 @@ def is_inline(key: str) -> bool:
 
 class DatabaseBlobStore:
     """Small blobs as rows of the index database, written by the transaction that indexes them
-    (storage/archive.py, ``Archive._index``).
+    (storage/core/index_rows.py, ``Archive._index``).
 
     A small C-STORE then costs one commit (one WAL fsync) instead of a file fsync followed by a
     commit: measured here, a file create+write+fsync is ~0.4 ms and a WAL commit ~0.2-0.4 ms, a

@@ -4,7 +4,7 @@
 * ``blob_store = "s3://bucket/prefix"``: an S3 bucket (storage/s3store.py), with ``s3_endpoint``,
   ``s3_region`` and credentials from ``s3_access_key_id`` / ``s3_secret_access_key`` (or its
   ``_file``), else the standard AWS chain (environment, ~/.aws, instance role);
-* ``blob_store = "dispersal"``: k-of-n erasure coding over ``blob_locations`` (storage/dispersal.py),
+* ``blob_store = "dispersal"``: k-of-n erasure coding over ``blob_locations`` (storage/dispersal/),
   each an absolute directory or ``s3://bucket/prefix?endpoint=URL&region=R&profile=P``.
 
 While ``pacs blobs migrate`` moves a file archive into a bucket (storage/blobmigrate.py), the running

@@ -1,4 +1,4 @@
-"""Dispersal: blobs erasure-coded 3-of-5 over independent stores (storage/dispersal.py).
+"""Dispersal: blobs erasure-coded 3-of-5 over independent stores (storage/dispersal/).
 
 The share format and the stripe maths on directories; then an archive over three real SeaweedFS
 servers and two directories: two locations lost, one share of each object corrupt, repair, scrub,

@@ -21,6 +21,11 @@ READ_SERVICES = ("qido", "metadata", "wado", "wadouri")
 LETTER_ROOT = "/letters/<selector>/dicom-web"
 
 
+def letter_url(base_url: str, selector: str) -> str:
+    """The address of a letter's page (``/letters/<selector>``, :mod:`.pages`) under ``base_url``."""
+    return f"{base_url.rstrip('/')}/letters/{selector}"
+
+
 def init_app(app: Flask) -> None:
     from . import pages
 

@@ -24,7 +24,8 @@ from urllib.parse import quote
 from flask import Blueprint, Response, redirect, request
 
 from storage.errors import NotFound
-from storage.letters import AccessDenied, Grant, write_record
+from storage.export.record import write_record
+from storage.letters import AccessDenied, Grant
 from storage.query import Query
 
 from .. import context

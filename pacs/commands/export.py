@@ -25,7 +25,7 @@ def cli(ctx: Context, patient_id: str, issuer: str, fmt: str, out: Path, passcod
     Without --passcode-stdin the passcode is asked for (not echoed). 'zip' is unencrypted.
     """
     from storage.export import ExportError
-    from storage.letters import write_record
+    from storage.export.record import write_record
 
     passcode: str | None = None
     if fmt != "zip":

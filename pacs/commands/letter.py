@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +17,13 @@ from storage.errors import ArchiveError
 def base_url(ctx: Context) -> str:
     scheme = "https" if ctx.settings.http_tls else "http"
     return ctx.settings.public_url or f"{scheme}://localhost:{ctx.settings.http_port}"
+
+
+def _addressed(ctx: Context, issued: Any) -> Any:
+    """The issued letter with its page's address under this server's public URL."""
+    from dicomweb.patient import letter_url
+
+    return dataclasses.replace(issued, url=letter_url(base_url(ctx), issued.selector))
 
 
 def _origin() -> str:
@@ -125,9 +134,8 @@ def issue(ctx: Context, patient_id: str, issuer: str, studies: tuple[str, ...],
     ref = _patient(ctx, patient_id, issuer)
     uids = [u for item in studies for u in item.split()]
     try:
-        issued = Letters(ctx.archive()).issue(ref, study_uids=uids or None, expires_at=expires,
-                                              base_url=base_url(ctx), actor="pacs letter",
-                                              origin=_origin())
+        issued = _addressed(ctx, Letters(ctx.archive()).issue(
+            ref, study_uids=uids or None, expires_at=expires, actor="pacs letter", origin=_origin()))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     _print(issued, pdf)
@@ -145,8 +153,8 @@ def reissue(ctx: Context, letter: str, pdf: Path | None, email: str | None) -> N
 
     _check_email(ctx, email)
     try:
-        issued = Letters(ctx.archive()).reissue(letter, base_url=base_url(ctx), actor="pacs letter",
-                                                origin=_origin())
+        issued = _addressed(ctx, Letters(ctx.archive()).reissue(letter, actor="pacs letter",
+                                                                origin=_origin()))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     _print(issued, pdf)

@@ -125,7 +125,7 @@ class InlineBlob(Base):
 
 
 class BlobRepair(Base):
-    """A dispersed blob below full redundancy (storage/dispersal.py): its missing or corrupt shares."""
+    """A dispersed blob below full redundancy (storage/dispersal/): its missing or corrupt shares."""
 
     __tablename__ = "blob_repairs"
     key: Mapped[str] = mapped_column(String(32), primary_key=True)  # the blob's random key

@@ -51,7 +51,7 @@ class Lifecycle:
         return expires_at or end
 
     def issue(self, patient_ref: int, *, study_uids: list[str] | None = None,
-              expires_at: datetime | None = None, base_url: str = "", actor: str = "",
+              expires_at: datetime | None = None, actor: str = "",
               origin: str = "") -> IssuedLetter:
         """Create a letter for a patient (optionally only some of their studies)."""
         studies = tuple(dict.fromkeys(study_uids or ()))
@@ -74,10 +74,9 @@ class Lifecycle:
             letter_id = row.id
         self.archive.audit.record("letter-issue", actor=actor, source=origin, patient_ref=patient_ref,
                                   detail=f"letter {letter_id}; {len(studies) or 'all'} stud(ies)")
-        url = f"{base_url.rstrip('/')}/letters/{selector}"
-        return IssuedLetter(letter_id, selector, url, code, passcode, patient_ref, studies, expires)
+        return IssuedLetter(letter_id, selector, code, passcode, patient_ref, studies, expires)
 
-    def reissue(self, letter: int | str, *, base_url: str = "", actor: str = "",
+    def reissue(self, letter: int | str, *, actor: str = "",
                 origin: str = "") -> IssuedLetter:
         """Revoke a letter (locked or not) and issue a new one for the same patient and studies."""
         old = self.get(letter)
@@ -87,7 +86,7 @@ class Lifecycle:
         self._refuse_expired(old.patient_ref, old.expires_at)  # before the old one is revoked
         self.revoke(old.id, actor=actor, origin=origin)
         return self.issue(old.patient_ref, study_uids=list(old.study_uids) or None,
-                          expires_at=old.expires_at, base_url=base_url, actor=actor, origin=origin)
+                          expires_at=old.expires_at, actor=actor, origin=origin)
 
     def get(self, letter: int | str) -> LetterInfo:
         """A letter by id or selector."""

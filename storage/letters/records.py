@@ -61,16 +61,20 @@ def _clock_words(clock: str) -> str:
 
 @dataclass(frozen=True)
 class IssuedLetter:
-    """What the provider prints and mails. The code and passcode exist only here, once."""
+    """What the provider prints and mails. The code and passcode exist only here, once.
+
+    ``url`` is the letter page's address, set by the front door that knows the public address
+    (``pacs letter``: :func:`dicomweb.patient.letter_url`); storage builds no URLs.
+    """
 
     letter_id: int
     selector: str
-    url: str
     access_code: str
     passcode: str
     patient_ref: int
     study_uids: tuple[str, ...]
     expires_at: datetime | None
+    url: str = ""
 
 
 @dataclass(frozen=True)
