@@ -1,8 +1,8 @@
 """Ingest and the group commit: :meth:`Archive.store` / :meth:`Archive.store_many`.
 
 Each object is read as received (its header, storage/header.py), checked against the duplicate
-policy, streamed through AES-256-GCM into a new blob (or, when small, into bytes kept in the index,
-storage/blobstore.py ``DatabaseBlobStore``), then indexed by the group commit: the caller who
+policy, sealed into a new blob by :mod:`storage.core.sealed` (or, when small, into bytes kept in
+the index, storage/blobstore.py ``DatabaseBlobStore``), then indexed by the group commit: the caller who
 finds no commit running indexes every batch queued meanwhile in one transaction. The rows one
 object adds are written by :mod:`storage.core.index_rows`.
 """
