@@ -107,6 +107,7 @@ class Settings:
     retention_max_per_run: str = "1%"  # most patients an unconfirmed run shreds: "N%" (at least 10) or N
     retention_first_run_delay: float = 60.0  # seconds after `pacs serve` starts before the first run
     letter_max_failures: int = 10
+    share_days: int = 30  # default life of a share a patient makes for another doctor (days)
 
     # Letters by email (pacs/mail.py): SMTP with STARTTLS
     smtp_host: str = ""  # empty: `pacs letter issue --email` is refused
@@ -203,6 +204,7 @@ def check(s: Settings) -> Settings:
                  "hsts_max_age", "key_cache_size"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     _check_retention(s, problems, need)
+    need(1 <= s.share_days <= 365, "share_days", "1 to 365 days")
     need(s.network_timeout > 0, "network_timeout", "must be more than 0 seconds")
     need(s.connect_timeout > 0, "connect_timeout", "must be more than 0 seconds")
     need(s.dimse_max_pdu == 0 or s.dimse_max_pdu >= 4096, "dimse_max_pdu",

@@ -6,7 +6,9 @@
 * ``/letters/<selector>/dicom-web/...``: the read services (QIDO-RS, metadata, WADO-RS, WADO-URI)
   with :func:`.auth.letter_authenticate` (session cookie or HTTP Basic selector/access code);
 * ``/patient/dicom-web/...`` and ``/patient/viewer``: the same services and OHIF for the browser
-  session alone (the viewer needs a fixed DICOMweb root; the session names the letter).
+  session alone (the viewer needs a fixed DICOMweb root; the session names the letter);
+* ``/shares/<selector>``, ``/shares/<selector>/dicom-web/...``, ``/share/dicom-web/...`` and
+  ``/share/viewer``: a share's page, DICOMweb roots and viewer for another doctor — :mod:`.share_door`.
 """
 
 from __future__ import annotations
@@ -49,3 +51,6 @@ def init_app(app: Flask) -> None:
         session_authenticate()
 
     app.register_blueprint(viewer)
+    from . import share_door
+
+    share_door.init_app(app, READ_SERVICES)

@@ -23,8 +23,10 @@ from storage.letters import (
     UnknownLetter,
     WrongCode,
 )
+from storage.whole_record import grant_for, held_letters
 
 from .. import context
+from .scopes import Option, pick
 
 COOKIE = "__Host-pacs"
 SESSION_ROOT = "/patient/dicom-web"
@@ -81,7 +83,7 @@ def letter_authenticate() -> Scope:
     selector = g.get("pacs_selector") or (request.view_args or {}).get("selector", "")
     token = request.cookies.get(COOKIE, "")
     if token:
-        grant = letters().session(selector, token)
+        grant = grant_for(letters(), selector, token)  # any letter the session holds
         if grant is not None:
             return _grant(grant)
     creds = _basic()
@@ -101,9 +103,12 @@ def letter_authenticate() -> Scope:
 
 
 def session_authenticate() -> Scope:
-    """For ``/patient/...`` (the viewer): the browser session alone."""
-    grant = letters().session(None, request.cookies.get(COOKIE, ""))
-    if grant is None:
+    """For ``/patient/...`` (the viewer): the browser session alone, with every letter it holds
+    (the scope of the letter covering the study asked for: :mod:`.scopes`)."""
+    held = held_letters(letters(), request.cookies.get(COOKIE, ""))
+    if not held:
         abort(Response("no patient session: open your letter's address first\n", status=401,
                        mimetype="text/plain"))
-    return _grant(grant)
+    scope = pick([Option(h.grant.scope(), h.grant.actor) for h in held])
+    g.pacs_grant = next((h.grant for h in held if h.grant.scope() == scope), held[0].grant)
+    return scope

@@ -26,7 +26,7 @@ from flask import Blueprint, Response, redirect, request
 from storage.errors import NotFound
 from storage.export.record import write_record
 from storage.letters import AccessDenied, Grant
-from storage.query import Query
+from storage.whole_record import forget_session, grant_for
 
 from .. import context
 from .auth import COOKIE, deny, letters, status_of
@@ -73,16 +73,8 @@ def _form(selector: str, message: str = "", status: int = 200) -> Response:
 
 
 def _current(selector: str) -> Grant | None:
-    return letters().session(selector, request.cookies.get(COOKIE, ""))
-
-
-def _studies(grant: Grant) -> list[dict]:
-    q = Query(level="STUDY", return_keys=["StudyInstanceUID", "StudyDate", "StudyDescription",
-                                          "ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
-              patient_scope=grant.patient_ref, study_scope=grant.study_uids)
-    rows = list(context.archive().find(q))
-    rows.sort(key=lambda r: r.get("StudyDate") or "", reverse=True)
-    return rows
+    """The grant of this letter if the session holds it (first or added: storage/whole_record.py)."""
+    return grant_for(letters(), selector, request.cookies.get(COOKIE, ""))
 
 
 def _date(value: str | None) -> str:
@@ -106,33 +98,13 @@ def _notes(base: str, notes: list) -> str:
 
 
 def _record(selector: str, grant: Grant) -> Response:
-    from .notes import notes_about
+    """The whole record of the session (every letter it holds: :mod:`.record`), shares, accesses."""
+    from . import record, sharing, trail
 
     base = f"/letters/{quote(selector)}"
-    about = notes_about(context.archive(), grant)
-    items = []
-    for row in _studies(grant):
-        uid = str(row["StudyInstanceUID"])
-        desc = escape(str(row.get("StudyDescription") or "Study"))
-        mods = escape(str(row.get("ModalitiesInStudy") or "").replace("\\", ", "))
-        n = row.get("NumberOfStudyRelatedInstances") or 0
-        items.append(
-            f'<li class="study"><img src="{base}/dicom-web/studies/{quote(uid)}/thumbnail" alt="" '
-            f'width="128" height="128"><strong>{_date(row.get("StudyDate"))}</strong> {desc} '
-            f"({mods}; {n} object{'s' if n != 1 else ''})<br>"
-            f'<a href="/patient/viewer/viewer?StudyInstanceUIDs={quote(uid)}">View images</a> · '
-            f'<a href="{base}/studies/{quote(uid)}.zip" download>Download this study (zip)</a>'
-            f"{_notes(base, about.get(uid, []))}</li>")
-    listing = "<ul>" + "".join(items) + "</ul>" if items else "<p>No studies are stored.</p>"
-    body = (f"<h1>Your medical record</h1><h2>Studies and documents</h2>{listing}"
-            "<h2>Take everything home</h2>"
-            f'<form method="post" action="{base}/record">'
-            '<label for="passcode">Passcode from your letter (the words)</label>'
-            '<input id="passcode" name="passcode" type="password" autocomplete="off" required>'
-            '<label for="format">File type</label><select id="format" name="format">'
-            '<option value="gpg">OpenPGP (.gpg: opens with gpg, GnuPG, Kleopatra)</option>'
-            '<option value="age">age (.age: opens with age)</option></select>'
-            '<button type="submit">Download my record, encrypted</button></form>'
+    body = (f"<h1>Your medical record</h1><h2>Studies and documents</h2>"
+            f"{record.timeline(selector, _date, _notes)}{record.letters_held_html(selector)}"
+            f"{record.export_form(selector)}{sharing.section(selector)}{trail.section()}"
             f'<form method="post" action="{base}/logout"><button type="submit">Sign out</button></form>')
     return _page("Your medical record", body)
 
@@ -224,6 +196,7 @@ def blueprint() -> Blueprint:
     def sign_out(selector: str) -> Response:
         token = request.cookies.get(COOKIE, "")
         if token:
+            forget_session(letters(), token)
             letters().close_session(token)
         resp = redirect(f"/letters/{quote(selector)}", code=303)
         resp.delete_cookie(COOKIE, secure=True, httponly=True, samesite="Strict", path="/")
@@ -241,21 +214,24 @@ def blueprint() -> Blueprint:
 
     @bp.post(f"/{_SELECTOR}/record")
     def record(selector: str) -> Response:
+        from .record import record_download
+
         grant = _current(selector)
         if grant is None:
             return _form(selector, "Please type your access code first.", 401)
-        fmt = request.form.get("format", "gpg")
-        passcode = " ".join((request.form.get("passcode") or "").split())[:500]
-        if fmt not in ("gpg", "age"):
-            return _page("Bad request", "<p>Unknown file type.</p>", 400)
-        if not passcode or not letters().check_passcode(grant.letter_id, passcode):
-            context.archive().audit.record("export", actor=grant.actor, source=context.client_address(),
-                                           outcome="failure", patient_ref=grant.patient_ref,
-                                           detail="wrong passcode")
-            return _page("Wrong passcode", '<p class="error">That is not the passcode printed on your '
-                         f'letter.</p><p><a href="/letters/{quote(selector)}">Back</a></p>', 403)
-        mimetype = "application/pgp-encrypted" if fmt == "gpg" else "application/octet-stream"
-        return _download(grant, f"medical-record.zip.{fmt}", mimetype, fmt, passcode, grant.study_uids)
+
+        def download(write, filename: str, mimetype: str) -> Response:
+            resp = Response(_stream(write), mimetype=mimetype)
+            resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+            return _headers(resp)
+
+        return record_download(selector, grant, _page, download)
+
+    from . import record as whole
+    from . import sharing
+
+    whole.register(bp, _SELECTOR, _current, _form, _page)
+    sharing.register(bp, _SELECTOR, _current, _form, _page)
 
     @bp.after_request
     def _all(resp: Response) -> Response:
