@@ -59,6 +59,14 @@ def expected(endpoint: str, method: str, role: str, has_study: bool) -> set[int]
         # no session, no code in the form: refused (429 once this client has failed often, 410
         # for an expired letter)
         return {400, 401, 403, 410, 429}
+    if service.startswith("share_session") or service == "share_viewer":
+        return {401}  # a share's cookie only (dicomweb/patient/share_door.py); nobody here has one
+    if service == "share_pages":
+        if endpoint == "share_pages.share_page":
+            return {200}  # the share's sign-in form
+        return {400, 401, 404, 429}  # the letter's selector is no share: unknown (404), counted
+    if service.startswith("share_"):  # /shares/<selector>/dicom-web: a share's Basic or bearer
+        return {401, 404, 429}  # nobody here holds a share; a letter's code opens no share
     if service.startswith("patient_"):  # /letters/<selector>/dicom-web: HTTP Basic with the code
         if role == "own_letter":
             return ALLOWED
@@ -124,7 +132,7 @@ def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: 
                 letter = letter_of.get(role, own)
                 values = {"study": study, "series": series, "sop": sop, "instance": sop,
                           "frames": "1", "tagpath": "7fe00010", "rel": "index.html",
-                          "filename": "none.css", "selector": letter.selector}
+                          "filename": "none.css", "selector": letter.selector, "share_id": "1"}
                 if method == "DELETE":  # never delete the fixture: an unknown study answers 404
                     values.update(study=generate_uid(), series=generate_uid(), sop=generate_uid(),
                                   instance=generate_uid())
