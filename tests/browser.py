@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, BrowserContext, Page
     from werkzeug.serving import BaseWSGIServer
 
 CHROMIUM = os.environ.get("PACS_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -141,6 +141,7 @@ def open_ohif_study(
     min_nonblack: float = 0.01,
     timeout_s: float = 90.0,
     browser: Browser | None = None,
+    context: BrowserContext | None = None,
 ) -> StudyView:
     """Open ``<viewer_prefix>/viewer?StudyInstanceUIDs=<uid>`` and wait for an image.
 
@@ -151,9 +152,10 @@ def open_ohif_study(
     full-page screenshot. The canvas is read back as a screenshot, not with getImageData,
     so it works whatever rendering path cornerstone picked (WebGL or CPU). Raises
     ``TimeoutError`` (message carries the last fraction and any failed requests) if that
-    does not happen within ``timeout_s``.
+    does not happen within ``timeout_s``. With ``context`` (e.g. one holding a session cookie)
+    the page opens in it and the context is left open.
     """
-    if browser is None:
+    if browser is None and context is None:
         with chromium() as own:
             return open_ohif_study(
                 base_url,
@@ -164,7 +166,11 @@ def open_ohif_study(
                 browser=own,
             )
     url = f"{base_url}{viewer_prefix}/viewer?StudyInstanceUIDs={quote(study_uid)}"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    owned = context is None
+    if context is None:
+        assert browser is not None
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = None
     try:
         page = context.new_page()
         log = RequestLog(page, base_url)
@@ -185,4 +191,7 @@ def open_ohif_study(
             f"(non-black fraction {fraction:.4f}); failed requests: {log.failed[:10]}"
         )
     finally:
-        context.close()
+        if owned:
+            context.close()
+        elif page is not None:
+            page.close()

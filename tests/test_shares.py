@@ -215,3 +215,32 @@ def test_share_codes_are_throttled_like_letters(server, record) -> None:
     r = requests.post(f"{patient.base}/shares", data={"study": generate_uid()}, timeout=30,
                       headers={"Cookie": f"__Host-pacs={patient.cookie}"})
     assert r.status_code == 404  # a study the patient's letters do not hold: no share made
+
+
+def test_share_opened_in_the_viewer(server, record) -> None:
+    """The doctor types the share's code on its page and opens the study in OHIF (real Chromium)."""
+    from tests.browser import browser_unavailable, chromium, open_ohif_study
+
+    reason = browser_unavailable()
+    if reason:
+        pytest.fail(reason)
+    patient = Patient(server, issue(server, record["pid"]))
+    knee, chest = record["knee"][0].StudyInstanceUID, record["chest"][0].StudyInstanceUID
+    share = patient.share([knee])
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(share["url"].replace(f"http://localhost:{server.http_port}", server.http_url))
+        page.get_by_label("Access code of the share").fill(share["code"])
+        page.get_by_role("button", name="Open").click()
+        page.wait_for_selector("li.study")
+        assert page.locator("li.study").count() == 1 and "Knee MRI" in page.inner_text("main")
+        assert {c["name"] for c in context.cookies()} == {"__Host-pacs-share"}  # not a letter's
+        view = open_ohif_study(server.http_url, knee, viewer_prefix="/share/viewer", context=context,
+                               timeout_s=90)
+        assert view.nonblack > 0.01 and not view.external_requests
+        assert [u for u in view.requests if "/share/dicom-web/" in u and "/frames/" in u]
+        req = context.request
+        assert req.get(f"{server.http_url}/share/dicom-web/studies/{chest}/metadata").status == 404
+        assert req.get(f"{patient.base}/dicom-web/studies").status == 401  # no letter session
+        context.close()

@@ -18,7 +18,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import update
 
-from tests.browser import browser_unavailable, chromium
+from tests.browser import browser_unavailable, chromium, open_ohif_study
 from tests.dicomgen import make_study
 from tests.test_export import gpg_decrypt
 from tests.test_letters import issue
@@ -140,6 +140,12 @@ def test_two_letters_from_two_providers_in_one_session(server, setup, tmp_path: 
         trail = page.inner_text("#accesses")
         assert f"from {setup['clinic']}" in trail and "from default" in trail and "exported" in trail
         assert _uids(alone.request.get(f"{server.http_url}/patient/dicom-web/studies")) == {study_a}
+
+        # OHIF at the session's viewer shows provider B's study (the scope of the letter holding it)
+        view = open_ohif_study(server.http_url, study_b, viewer_prefix="/patient/viewer",
+                               context=context, timeout_s=90)
+        assert view.nonblack > 0.01 and not view.external_requests
+        assert [u for u in view.requests if "/patient/dicom-web/" in u and study_b in u]
 
         page.get_by_role("button", name="Sign out").click()
         assert req.get(f"{server.http_url}/patient/dicom-web/studies").status == 401

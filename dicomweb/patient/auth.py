@@ -105,7 +105,7 @@ def letter_authenticate() -> Scope:
 def session_authenticate() -> Scope:
     """For ``/patient/...`` (the viewer): the browser session alone, with every letter it holds
     (the scope of the letter covering the study asked for: :mod:`.scopes`)."""
-    held = held_letters(letters(), request.cookies.get(COOKIE, ""))
+    held = held_letters(letters(), request.cookies.get(COOKIE, ""), labels=False)
     if not held:
         abort(Response("no patient session: open your letter's address first\n", status=401,
                        mimetype="text/plain"))

@@ -16,7 +16,7 @@ import re
 from html import escape
 from urllib.parse import quote
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, g, redirect, request
 
 from storage.errors import BadInput
 from storage.letters import AccessDenied, Grant
@@ -44,7 +44,11 @@ def studies_of(patient_ref: int, study_uids: frozenset[str] | None) -> list[dict
 
 
 def held() -> list[HeldLetter]:
-    return held_letters(letters(), request.cookies.get(COOKIE, ""))
+    """The session's letters, read once a request (the page asks for them in every section)."""
+    found = g.get("pacs_held")
+    if found is None:
+        found = g.pacs_held = held_letters(letters(), request.cookies.get(COOKIE, ""))
+    return found
 
 
 def timeline(selector: str, date, notes_html) -> str:

@@ -52,6 +52,9 @@ def covers(scope: Scope, owner: int | None, study: str) -> bool:
 def pick(options: list[Option], *, uncovered: Callable[[str], None] | None = None) -> Scope:
     """The scope of this request among ``options`` (sets the audit actor); may answer itself
     (a merged root search) by aborting with the response."""
+    if len(options) == 1 and uncovered is None:  # the one scope answers a foreign UID as unknown
+        g.pacs_actor = options[0].actor
+        return options[0].scope
     study = study_named()
     if study is not None:
         owner = study_owner(context.archive(), study)
