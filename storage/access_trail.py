@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 
 from .index.models import AuditEvent, Letter, Patient
 from .index.sharing_models import ShareScope
-from .whole_record import HeldLetter
+from .whole_record import HeldLetter, records
 
 MAX_EVENTS = 500
 _WHAT = {
@@ -64,7 +64,8 @@ def trail(archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) -> list[A
     """The accesses to the held records, newest first."""
     from .providers import provider_names
 
-    refs = {h.grant.patient_ref for h in held}
+    allowed = dict(records(held))  # patient_ref -> the studies the letters may see (None: all)
+    refs = set(allowed)
     if not refs:
         return []
     names = provider_names(archive)
@@ -87,6 +88,9 @@ def trail(archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) -> list[A
     for e in rows:
         if e.patient_ref is not None and e.patient_ref not in refs:
             continue  # a share's event on another patient's record it also covers
+        studies = allowed.get(e.patient_ref) if e.patient_ref is not None else None
+        if e.study_uid and studies is not None and e.study_uid not in studies:
+            continue  # a study of this record the session's letters do not open
         if e.actor.startswith("patient-letter:"):
             lid = int(e.actor.split(":", 1)[1]) if e.actor.split(":", 1)[1].isdigit() else -1
             who = f"your letter #{lid} from {provider_of(letters.get(lid)) or 'a provider'}"

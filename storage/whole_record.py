@@ -87,6 +87,9 @@ def grant_for(letters: Letters, selector: str | None, token: str) -> Grant | Non
     """The grant of the session's letter with this selector (any held letter), else None."""
     if not token or len(token) > 128:
         return None
+    first = letters.session(selector, token)  # the session's own letter: one query
+    if first is not None:
+        return first
     for held in held_letters(letters, token, labels=False):
         if selector is None or held.selector == selector:
             return held.grant
@@ -130,6 +133,20 @@ def passcode_ok(letters: Letters, held: list[HeldLetter], passcode: str, repeate
     return passcode == repeated and len(passcode) >= MIN_CHOSEN_PASSCODE
 
 
+def records(held: list[HeldLetter]) -> list[tuple[int, frozenset[str] | None]]:
+    """(patient_ref, studies or None for all) of each record the letters hold, once each (two
+    letters of one patient: the union of their scopes)."""
+    out: dict[int, frozenset[str] | None] = {}
+    for h in held:
+        ref, studies = h.grant.patient_ref, h.grant.study_uids
+        if ref in out:
+            before = out[ref]
+            out[ref] = None if before is None or studies is None else before | studies
+        else:
+            out[ref] = studies
+    return list(out.items())
+
+
 def write_whole_record(letters: Letters, out, held: list[HeldLetter], *, fmt: str, passcode: str,
                        actor: str, origin: str, age_work_factor: int | None = None):
     """One encrypted export of every held record; each patient record audited as exported."""
@@ -137,7 +154,7 @@ def write_whole_record(letters: Letters, out, held: list[HeldLetter], *, fmt: st
 
     archive = letters.archive
     items = itertools.chain.from_iterable(
-        record_items(archive, h.grant.patient_ref, h.grant.study_uids) for h in held)
+        record_items(archive, ref, studies) for ref, studies in records(held))
     kwargs = {} if age_work_factor is None else {"age_work_factor": age_work_factor}
     try:
         summary = write_export(out, items, passcode=passcode, fmt=fmt,

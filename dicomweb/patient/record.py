@@ -62,9 +62,12 @@ def timeline(selector: str, date, notes_html) -> str:
         for row in studies_of(h.grant.patient_ref, h.grant.study_uids):
             rows.append((str(row.get("StudyDate") or ""), h, base, about, row))
     rows.sort(key=lambda r: r[0], reverse=True)
-    items = []
+    items, seen = [], set()
     for _, h, base, about, row in rows:
         uid = str(row["StudyInstanceUID"])
+        if uid in seen:  # two letters of one patient: listed once
+            continue
+        seen.add(uid)
         desc = escape(str(row.get("StudyDescription") or "Study"))
         mods = escape(str(row.get("ModalitiesInStudy") or "").replace("\\", ", "))
         n = row.get("NumberOfStudyRelatedInstances") or 0
