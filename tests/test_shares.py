@@ -136,6 +136,8 @@ def test_share_pulled_by_dicomweb_client_then_revoked(server, record) -> None:
     make = f"{patient.base}/shares"
     assert requests.post(make, auth=(share["selector"], share["code"]), allow_redirects=False,
                          timeout=30).status_code == 401
+    assert requests.post(make, headers={"Authorization": f"Bearer {_token(server, share)}"},
+                         allow_redirects=False, timeout=30).status_code == 401
     r = requests.post(f"{server.http_url}/shares/{share['selector']}", data={"code": share["code"]},
                       allow_redirects=False, timeout=30)
     share_cookie = re.search(r"__Host-pacs-share=([^;]+)", r.headers["Set-Cookie"]).group(1)

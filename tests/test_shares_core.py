@@ -150,3 +150,35 @@ def test_the_patients_trail_names_who_and_cuts_addresses(two, archive) -> None:
     assert truncate_address("[2001:db8::1]:104") == "2001:db8::/48"
     assert truncate_address("::ffff:10.1.2.3") == "10.1.2.0/24"
     assert truncate_address("") == "" and truncate_address("MODALITY1") == "MODALITY1"
+
+
+def test_a_share_locks_after_the_letters_bound(two) -> None:
+    from storage.letters import Locked
+
+    letters = two["letters"]
+    shares = Shares(letters)
+    token = letters.open_session(letters.authenticate(two["la"].selector, two["la"].access_code, "x"))
+    share = shares.create(held_letters(letters, token))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    bound = letters.archive.settings.letter_max_failures
+    for i in range(bound):  # each try after the growing delay has passed (at most an hour)
+        with pytest.raises(WrongCode):
+            shares.authenticate(share.selector, "0000-0000-0000-0000-0000", f"198.51.100.{i}",
+                                now=now + timedelta(hours=2 * i))
+    with pytest.raises(Locked) as exc:
+        shares.authenticate(share.selector, share.access_code, "192.0.2.1",
+                            now=now + timedelta(hours=2 * bound))
+    assert exc.value.status == 403
+
+
+def test_share_codes_and_tokens_are_stored_only_as_hashes(two, archive) -> None:
+    from tests.test_secrets_at_rest import _every_value, _forms
+
+    letters = two["letters"]
+    shares = Shares(letters)
+    token = letters.open_session(letters.authenticate(two["la"].selector, two["la"].access_code, "x"))
+    share = shares.create(held_letters(letters, token))
+    bearer, _ = shares.open_session(shares.authenticate(share.selector, share.access_code, "x"))
+    stored = b"\n".join(_every_value(archive))
+    for secret in (share.access_code, share.access_code.replace("-", ""), bearer, token):
+        assert not any(form in stored for form in _forms(secret)), "a secret is stored in clear"
