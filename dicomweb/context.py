@@ -75,7 +75,10 @@ def _root(rule_prefix: str) -> str:
 def _fill(prefix: str) -> str:
     """Substitute URL variables (e.g. <selector>) in a blueprint prefix from the request."""
     out = prefix
-    for key, value in (request.view_args or {}).items():
+    values = dict(request.view_args or {})
+    if g.get("pacs_selector"):  # popped from the view args by service_blueprint
+        values.setdefault("selector", g.pacs_selector)
+    for key, value in values.items():
         out = out.replace(f"<{key}>", str(value)).replace(f"<string:{key}>", str(value))
     return out
 

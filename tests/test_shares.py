@@ -113,8 +113,10 @@ def test_share_pulled_by_dicomweb_client_then_revoked(server, record) -> None:
     assert share["url"].endswith(f"/shares/{share['selector']}") and share["code"] not in patient.get().text
 
     client = _client(server, share, _token(server, share))
-    found = {s["0020000D"]["Value"][0] for s in client.search_for_studies()}
-    assert found == {knee.StudyInstanceUID}
+    studies = client.search_for_studies()
+    assert {s["0020000D"]["Value"][0] for s in studies} == {knee.StudyInstanceUID}
+    root = f"{server.http_url}/shares/{share['selector']}/dicom-web"  # RetrieveURL: this root
+    assert studies[0]["00081190"]["Value"][0] == f"{root}/studies/{knee.StudyInstanceUID}"
     got = client.retrieve_study(knee.StudyInstanceUID)
     assert {d.SOPInstanceUID for d in got} == {d.SOPInstanceUID for d in record["knee"]}
     assert all(d.PatientID == record["pid"] for d in got)
