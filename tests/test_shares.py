@@ -134,6 +134,11 @@ def test_share_pulled_by_dicomweb_client_then_revoked(server, record) -> None:
     basic = _client(server, share)
     assert {s["0020000D"]["Value"][0] for s in basic.search_for_studies()} == {knee.StudyInstanceUID}
 
+    # read-only: no STOW-RS or DELETE under a share's root
+    for method in ("POST", "DELETE"):
+        r = requests.request(method, f"{root}/studies/{knee.StudyInstanceUID}", timeout=30,
+                             auth=(share["selector"], share["code"]))
+        assert r.status_code == 405, (method, r.status_code)
     # a share can never make a share: its credentials are no letter session
     make = f"{patient.base}/shares"
     assert requests.post(make, auth=(share["selector"], share["code"]), allow_redirects=False,

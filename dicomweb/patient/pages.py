@@ -37,7 +37,9 @@ line-height:1.5;color:#111}label,input,select,button{font-size:1.1rem}input{widt
 box-sizing:border-box}button{padding:.5rem 1rem;margin:.5rem 0}li{margin:1rem 0;list-style:none}
 img{max-width:128px;height:auto;vertical-align:middle;margin-right:1rem;background:#000}
 .error{color:#a00;font-weight:bold}ul{padding:0}li.note{margin:.3rem 0 .3rem 1rem;
-white-space:pre-wrap}"""
+white-space:pre-wrap}.choice{display:block}.choice input{width:auto}form.inline{display:inline}
+.provider{color:#555}table{border-collapse:collapse;font-size:.9rem}td,th{padding:.2rem .4rem;
+border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"""
 
 
 def _headers(resp: Response, nonce: str = "") -> Response:
