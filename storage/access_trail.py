@@ -105,5 +105,8 @@ def trail(archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) -> list[A
         what = _WHAT.get(e.action, e.action)
         if e.detail and e.action in ("retrieve", "query", "read-metadata", "export", "share-create"):
             what += f": {e.detail[:120]}"
-        out.append(Access(e.at, who, what, e.outcome, truncate_address(e.source), e.study_uid))
+        access = Access(e.at, who, what, e.outcome, truncate_address(e.source), e.study_uid)
+        if out and out[-1] == access:
+            continue  # one act audited on each record it touched (a share of two records)
+        out.append(access)
     return out

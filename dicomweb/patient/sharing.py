@@ -39,7 +39,9 @@ def section(selector: str) -> str:
     for h in held():
         for row in studies_of(h.grant.patient_ref, h.grant.study_uids):
             uid = str(row["StudyInstanceUID"])
-            label = f"{row.get('StudyDate') or ''} {row.get('StudyDescription') or 'Study'} ({h.provider})"
+            d = str(row.get("StudyDate") or "")
+            day = f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) >= 8 else "date unknown"
+            label = f"{day} {row.get('StudyDescription') or 'Study'} ({h.provider})"
             choices.append(f'<label class="choice"><input type="checkbox" name="study" value="{escape(uid)}"> '
                            f"{escape(label)}</label>")
     rows = []
