@@ -33,9 +33,11 @@ from storage.tokens import create_token, revoke_token
 from tests.conftest import start_server
 from tests.dicomgen import make_image
 
-ROLES = ("none", "read", "write", "admin", "revoked", "own_letter", "other_letter", "expired_letter")
+ROLES = ("none", "read", "write", "admin", "revoked", "own_letter", "other_letter", "expired_letter",
+         "own_share")
 TOKEN_ROLES = ("read", "write", "admin", "revoked")
 LETTER_ROLES = ("own_letter", "other_letter", "expired_letter")
+SHARE_ROLES = ("own_share",)  # a share of patient A's whole record, by HTTP Basic at its own selector
 ALLOWED = "allowed"  # any answer but 401/403 (and never 5xx)
 PUBLIC = {"healthz", "readyz", "static", "openapi.openapi"}
 
@@ -49,6 +51,8 @@ def expected(endpoint: str, method: str, role: str, has_study: bool) -> set[int]
     service = _service(endpoint)
     if endpoint in PUBLIC or service in ("viewer",):
         return ALLOWED  # no data: static pages, the description, the health check
+    if role == "own_share":
+        return _share_expected(endpoint, service)
     if service.startswith("patient_session") or service == "patient_viewer":
         return {401}  # a patient session cookie only; nobody here has one
     if service == "patient_pages":
@@ -83,6 +87,22 @@ def expected(endpoint: str, method: str, role: str, has_study: bool) -> set[int]
     return ALLOWED if rank.index(role) >= rank.index(need) else {403}
 
 
+def _share_expected(endpoint: str, service: str) -> set[int] | str:
+    """A share's credentials open its own DICOMweb root and token, nothing of a letter or provider."""
+    if service in ("share_pages",):
+        return {200} if endpoint in ("share_pages.share_page", "share_pages.share_token") else {401}
+    if service.startswith("share_session") or service == "share_viewer":
+        return {401}  # the viewer's cookie only, not Basic
+    if service.startswith("share_"):
+        return ALLOWED
+    if service == "patient_pages":  # /letters/<the share's selector>: no such letter
+        return {200} if endpoint == "patient_pages.letter" else \
+            {303} if endpoint == "patient_pages.sign_out" else {401, 404, 429}
+    if service.startswith("patient_"):
+        return {401, 404, 429}  # the letters' Basic: a share's selector is no letter
+    return {401}
+
+
 def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: ANN001
     tag = generate_uid()[-10:].replace(".", "")
     people = {who: (f"ISO-{who}-{tag}", f"Iso{who}^Pat{tag}") for who in ("A", "B")}
@@ -109,6 +129,11 @@ def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: 
                     expires_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)))
         finally:
             archive.close()
+            from storage.shares import Shares
+            from storage.whole_record import held_letters
+
+            session = letters.open_session(letters.authenticate(own.selector, own.access_code, "x"))
+            share = Shares(letters).create(held_letters(letters, session))
         letter_of = {"own_letter": own, "other_letter": other, "expired_letter": expired}
 
         from dicomweb import create_app
@@ -132,7 +157,8 @@ def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: 
                 letter = letter_of.get(role, own)
                 values = {"study": study, "series": series, "sop": sop, "instance": sop,
                           "frames": "1", "tagpath": "7fe00010", "rel": "index.html",
-                          "filename": "none.css", "selector": letter.selector, "share_id": "1"}
+                          "filename": "none.css", "share_id": "1",
+                          "selector": share.selector if role in SHARE_ROLES else letter.selector}
                 if method == "DELETE":  # never delete the fixture: an unknown study answers 404
                     values.update(study=generate_uid(), series=generate_uid(), sop=generate_uid(),
                                   instance=generate_uid())
@@ -140,6 +166,9 @@ def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: 
                 headers = {CSRF_HEADER: "1"}  # the upload page's own requests carry it
                 if role in TOKEN_ROLES:
                     headers["Authorization"] = f"Bearer {tokens[role]}"
+                elif role in SHARE_ROLES:
+                    basic = base64.b64encode(f"{share.selector}:{share.access_code}".encode()).decode()
+                    headers["Authorization"] = f"Basic {basic}"
                 elif role in LETTER_ROLES:
                     basic = base64.b64encode(f"{letter.selector}:{letter.access_code}".encode()).decode()
                     headers["Authorization"] = f"Basic {basic}"
@@ -153,6 +182,8 @@ def test_every_route_by_every_caller(tmp_path: Path, figures) -> None:  # noqa: 
                     wrong.append(f"{method} {rule.rule} as {role}: {r.status_code}, expected {want}")
                 if r.status_code >= 400 or role in ("none", "revoked", "expired_letter"):
                     foreign: tuple[str, ...] = tuple(secrets_of)  # a refusal names nobody
+                elif role in SHARE_ROLES:  # a share of A's record sees A only
+                    foreign = people["B"]
                 elif role in LETTER_ROLES:  # a letter sees its own patient only
                     foreign = people["A" if role == "other_letter" else "B"]
                 else:
