@@ -17,6 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import or_, select
 
+from .archive import Archive
 from .index.models import AuditEvent, Letter, Patient
 from .index.sharing_models import ShareScope
 from .whole_record import HeldLetter, records
@@ -60,7 +61,7 @@ def truncate_address(source: str) -> str:
     return "" if any(c.isdigit() for c in source) and ("." in source or ":" in source) else source[:32]
 
 
-def trail(archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) -> list[Access]:
+def trail(archive: Archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) -> list[Access]:
     """The accesses to the held records, newest first."""
     from .providers import provider_names
 

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 
 from . import secrets
-from .archive import Scope
+from .archive import Archive, Scope
 from .errors import BadInput, NotFound
 from .index.models import AccessFailure, AuditEvent, Patient, Study
 from .index.sharing_models import Share, ShareScope, ShareSession
@@ -121,7 +121,7 @@ def _seconds(delta: timedelta) -> int:
     return max(1, int(delta.total_seconds() + 0.999))
 
 
-def study_owner(archive, study_uid: str) -> int | None:
+def study_owner(archive: Archive, study_uid: str) -> int | None:
     """The patient row id a study belongs to, or None."""
     with archive.sessions() as s:
         return s.scalar(select(Study.patient_id).where(Study.study_uid == study_uid))
