@@ -68,7 +68,6 @@ class IssuedShare:
 
     share_id: int
     selector: str
-    url: str
     access_code: str
     expires_at: datetime
 
@@ -137,7 +136,7 @@ class Shares:
     # -- made, listed, revoked by the patient -------------------------------------------------
 
     def create(self, held: list[HeldLetter], *, study_uids: list[str] | None = None,
-               days: int | None = None, base_url: str = "", origin: str = "") -> IssuedShare:
+               days: int | None = None, origin: str = "") -> IssuedShare:
         """A share of the held records (all, or only ``study_uids``, each checked against the
         letters' scopes: a study no held letter covers is NotFound, as an unknown one)."""
         if not held:
@@ -181,8 +180,7 @@ class Shares:
             self.archive.audit.record("share-create", actor=actor, source=origin, patient_ref=ref,
                                       detail=f"share {share_id}; {len(uids) or 'all'} stud(ies); "
                                              f"{days} day(s)")
-        url = f"{base_url.rstrip('/')}/shares/{selector}"
-        return IssuedShare(share_id, selector, url, code, expires)
+        return IssuedShare(share_id, selector, code, expires)  # the front door makes its URL
 
     def list_for(self, held: list[HeldLetter]) -> list[ShareInfo]:
         """The shares that cover any of the held records, newest first."""

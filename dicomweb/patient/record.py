@@ -31,7 +31,7 @@ from storage.whole_record import (
 )
 
 from .. import context
-from .auth import COOKIE, deny, letters
+from .auth import COOKIE, deny, letters, status_of
 
 _SELECTOR_IN = re.compile(r"(?:/letters/)?([A-Za-z0-9_-]{16,64})/?$")
 
@@ -156,7 +156,7 @@ def register(bp: Blueprint, selector_rule: str, current, form, page) -> None:
                        context.client_address())
         except AccessDenied as exc:
             resp = page("Letter not added", f'<p class="error" role="alert">{escape(str(exc))}</p>{back}',
-                        exc.status)
+                        status_of(exc))
             retry = deny(exc, basic=False).headers.get("Retry-After")
             if retry:
                 resp.headers["Retry-After"] = retry

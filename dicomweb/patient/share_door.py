@@ -29,7 +29,7 @@ from storage.letters import AccessDenied, WrongCode
 from storage.shares import ShareGrant, Shares
 
 from .. import context
-from .auth import _basic, deny
+from .auth import _basic, deny, status_of
 from .scopes import Option, pick
 
 SHARE_COOKIE = "__Host-pacs-share"
@@ -156,7 +156,7 @@ def pages_blueprint() -> Blueprint:
         try:
             grant = shares().session(selector, cookie, client=context.client_address()) if cookie else None
         except AccessDenied as exc:
-            return _form(selector, str(exc), exc.status)
+            return _form(selector, str(exc), status_of(exc))
         return _form(selector) if grant is None else _listing(selector, grant)
 
     @bp.post(f"/{_SELECTOR}")
@@ -165,7 +165,7 @@ def pages_blueprint() -> Blueprint:
         try:
             grant = shares().authenticate(selector, code, context.client_address())
         except AccessDenied as exc:
-            resp = _form(selector, str(exc), exc.status)
+            resp = _form(selector, str(exc), status_of(exc))
             retry = deny(exc, basic=False).headers.get("Retry-After")
             if retry:
                 resp.headers["Retry-After"] = retry

@@ -28,8 +28,9 @@ def shares() -> Shares:
     return found
 
 
-def _base_url() -> str:
-    return context.settings().public_url or request.host_url
+def share_url(selector: str) -> str:
+    """A share's page address (storage builds no URLs): ``public_url`` or this request's host."""
+    return f"{(context.settings().public_url or request.host_url).rstrip('/')}/shares/{selector}"
 
 
 def section(selector: str) -> str:
@@ -77,7 +78,7 @@ def register(bp: Blueprint, selector_rule: str, current, form, page) -> None:
         try:
             days = int(request.form.get("days") or context.settings().share_days)
             issued = shares().create(held(), study_uids=studies or None, days=days,
-                                     base_url=_base_url(), origin=context.client_address())
+                                     origin=context.client_address())
         except ValueError:
             return page("Not made", f'<p class="error" role="alert">Days must be a number.</p>{back}', 400)
         except BadInput as exc:
@@ -87,7 +88,7 @@ def register(bp: Blueprint, selector_rule: str, current, form, page) -> None:
         body = ("<h1>Your new share</h1><p>Give the doctor this address and access code. The code "
                 "is shown only now: write it down or copy it.</p>"
                 f'<p>Share #<span id="share-id">{issued.share_id}</span></p>'
-                f'<p>Address: <code id="share-url">{escape(issued.url)}</code></p>'
+                f'<p>Address: <code id="share-url">{escape(share_url(issued.selector))}</code></p>'
                 f'<p>Access code: <code id="share-code">{escape(issued.access_code)}</code></p>'
                 f"<p>It works until {issued.expires_at:%Y-%m-%d %H:%M} UTC, unless you revoke it.</p>"
                 f"{back}")
