@@ -69,8 +69,15 @@ class InvalidPasscodeHash(ValueError):
 
 
 def new_selector() -> str:
-    """Return a random URL-safe selector (192 bits) for the letter's URL."""
-    return secrets.token_urlsafe(_SELECTOR_BYTES)
+    """Return a random URL-safe selector (192 bits) for the letter's URL.
+
+    Never one starting with ``-`` or ``_``: typed after ``pacs letter revoke`` a leading dash reads
+    as an option (an older selector that has one is given after ``--``).
+    """
+    while True:
+        selector = secrets.token_urlsafe(_SELECTOR_BYTES)
+        if selector[0].isalnum():
+            return selector
 
 
 def new_access_code() -> str:

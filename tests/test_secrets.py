@@ -21,6 +21,11 @@ def test_selector_is_urlsafe_random_and_long() -> None:
         assert len(raw) * 8 >= 128
 
 
+def test_selector_never_starts_like_a_command_line_option() -> None:
+    # about 1 in 32 random selectors would start with "-" or "_"; 2,000 draws make that ~60
+    assert all(ps.new_selector()[0].isalnum() for _ in range(2000))
+
+
 def test_access_code_format_and_entropy() -> None:
     code = ps.new_access_code()
     assert re.fullmatch(r"([0-9A-HJKMNP-TV-Z]{4}-){4}[0-9A-HJKMNP-TV-Z]{4}", code)
