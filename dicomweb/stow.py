@@ -344,27 +344,50 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
         outcome.fail(sop_class, sop_uid, CANNOT_UNDERSTAND,
                      "BulkDataURI names no part of the request")
         return
+    from storage.artifacts import streamed_video_kind
+
+    spools: list[EncryptedSpool] = []
     try:
         media, data_part = _artifact_part(refs, bulk)
-        if data_part is not None:
-            objects = _from_artifact(item, refs, data_part, media, study)
+        video = streamed_video_kind(data_part.body, None, media) if data_part is not None else None
+        bodies: list[tuple[pydicom.Dataset, Any, str]] = []
+        if data_part is not None and video:
+            ds, spool = _video_from_artifact(item, refs, data_part, video, study, spools)
+            bodies.append((ds, spool, _media_of(ds)))
         else:
-            objects = [_from_json(item, refs, bulk, study)]
-        bodies = []
-        for ds in objects:
-            buf = io.BytesIO()
-            ds.save_as(buf, enforce_file_format=True)
-            bodies.append((ds, buf.getvalue(), _media_of(ds) if data_part is not None else ""))
+            if data_part is not None:
+                objects = _from_artifact(item, refs, data_part, media, study)
+            else:
+                objects = [_from_json(item, refs, bulk, study)]
+            for ds in objects:
+                buf = io.BytesIO()
+                ds.save_as(buf, enforce_file_format=True)
+                bodies.append((ds, buf.getvalue(), _media_of(ds) if data_part is not None else ""))
     except ArchiveError as exc:
+        _close(spools)
         outcome.fail(sop_class, sop_uid, reason_of(exc), str(exc))
         return
     except Exception as exc:  # pydicom/artifact errors: this item fails alone
         from storage.artifacts import ArtifactTooLarge
 
+        _close(spools)
         reason = OUT_OF_RESOURCES if isinstance(exc, ArtifactTooLarge) else DATASET_MISMATCH
         outcome.fail(sop_class, sop_uid, reason, f"cannot build the object: {exc}")
         return
-    for ds, body, content_type in bodies:  # the pages of one multi-page image, or one object
+    try:
+        _store_bodies(bodies, outcome)
+    finally:
+        _close(spools)
+
+
+def _close(spools: list[EncryptedSpool]) -> None:
+    for spool in spools:
+        spool.close()
+
+
+def _store_bodies(bodies: list[tuple[pydicom.Dataset, Any, str]], outcome: Outcome) -> None:
+    """Store the pages of one multi-page image, or one object; the first failure ends it."""
+    for ds, body, content_type in bodies:
         try:
             result = archive().store(body, actor=actor(), origin=client_address(),
                                      content_type=content_type)
@@ -419,6 +442,46 @@ def _about(meta: pydicom.Dataset, patient: Any) -> str | None:
     return check_about(archive(), uid, ref)
 
 
+class _ArtifactContext:
+    """What the JSON of an artifact item says: the attributes to lay over the object made from the
+    bulk part, the patient and study, the title, and the study it is about (checked)."""
+
+    def __init__(self, item: dict[str, Any], refs: dict[str, str], study: str | None) -> None:
+        from storage.artifacts import PatientInfo, StudyInfo
+
+        meta = pydicom.Dataset.from_json(_without(item, set(refs)))
+        self.meta = meta
+        self.patient = PatientInfo(
+            str(meta.get("PatientID", "") or ""), str(meta.get("PatientName", "") or ""),
+            str(meta.get("IssuerOfPatientID", "") or ""),
+            str(meta.get("PatientBirthDate", "") or ""), str(meta.get("PatientSex", "") or ""))
+        self.study = StudyInfo(str(meta.get("StudyInstanceUID", "") or "") or study or None,
+                               study_description=str(meta.get("StudyDescription", "") or ""),
+                               accession_number=str(meta.get("AccessionNumber", "") or ""),
+                               study_date=str(meta.get("StudyDate", "") or ""),
+                               study_time=str(meta.get("StudyTime", "") or ""),
+                               study_id=str(meta.get("StudyID", "") or ""))
+        self.title = str(meta.get("DocumentTitle", "") or "") or None
+        self.about = _about(meta, self.patient)
+
+    def lay_over(self, ds: pydicom.Dataset, page: int, media: str) -> None:
+        """The JSON's attributes over the object made (except the SOP Class, the bulk data and
+        the image pixel description; pages after the first keep their own UIDs and numbers)."""
+        declared = str(self.meta.get("SOPClassUID", "") or "")
+        if not page and declared and declared != str(ds.SOPClassUID):
+            raise BadInput(f"SOPClassUID {declared} does not fit a {media} object "
+                           f"({ds.SOPClassUID})")
+        for elem in self.meta:
+            if elem.tag.group in _ARTIFACT_SKIP_GROUPS or elem.keyword in _ARTIFACT_SKIP:
+                continue
+            if page and elem.keyword in _PAGE_OWN:
+                continue
+            if elem.value in (None, "", []) and elem.tag in ds:
+                continue
+            ds[elem.tag] = elem
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
 def _from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media: str,
                    study: str | None) -> list[pydicom.Dataset]:
     """Complete IODs from :mod:`storage.artifacts` (one, or one per page of a multi-page image),
@@ -426,37 +489,41 @@ def _from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media
 
     A Referenced Study Sequence item in the JSON names the study the artifact is about; it must
     be one of the patient's studies and is recorded as :mod:`storage.artifacts.about` says."""
-    from storage.artifacts import PatientInfo, StudyInfo, encapsulate_all
+    from storage.artifacts import encapsulate_all
 
-    meta = pydicom.Dataset.from_json(_without(item, set(refs)))
-    patient = PatientInfo(str(meta.get("PatientID", "") or ""), str(meta.get("PatientName", "") or ""),
-                          str(meta.get("IssuerOfPatientID", "") or ""),
-                          str(meta.get("PatientBirthDate", "") or ""), str(meta.get("PatientSex", "") or ""))
-    study_info = StudyInfo(str(meta.get("StudyInstanceUID", "") or "") or study or None,
-                           study_description=str(meta.get("StudyDescription", "") or ""),
-                           accession_number=str(meta.get("AccessionNumber", "") or ""),
-                           study_date=str(meta.get("StudyDate", "") or ""),
-                           study_time=str(meta.get("StudyTime", "") or ""),
-                           study_id=str(meta.get("StudyID", "") or ""))
-    title = str(meta.get("DocumentTitle", "") or "") or None
-    objects = encapsulate_all(part.read(), patient=patient, study=study_info, media_type=media,
-                              title=title, about=_about(meta, patient),
+    ctx = _ArtifactContext(item, refs, study)
+    objects = encapsulate_all(part.read(), patient=ctx.patient, study=ctx.study, media_type=media,
+                              title=ctx.title, about=ctx.about,
                               max_size=settings().max_upload_bytes)
-    declared = str(meta.get("SOPClassUID", "") or "")
-    if declared and declared != str(objects[0].SOPClassUID):
-        raise BadInput(f"SOPClassUID {declared} does not fit a {media} object "
-                       f"({objects[0].SOPClassUID})")
     for page, ds in enumerate(objects):
-        for elem in meta:
-            if elem.tag.group in _ARTIFACT_SKIP_GROUPS or elem.keyword in _ARTIFACT_SKIP:
-                continue
-            if page and elem.keyword in _PAGE_OWN:
-                continue  # the other pages keep their own UIDs and numbers
-            if elem.value in (None, "", []) and elem.tag in ds:
-                continue
-            ds[elem.tag] = elem
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ctx.lay_over(ds, page, media)
     return objects
+
+
+def _video_from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part, media: str,
+                         study: str | None, spools: list[EncryptedSpool]
+                         ) -> tuple[pydicom.Dataset, EncryptedSpool]:
+    """A video bulk part (MP4/MOV, already in an encrypted spool past 1 MiB) made into its
+    Video Photographic object in bounded memory, as ``pacs attach`` and ``/upload`` do it
+    (:func:`storage.artifacts.write_video_object`): the Part 10 stream, and any remuxed or
+    transcoded MP4, go to encrypted spools (appended to ``spools``, the caller closes them), the
+    JSON's attributes laid over the header before it is written. Returns (header, object)."""
+    from storage.artifacts import write_video_object
+
+    ctx = _ArtifactContext(item, refs, study)
+    spool_dir = settings().data_dir / "tmp"
+    spool_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_sink() -> EncryptedSpool:
+        spools.append(EncryptedSpool(dir=spool_dir))
+        return spools[-1]
+
+    dest = new_sink()
+    ds = write_video_object(part.body, dest, media_type=media, patient=ctx.patient,
+                            study=ctx.study, title=ctx.title, about=ctx.about,
+                            new_sink=new_sink, amend=lambda ds: ctx.lay_over(ds, 0, media))
+    dest.seek(0)
+    return ds, dest
 
 
 def _from_json(item: dict[str, Any], refs: dict[str, str], bulk: dict[str, Part],

@@ -36,11 +36,10 @@ from .artifacts import (
     StudyInfo,
     detect_media_type,
     encapsulate_all,
-    has_video,
+    streamed_video_kind,
     write_video_object,
 )
 from .artifacts.text_sr import decode_text, rtf_text
-from .artifacts.video import VIDEO_MEDIA_TYPES
 from .errors import BadInput, NotFound
 from .query import Query
 
@@ -208,14 +207,8 @@ def attach_all(
         from .artifacts import ArtifactTooLarge
 
         raise ArtifactTooLarge(f"{size} bytes is over the limit of {max_size} bytes")
-    head = data.read(1 << 16)
-    data.seek(0)
     refs_given = list(references)
-    try:
-        kind = detect_media_type(head, filename, media_type) if head else ""
-    except ArtifactError:
-        kind = ""  # judged on the whole file below
-    if kind in VIDEO_MEDIA_TYPES and not refs_given and has_video(data):
+    if not refs_given and (kind := streamed_video_kind(data, filename, media_type)):
         return _attach_video(archive, data, filename=filename, patient_id=patient_id,
                              patient_name=patient_name, issuer=issuer, birth_date=birth_date,
                              sex=sex, study_uid=study_uid,

@@ -62,7 +62,7 @@ from .video import (
     extract_video,
     has_video,
 )
-from .video_stream import write_video
+from .video_stream import streamed_video_kind, write_video
 
 __all__ = [
     "ArtifactError",
@@ -79,6 +79,7 @@ __all__ = [
     "encapsulate",
     "encapsulate_all",
     "has_video",
+    "streamed_video_kind",
     "write_video_object",
     "extract_original",
     "note_text",
@@ -203,15 +204,17 @@ def write_video_object(
     about: str | None = None,
     content_datetime: datetime | None = None,
     new_sink: Callable[[], BinaryIO] = io.BytesIO,
+    amend: Callable[[pydicom.Dataset], None] | None = None,
 ) -> pydicom.Dataset:
-    """A video (MP4/MOV, already detected as ``media_type``) from a seekable file to a Part 10
-    stream in bounded memory (:mod:`.video_stream`); returns the header written."""
+    """A video (MP4/MOV, already detected as ``media_type``, e.g. by
+    :func:`streamed_video_kind`) from a seekable file to a Part 10 stream in bounded memory
+    (:mod:`.video_stream`); returns the header written (``amend``: see :func:`.write_video`)."""
     name = safe_filename(filename, _DEFAULT_NAMES.get(media_type, "video.mp4"))
     return write_video(src, dest, media_type=media_type, patient=patient, study=study,
                        filename=name, title=name if title is None else title,
                        series_description=series_description,
                        content_datetime=content_datetime or datetime.now().astimezone(),
-                       about=about, new_sink=new_sink)
+                       about=about, new_sink=new_sink, amend=amend)
 
 
 def _ref_item(ref: InstanceRef) -> pydicom.Dataset:

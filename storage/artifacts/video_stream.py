@@ -36,14 +36,17 @@ from .common import (
     TRAILING_GROUP,
     finish,
 )
-from .errors import ArtifactTooLarge, UnsupportedArtifact
+from .detect import detect_media_type
+from .errors import ArtifactError, ArtifactTooLarge, UnsupportedArtifact
 from .model import PatientInfo, StudyInfo
 from .video import (
     MEDIA_TYPE,
+    VIDEO_MEDIA_TYPES,
     _convert,
     _remux,
     _transcode,
     _video_dataset,
+    has_video,
     probe_video,
     transfer_syntax_for,
 )
@@ -88,6 +91,23 @@ def _sha256(src: BinaryIO) -> str:
     return h.hexdigest()
 
 
+def streamed_video_kind(src: BinaryIO, filename: str | None, declared: str | None) -> str | None:
+    """The video media type (MP4 or MOV) of the seekable file ``src`` when it goes the
+    bounded-memory way (:func:`write_video`); None for anything else (an MP4 with sound only is
+    a dictation; a file whose head is not recognised is judged whole by the in-memory path,
+    which gives the reason)."""
+    src.seek(0)
+    head = src.read(1 << 16)
+    src.seek(0)
+    if not head:
+        return None
+    try:
+        kind = detect_media_type(head, filename, declared)
+    except ArtifactError:
+        return None
+    return kind if kind in VIDEO_MEDIA_TYPES and has_video(src) else None
+
+
 def _size(f: BinaryIO) -> int:
     n = f.seek(0, io.SEEK_END)
     f.seek(0)
@@ -107,10 +127,13 @@ def write_video(
     content_datetime: datetime,
     about: str | None = None,
     new_sink: Callable[[], BinaryIO] = io.BytesIO,
+    amend: Callable[[pydicom.Dataset], None] | None = None,
 ) -> pydicom.Dataset:
     """Write the Part 10 object for the video in ``src`` (seekable) to ``dest``; returns its
     header dataset. ``new_sink()`` gives the file a remuxed/transcoded MP4 is written to (and
-    read back from): pass an encrypted spool for long videos."""
+    read back from): pass an encrypted spool for long videos. ``amend(ds)`` may change the
+    complete header (File Meta included) before it is written, e.g. lay a STOW-RS request's
+    attributes over it; it may raise to refuse the object before any Pixel Data is written."""
     size = _size(src)
     if size > DICOM_MAX_VALUE_LENGTH - 1:
         raise ArtifactTooLarge(f"the video is {size} bytes; one DICOM fragment holds < 4 GiB")
@@ -143,6 +166,8 @@ def write_video(
     if about:
         record_about(ds, about)
     finish(ds, ts)
+    if amend is not None:
+        amend(ds)
     pydicom.dcmwrite(dest, ds, enforce_file_format=True)
     # Pixel Data (7FE0,0010) OB, undefined length: empty BOT item, one fragment, delimiter.
     dest.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
