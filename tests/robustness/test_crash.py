@@ -8,7 +8,9 @@ both kinds at once, at random moments; the supervisors (pacs/workers.py, gunicor
 Afterwards, with the server stopped: every object that was answered Success reads back
 byte-identical; every object whose answer was lost is absent or complete; once the orphans of the
 killed stores are swept, ``pacs check --grace 0`` (index against blobs, counts, every GCM tag, every
-wrapped key) finds nothing. On SQLite and on PostgreSQL.
+wrapped key) finds nothing. On SQLite and on PostgreSQL with blobs in files, and on SQLite with
+every blob in the S3 store (SeaweedFS): there the bucket holds exactly the indexed objects after
+the sweep, and no multipart upload is left open.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from dicomweb.multipart import Part, encode
 from storage.archive import Archive
 from storage.config import load_settings
 from storage.errors import NotFound
+from storage.index.models import Instance
 from tests.conftest import _postgres_url, require, start_server
 from tests.dicomgen import dataset_bytes, make_image, write
 
@@ -46,12 +50,39 @@ KILL_ROUNDS = 3
 SUCCESS = "Received Store Response (Success)"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "s3"])
 def database_env(request) -> Iterator[dict[str, str]]:  # noqa: ANN001
+    """Where the archive keeps its index and blobs: SQLite and files, PostgreSQL and files, or
+    SQLite and the S3 store (the SeaweedFS scripts/test starts, a prefix of this test's own;
+    no object kept inline in the index, so every one goes to S3)."""
     if request.param == "sqlite":
         yield {}
-    else:
+    elif request.param == "postgres":
         yield from ({"PACS_DATABASE_URL": url} for url in _postgres_url())
+    else:
+        if not os.environ.get("PACS_TEST_S3_ENDPOINT"):
+            pytest.skip("SeaweedFS not started (scripts/test starts it, PACS_TEST_S3_ENDPOINT)")
+        yield {"PACS_BLOB_STORE": f"s3://{os.environ['PACS_TEST_S3_BUCKET']}/crash-{os.urandom(4).hex()}",
+               "PACS_S3_ENDPOINT": os.environ["PACS_TEST_S3_ENDPOINT"],
+               "PACS_S3_ACCESS_KEY_ID": os.environ["PACS_TEST_S3_ACCESS_KEY_ID"],
+               "PACS_S3_SECRET_ACCESS_KEY": os.environ["PACS_TEST_S3_SECRET_ACCESS_KEY"],
+               "PACS_INLINE_BLOB_LIMIT": "0"}
+
+
+def bucket_listing(env: dict[str, str]) -> tuple[set[str], int]:
+    """(blob keys, open multipart uploads) under the S3 store's prefix, as the store itself
+    lists them (boto3, not our code)."""
+    import boto3
+
+    bucket, prefix = env["PACS_BLOB_STORE"].removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3", endpoint_url=env["PACS_S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id=env["PACS_S3_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["PACS_S3_SECRET_ACCESS_KEY"])
+    keys: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        keys |= {o["Key"].removeprefix(prefix + "/") for o in page.get("Contents", [])}
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
+    return keys, len(uploads)
 
 
 def _children(pid: int) -> list[int]:
@@ -275,8 +306,14 @@ def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str]
             assert dataset_bytes(stored) == dataset_bytes(originals[uid]), uid
             complete_unknown += state == "unknown"
         swept = archive.sweep_orphans(grace_seconds=0)  # the server is stopped: nothing in flight
+        with archive.sessions() as session:
+            indexed = set(session.scalars(select(Instance.blob_key)).all())
     finally:
         archive.close()
+    if "PACS_BLOB_STORE" in database_env:  # in the bucket: exactly the indexed objects, no upload open
+        in_bucket, uploads_open = bucket_listing(database_env)
+        assert (in_bucket - indexed, indexed - in_bucket, uploads_open) == (set(), set(), 0)
+        assert len(in_bucket) == len(indexed) >= counts["success"]
     check = srv.pacs("check", "--grace", "0", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "archive is consistent" in check.stdout
@@ -284,4 +321,5 @@ def test_kill_workers_while_storing(tmp_path: Path, database_env: dict[str, str]
     figures(objects_pushed=len(outcome), success=counts["success"], answer_lost=counts["unknown"],
             lost_but_complete=complete_unknown, crashes_injected=crashes,
             kills=json.dumps(killer.kills), orphans_swept=swept, push_seconds=round(pushed_in),
-            database=database_env.get("PACS_DATABASE_URL", "sqlite").split(":")[0])
+            database=database_env.get("PACS_DATABASE_URL", "sqlite").split(":")[0],
+            blobs="s3" if "PACS_BLOB_STORE" in database_env else "files")
