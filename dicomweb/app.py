@@ -31,6 +31,7 @@ from storage.archive import Archive
 from storage.config import Settings, load_settings
 
 from . import auth, errors
+from .spooling import SpoolingRequest
 
 log = logging.getLogger(__name__)
 READ_SERVICES = ("qido", "metadata", "wado", "wadouri")
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     """The DICOMweb application (one per gunicorn worker: the archive opens after the fork)."""
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.request_class = SpoolingRequest  # uploaded files spooled encrypted
     app.config["PACS_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["archive"] = archive or Archive(settings)
