@@ -75,10 +75,14 @@ def prepare(settings: Settings) -> None:
     from storage import blobstores
     from storage.errors import BlobStoreMisconfigured, BlobStoreUnavailable
 
+    store = blobstores.build(settings)
     try:  # a wrong bucket, bad credentials, k-of-n impossible: refused before anything is written
-        blobstores.build(settings).check()
+        store.check()
     except (BlobStoreMisconfigured, BlobStoreUnavailable) as exc:
         raise CannotStart(str(exc)) from None
+    finally:  # no thread of it may outlive this: the DIMSE workers are forked next
+        if callable(close := getattr(store, "close", None)):
+            close()
     archive = Archive(settings, create_key=True)
     try:
         archive.sweep_orphans()

@@ -112,4 +112,6 @@ class Archive(Ingest, IndexRows, Reading, FrameCache, Removal):
             self._ingest_conn = None
         self.engine.dispose()
         self.write_engine.dispose()
+        if callable(close_blobs := getattr(self.blobs, "close", None)):  # dispersal's threads
+            close_blobs()
 

@@ -315,6 +315,13 @@ class DispersedBlobStore:
     def __repr__(self) -> str:
         return f"DispersedBlobStore({self.k}-of-{self.n})"
 
+    def close(self) -> None:
+        """Stop the share threads (waiting for requests in flight, each bounded by the stores'
+        own timeouts). ``pacs serve`` checks the store before it forks its DIMSE workers, and a
+        fork must not happen beside live threads (pacs/workers.py): one holding a lock, e.g.
+        mid-import in botocore, would leave that lock held for ever in the child."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     # -- share-level access (repair, scrub) ------------------------------------------------------------
 
     def read_share(self, i: int, key: str) -> bytes:
