@@ -169,6 +169,11 @@ def make_m4a(seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> byte
     return ffmpeg_make(".m4a", *_tone(seconds, rate, channels), "-c:a", "aac", "-b:a", "48k")
 
 
+def make_aac(seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> bytes:
+    """A raw AAC dictation in ADTS frames (``.aac``, as some voice recorders write it)."""
+    return ffmpeg_make(".aac", *_tone(seconds, rate, channels), "-c:a", "aac", "-b:a", "48k")
+
+
 def make_ogg_opus(seconds: float = 0.5, channels: int = 1) -> bytes:
     """An Ogg/Opus voice message (48 kHz, as Opus always decodes)."""
     return ffmpeg_make(".ogg", *_tone(seconds, 48000, channels), "-c:a", "libopus", "-b:a", "24k")

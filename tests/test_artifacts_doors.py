@@ -29,6 +29,7 @@ KINDS = {
     "mp3": ("dictation.mp3", "audio/mpeg", lambda: samples.make_mp3(seconds=0.4), "rendered", 1),
     "m4a": ("memo.m4a", "audio/mp4", lambda: samples.make_m4a(seconds=0.4), "rendered", 1),
     "ogg": ("voice.ogg", "audio/ogg", lambda: samples.make_ogg_opus(seconds=0.4), "rendered", 1),
+    "aac": ("memo.aac", "audio/aac", lambda: samples.make_aac(seconds=0.4), "rendered", 1),
     "hevc-mov": ("IMG_0001.MOV", "video/quicktime", lambda: samples.make_video(".mov", audio=True),
                  "bulkdata/7FE00010", 1),
     "hevc-mp4": ("clip.mp4", "video/mp4", lambda: samples.make_video(".mp4"), "bulkdata/7FE00010", 1),

@@ -55,6 +55,7 @@ AUDIO_CASES = {
     "mp3": ("dictation.mp3", "audio/mpeg", lambda: samples.make_mp3(rate=8000)),
     "mp3-stereo-48k": ("memo.mp3", "audio/mpeg", lambda: samples.make_mp3(rate=48000, channels=2)),
     "m4a": ("memo.m4a", "audio/mp4", lambda: samples.make_m4a()),
+    "aac-adts": ("memo.aac", "audio/aac", lambda: samples.make_aac()),
     "ogg-opus": ("voice.ogg", "audio/ogg", lambda: samples.make_ogg_opus()),
 }
 
