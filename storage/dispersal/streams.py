@@ -145,6 +145,8 @@ class _DispersedReader(io.RawIOBase):
         self._length: int | None = None
         self._bad: set[int] = set()
         self._cache: tuple[int, bytes] = (-1, b"")  # (first stripe, plain bytes)
+        self._prefetched: dict[int, bytes] = {}  # share -> its first records (_open_geometry)
+        self._prefetch_end = 0
         self._open_geometry()
 
     def _reader(self, i: int) -> BinaryIO:
@@ -152,9 +154,13 @@ class _DispersedReader(io.RawIOBase):
         return self._store.locations[i].store.open(self._key)
 
     def _open_geometry(self) -> None:
-        """Read the header (and learn the share size) of one share: the fastest that answers."""
+        """Read the header (and learn the share size) of k shares at once, the fastest that
+        answer, each with the block records the first read will want (the stripes of
+        READ_AHEAD; over S3, bytes the same GET brought): opening a blob and reading its start
+        is one round trip to the locations, not two."""
+        k = self._store.k
 
-        def head(i: int) -> tuple[Geometry, int]:
+        def head(i: int) -> tuple[Geometry, int, bytes]:
             with self._reader(i) as r:
                 geo = parse_header(r.read(HEADER_SIZE))
                 if geo.share != i:
@@ -162,21 +168,38 @@ class _DispersedReader(io.RawIOBase):
                 size = getattr(r, "size", None)
                 if size is None:
                     size = r.seek(0, io.SEEK_END)
-                return geo, int(size)
+                    r.seek(HEADER_SIZE)
+                end = self._first_end(geo, int(size))
+                records = r.read(end - HEADER_SIZE) if end > HEADER_SIZE else b""
+                if len(records) != end - HEADER_SIZE:
+                    raise CorruptShare("share is truncated")
+                return geo, int(size), records
 
         head.key = self._key  # type: ignore[attr-defined]
         try:
-            got = self._store._gather(self._guard(head), 1, report_missing=False)
+            got = self._store._gather(self._guard(head), k, report_missing=False)
         except BlobStoreUnavailable:
             if all(isinstance(r, NotFound) for r in self._probe_missing()):
                 raise NotFound("stored object is missing from every storage location") from None
             raise
-        (geo, size), = got.values()
+        geo, size, _ = next(iter(got.values()))
         self._geo, self._share_size = geo, size
         try:
             self._stripes, self._last_block = stripe_layout(size, geo.block)
         except CorruptShare as exc:
             raise BlobStoreUnavailable(f"a share is damaged: {exc}") from None
+        self._prefetched = {i: rec for i, (g, sz, rec) in got.items()
+                            if (g.k, g.n, g.block, sz) == (geo.k, geo.n, geo.block, size)}
+        self._prefetch_end = self._first_end(geo, size)
+
+    def _first_end(self, geo: Geometry, size: int) -> int:
+        """Where, in a share of ``size`` bytes, the records of the first read (READ_AHEAD) end."""
+        try:
+            stripes, _ = stripe_layout(size, geo.block)
+        except CorruptShare:
+            return HEADER_SIZE
+        count = min(stripes, -(-READ_AHEAD // (geo.k * geo.block)))
+        return size if count >= stripes else HEADER_SIZE + count * (geo.block + CRC)
 
     def _probe_missing(self) -> list[Any]:
         res = self._store._all(lambda i, loc: loc.store.open(self._key).close())
@@ -232,10 +255,15 @@ class _DispersedReader(io.RawIOBase):
         to_end = first + count >= self._stripes
         end = self._share_size if to_end else start + count * rec
 
+        pre = self._prefetched
+
         def part(i: int) -> bytes:
-            with self._reader(i) as r:
-                r.seek(start)
-                data = r.read(end - start)
+            if i in pre and end <= self._prefetch_end:  # read with the header already
+                data = pre[i][start - HEADER_SIZE:end - HEADER_SIZE]
+            else:
+                with self._reader(i) as r:
+                    r.seek(start)
+                    data = r.read(end - start)
             if len(data) != end - start:
                 raise CorruptShare("share is truncated")
             if to_end:
@@ -247,7 +275,8 @@ class _DispersedReader(io.RawIOBase):
             return data
 
         while True:
-            order = [i for i in self._store._ranked() if i not in self._bad]
+            ranked = [i for i in self._store._ranked() if i not in self._bad]
+            order = [i for i in ranked if i in pre] + [i for i in ranked if i not in pre]
             if len(order) < geo.k:
                 raise BlobStoreUnavailable("too few intact shares of this object can be read")
             records = self._store._gather(self._guard(part), geo.k, order)
@@ -257,6 +286,7 @@ class _DispersedReader(io.RawIOBase):
             except _BadShare as exc:  # a block failed its CRC: skip that share, ask again
                 self._bad.add(exc.share)
                 self._store._corrupt(self._key, exc.share, str(exc))
+        self._prefetched = {}  # what follows is read on demand (and the reader caches it)
         if to_end and self._length is not None:
             plain = plain[: self._length - first * geo.k * geo.block]
         return plain
