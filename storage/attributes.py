@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -25,7 +25,7 @@ class Attr:
 
     @property
     def vr(self) -> str:
-        return dictionary_VR(tag_for_keyword(self.keyword))
+        return dictionary_VR(self.keyword)  # a keyword is a tag to pydicom
 
 
 def _a(level: Level, where: str, *items: str | tuple[str, str]) -> list[Attr]:
