@@ -91,7 +91,7 @@ class S3BlobStore:
     def create(self, key: str) -> _S3Writer:
         return _S3Writer(self, self._object(key))
 
-    def commit(self, fh: _S3Writer, durable: bool = True) -> int:  # type: ignore[override]
+    def commit(self, fh: _S3Writer, durable: bool = True) -> int:
         """Upload what is left and complete the object; returns its size once the store confirmed it."""
         return fh.commit()
 
@@ -195,7 +195,7 @@ class _S3Writer(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         self._buf += data
         self.size += n
@@ -294,13 +294,13 @@ class _S3Reader(io.RawIOBase):
         if total is not None:
             self._size = total
         try:
-            data = answer["Body"].read()
+            data: bytes = answer["Body"].read()
         except self._store._boto_error:
             raise BlobStoreUnavailable("the object store cannot be reached") from None
         self._cache_at, self._cache = start, data
         return data if size is None or size < 0 else data[:size]
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

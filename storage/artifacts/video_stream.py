@@ -55,14 +55,15 @@ _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 class _WriteOnly(io.RawIOBase):
     """A sink FFmpeg cannot seek in (so the MP4 muxer writes fragments front to back)."""
 
-    def __init__(self, sink: BinaryIO):
+    def __init__(self, sink: BinaryIO) -> None:
         super().__init__()
         self._sink = sink
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.write's buffer: FFmpeg writes bytes.
+    def write(self, data: bytes) -> int:  # type: ignore[override]
         return self._sink.write(data)
 
 

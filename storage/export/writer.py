@@ -14,7 +14,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import IO, BinaryIO, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -79,8 +79,11 @@ class _Sink:
         self._out = None
 
     def flush(self) -> None:
-        if hasattr(self._out, "flush"):
+        if self._out is not None and hasattr(self._out, "flush"):
             self._out.flush()
+
+    def close(self) -> None:
+        """Nothing to close: ``out`` is the caller's (zipfile never closes a file it was given)."""
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
@@ -110,7 +113,7 @@ def _read_part10_head(src: BinaryIO) -> tuple[bytes, str]:
     return head, ts
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> int:
+def _copy(src: IO[bytes], dst: IO[bytes]) -> int:
     n = 0
     while chunk := src.read(COPY_CHUNK):
         dst.write(chunk)
@@ -144,7 +147,7 @@ def write_zip(
     payload = 0
     compression = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
     sink = _Sink(out)
-    zf = zipfile.ZipFile(sink, "w", compression=compression, compresslevel=compresslevel, allowZip64=True)  # type: ignore[arg-type]
+    zf = zipfile.ZipFile(sink, "w", compression=compression, compresslevel=compresslevel, allowZip64=True)
     try:
         for item in items:
             if item.open is not None:
