@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .archive import Archive, Scope, StoreResult
 from .artifacts import (
@@ -68,7 +68,7 @@ def patient_info(archive: Archive, patient_id: str, *, patient_name: str | None 
     except NotFound:
         ref = None
     if ref is None:
-        if not (patient_name or "").strip():
+        if patient_name is None or not patient_name.strip():
             raise BadInput("unknown patient ID: give the patient's name to add a new patient "
                            "(nothing was stored)")
         return PatientInfo(patient_id, patient_name.strip(), issuer, birth_date, sex), None
@@ -244,9 +244,11 @@ def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, p
     spool_dir = archive.settings.data_dir / "tmp"
     spools: list[EncryptedSpool] = []
 
-    def new_sink() -> EncryptedSpool:
+    def new_sink() -> BinaryIO:
         spools.append(EncryptedSpool(dir=spool_dir))
-        return spools[-1]
+        # An io.RawIOBase that reads, writes and seeks: a binary file, which typing's BinaryIO
+        # (a class of its own, not a protocol) cannot see.
+        return cast(BinaryIO, spools[-1])
 
     try:
         dest = new_sink()

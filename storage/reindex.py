@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 
 from .errors import NotFound
 from .index.models import Patient, PatientKey, ReindexState, Series, Study
@@ -28,6 +28,8 @@ _LEVELS = ("PATIENT", "STUDY", "SERIES")
 def _rows(level: str) -> Any:
     """id, phi, unique key, key id, key version, wrapped key of a level's rows, by id."""
     keys = (PatientKey.key_id, PatientKey.kek_version, PatientKey.wrapped)
+    stmt: Select[*tuple[Any, ...]]
+    table: type[Patient | Study | Series]
     if level == "PATIENT":
         stmt = select(Patient.id, Patient.phi, Patient.pid_hash, *keys)
         table = Patient
