@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from .archive import Archive, Scope, StoreResult
 from .artifacts import (
@@ -246,9 +246,7 @@ def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, p
 
     def new_sink() -> BinaryIO:
         spools.append(EncryptedSpool(dir=spool_dir))
-        # An io.RawIOBase that reads, writes and seeks: a binary file, which typing's BinaryIO
-        # (a class of its own, not a protocol) cannot see.
-        return cast(BinaryIO, spools[-1])
+        return spools[-1].as_file()
 
     try:
         dest = new_sink()

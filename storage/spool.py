@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import tempfile
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from .crypto import DecryptingReader, EncryptingWriter
 
@@ -34,6 +34,11 @@ class EncryptedSpool(io.RawIOBase):
         self._writer: EncryptingWriter | None = None
         self._key = b""
         self._reader: BinaryIO | None = None
+
+    def as_file(self) -> BinaryIO:
+        """This spool, typed as the binary file it is (typing's BinaryIO is a class of its own,
+        which an io.RawIOBase does not derive from)."""
+        return cast(BinaryIO, self)
 
     @property
     def rolled(self) -> bool:
