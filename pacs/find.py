@@ -107,10 +107,12 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, 
 def _tag(keyword: str) -> int:
     from pydicom.datadict import tag_for_keyword
 
-    return tag_for_keyword(keyword)  # type: ignore[return-value]
+    tag = tag_for_keyword(keyword)
+    assert tag is not None  # UNIQUE_KEY names dictionary keywords
+    return tag
 
 
-def _element(tag: Any, vr: str, value: Any) -> DataElement:
+def _element(tag: int, vr: str, value: Any) -> DataElement:
     if value is None or value == "":
         return DataElement(tag, vr, None)
     if vr in ("US", "UL", "SS", "SL", "IS") and not isinstance(value, int):

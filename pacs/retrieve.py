@@ -158,7 +158,8 @@ def handle_get(event: Event, archive: Archive, settings: Settings) -> Iterator[A
                                lambda sop: accepted_syntaxes(event.assoc, sop, as_scu_on_get=True), "C-GET")
 
 
-def _sub_operations(archive: Archive, event: Event, infos: list[InstanceInfo], accepted: Any,
+def _sub_operations(archive: Archive, event: Event, infos: list[InstanceInfo],
+                    accepted: Callable[[str], set[str]],
                     detail: str) -> Iterator[tuple[Any, Any]]:
     for sent, info in enumerate(infos):
         if event.is_cancelled:

@@ -224,6 +224,17 @@ def mp4_length(data: bytes) -> int:
     return pos
 
 
+def stored_as_is(info: VideoInfo, media_type: str) -> tuple[str | None, bool]:
+    """The transfer syntax the stream fits (None: none), and whether the file is stored as it came
+    (an MP4 declared as one, its stream fitting); otherwise it is remuxed if it fits, else
+    transcoded, and the original is kept too."""
+    try:
+        ts: str | None = transfer_syntax_for(info)
+    except UnsupportedArtifact:
+        ts = None
+    return ts, ts is not None and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4")
+
+
 def _convert(source: bytes | BinaryIO, sink: BinaryIO | io.RawIOBase,
              work: Callable[[InputContainer, OutputContainer], None],
              options: dict[str, str] | None = None) -> None:
@@ -319,15 +330,11 @@ def encapsulate_video(
 ) -> Dataset:
     """A Video Photographic Image object for an MP4 or MOV, as this module's docstring says."""
     info = probe_video(data)
-    try:
-        ts = transfer_syntax_for(info)
-        fits = True
-    except UnsupportedArtifact:
-        fits = False
-    if fits and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4"):
-        mp4, kept = data, False
+    fitting, as_is = stored_as_is(info, media_type)
+    if as_is and fitting is not None:
+        mp4, kept, ts = data, False, fitting
     else:
-        mp4 = remux_to_mp4(data) if fits else transcode_to_h264(data)
+        mp4 = remux_to_mp4(data) if fitting is not None else transcode_to_h264(data)
         info = probe_video(mp4)
         ts, kept = transfer_syntax_for(info), True
     ds = _video_dataset(mp4, info, ts, patient=patient, study=study, title=title,

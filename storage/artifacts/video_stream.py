@@ -39,12 +39,12 @@ from .common import (
 from .errors import ArtifactTooLarge, UnsupportedArtifact
 from .model import PatientInfo, StudyInfo
 from .video import (
-    MEDIA_TYPE,
     _convert,
     _remux,
     _transcode,
     _video_dataset,
     probe_video,
+    stored_as_is,
     transfer_syntax_for,
 )
 
@@ -116,16 +116,14 @@ def write_video(
     if size > DICOM_MAX_VALUE_LENGTH - 1:
         raise ArtifactTooLarge(f"the video is {size} bytes; one DICOM fragment holds < 4 GiB")
     info = probe_video(src)
-    try:
-        ts = transfer_syntax_for(info)
-        fits = True
-    except UnsupportedArtifact:
-        fits = False
-    kept = not (fits and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4"))
+    fitting, as_is = stored_as_is(info, media_type)
+    kept = not as_is
     pixels: BinaryIO = src
-    if kept:
+    if as_is and fitting is not None:
+        ts = fitting
+    else:
         pixels = new_sink()
-        _convert(src, _WriteOnly(pixels), _remux if fits else _transcode, _FRAGMENTED)
+        _convert(src, _WriteOnly(pixels), _remux if fitting is not None else _transcode, _FRAGMENTED)
         pixels.seek(0)
         info = probe_video(pixels)
         ts = transfer_syntax_for(info)
