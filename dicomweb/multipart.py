@@ -299,7 +299,7 @@ class _PartBody:
         """The body as a seekable binary file at offset 0."""
         if self._spool is not None:
             self._spool.seek(0)
-            return self._spool  # type: ignore[return-value]
+            return self._spool.as_file()
         data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
         self._pieces = []
         return io.BytesIO(data)

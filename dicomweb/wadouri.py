@@ -122,7 +122,7 @@ def _image(info: InstanceInfo, media_type: str) -> Response:
     quality = _int("imageQuality", 1, 100) or 90
     ds = ctx.archive().dataset(info)
     data = render(ds, _int("frameNumber") or 1, media_type=media_type,
-                  window=(center, width) if center is not None else None,  # type: ignore[arg-type]
+                  window=(center, width) if center is not None and width is not None else None,
                   viewport=viewport, quality=quality)
     return Response(data, content_type=media_type)
 

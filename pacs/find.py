@@ -20,7 +20,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
 
 from storage.archive import Archive
-from storage.attributes import LEVELS, UNIQUE_KEY
+from storage.attributes import UNIQUE_KEY, Level, is_level
 from storage.config import Settings
 from storage.errors import BadInput
 from storage.query import Query
@@ -42,12 +42,13 @@ class IdentifierError(Exception):
         self.code = code
 
 
-def parse_level(identifier: Dataset, model_uid: str, *, study_root_models: tuple[str, ...]) -> str:
+def parse_level(identifier: Dataset, model_uid: str, *, study_root_models: tuple[str, ...]
+                ) -> Level:
     """The QueryRetrieveLevel, checked against the information model (PS3.4 C.6.1, C.6.2)."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if not level:
         raise IdentifierError(DATASET_MISMATCH, "QueryRetrieveLevel is missing")
-    if level not in LEVELS:
+    if not is_level(level):
         raise IdentifierError(DATASET_MISMATCH, f"unknown QueryRetrieveLevel {level[:16]}")
     if level == "PATIENT" and model_uid in study_root_models:
         raise IdentifierError(DATASET_MISMATCH, "Study Root has no PATIENT level")
@@ -61,7 +62,7 @@ def as_query_value(value: Any) -> str:
     return str(value)
 
 
-def identifier_to_query(identifier: Dataset, level: str) -> Query:
+def identifier_to_query(identifier: Dataset, level: Level) -> Query:
     """Filters are the non-empty keys, return keys are all keys of the identifier."""
     filters: dict[str, str] = {}
     keys: list[str] = []
@@ -75,10 +76,10 @@ def identifier_to_query(identifier: Dataset, level: str) -> Query:
         if isinstance(elem.value, (bytes, bytearray)):
             continue
         filters[kw] = as_query_value(elem.value)
-    return Query(level=level, filters=filters, return_keys=keys)  # type: ignore[arg-type]
+    return Query(level=level, filters=filters, return_keys=keys)
 
 
-def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, ae_title: str) -> Dataset:
+def response_identifier(match: dict[str, Any], identifier: Dataset, level: Level, ae_title: str) -> Dataset:
     """Only the requested keys, filled from the match (empty when unknown), plus the level's unique key."""
     out = Dataset()
     non_ascii = False
@@ -92,7 +93,7 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, 
         value = match.get(kw)
         out.add(_element(elem.tag, elem.VR, value))
         non_ascii = non_ascii or (isinstance(value, str) and not value.isascii())
-    unique = UNIQUE_KEY[level]  # type: ignore[index]
+    unique = UNIQUE_KEY[level]
     if unique not in out and match.get(unique) is not None:
         out.add(_element(_tag(unique), dictionary_VR(unique), match[unique]))
     out.QueryRetrieveLevel = level

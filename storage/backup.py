@@ -222,6 +222,7 @@ def restore(source: Path, settings: Settings, *, shred_logs: Iterable[Path] = ()
     finally:
         target.dispose()
     if ring is not None:
+        # master_key_file: set by Settings.resolved() when the key is not in the environment
         ring.save(Path(settings.master_key_file))  # type: ignore[arg-type]
     blobs = 0
     if (source / "blobs").exists():

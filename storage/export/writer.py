@@ -126,7 +126,7 @@ def _member(name: str, deflate: bool, compresslevel: int | None) -> zipfile.ZipI
     if deflate and compresslevel is not None:
         info.compress_type = zipfile.ZIP_DEFLATED
         # what ZipFile.open(name, "w") itself sets on 3.11/3.12 (3.13 keeps it as an alias)
-        info._compresslevel = compresslevel  # type: ignore[attr-defined]
+        info._compresslevel = compresslevel  # type: ignore[attr-defined]  # private in typeshed
     return info
 
 
@@ -222,7 +222,7 @@ def write_export(
     with encrypting_writer(
         fmt, out, passcode, age_work_factor=age_work_factor, s2k_count_byte=s2k_count_byte
     ) as enc:
-        return write_zip(enc, items, patient_label=patient_label, compresslevel=compresslevel)  # type: ignore[arg-type]
+        return write_zip(enc, items, patient_label=patient_label, compresslevel=compresslevel)  # type: ignore[arg-type]  # a RawIOBase writer
 
 
 __all__ = [
