@@ -155,7 +155,7 @@ def _first(value: object) -> float:
     """First value of a possibly multi-valued DS (WindowCenter may have several)."""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         value = value[0]
-    return float(value)  # type: ignore[arg-type]
+    return float(value)  # type: ignore[arg-type]  # a DS, IS, number or numeric string
 
 
 def _window_linear(arr: np.ndarray, center: float, width: float) -> np.ndarray:

@@ -65,6 +65,7 @@ def _bcp195(ctx: ssl.SSLContext) -> ssl.SSLContext:
 class DeferredHandshakeContext(ssl.SSLContext):
     """An SSLContext whose server sockets shake hands on first use, not inside ``wrap_socket``."""
 
+    # The override: keywords we pass on as **kwargs are named one by one in typeshed.
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
                     do_handshake_on_connect: bool = True, **kwargs: Any) -> ssl.SSLSocket:
         return super().wrap_socket(sock, server_side=server_side,

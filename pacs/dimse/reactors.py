@@ -57,7 +57,7 @@ IDLE_WAIT = 0.05
 MAX_QUEUED_PDATA = 64
 
 
-class WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class WakingQueue(queue.Queue[Any]):
     """A queue that calls ``wake()`` after each ``put``."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
