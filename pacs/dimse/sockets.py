@@ -110,7 +110,8 @@ def check() -> None:
 
 def install() -> None:
     orig_init = AssociationSocket.__init__
-    orig_ready = vars(AssociationSocket)["ready"].fget  # the property's getter
+    ready_property: Any = AssociationSocket.ready  # a property (typeshed: the getter)
+    orig_ready = ready_property.fget
     orig_connect = AssociationSocket.connect
 
     # ``self: Any``: the patched socket carries an attribute of ours (_pacs_rx).
