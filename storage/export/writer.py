@@ -14,7 +14,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, TypeGuard
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -29,6 +29,11 @@ from storage.export.pages import index_html, readme_text
 from storage.transfer_syntaxes import is_native_uncompressed  # deflates well; JPEG, MPEG... do not
 
 ExportFormat = Literal["gpg", "age", "zip"]
+
+
+def is_export_format(fmt: str) -> TypeGuard[ExportFormat]:
+    """Whether ``fmt`` names one of the formats :func:`write_export` writes."""
+    return fmt in ("gpg", "age", "zip")
 COPY_CHUNK = 1 << 20
 
 
