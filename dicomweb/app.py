@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, archive: Archive | None = None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.extensions["archive"] = archive or Archive(settings)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # Wrapping app.wsgi_app is Flask's documented way to add WSGI middleware (a method to mypy).
     if not settings.trust_proxy_headers:
         app.wsgi_app = HostPort(app.wsgi_app)  # type: ignore[method-assign]
     else:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flask import Response, abort, g, has_request_context, request
 
@@ -101,7 +101,7 @@ def require_scope(level: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             check_scope(level)
             return view(*args, **kwargs)
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)  # functools.wraps keeps the view's signature
 
     return decorate
 

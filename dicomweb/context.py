@@ -10,6 +10,7 @@ patient's scope. Views call :func:`scope` and pass it to every archive call; the
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
@@ -19,22 +20,28 @@ from storage.config import Settings
 Authenticate = Callable[[], Scope | None]
 
 
+# Flask keeps app and request state in untyped maps: each value is typed once, here.
+
 def archive() -> Archive:
-    return current_app.extensions["archive"]
+    value: Archive = current_app.extensions["archive"]
+    return value
 
 
 def settings() -> Settings:
-    return current_app.config["PACS_SETTINGS"]
+    value: Settings = current_app.config["PACS_SETTINGS"]
+    return value
 
 
 def scope() -> Scope | None:
     """The caller's scope, set by the blueprint's authenticate hook (None: everything)."""
-    return g.get("pacs_scope")
+    value: Scope | None = g.get("pacs_scope")
+    return value
 
 
 def actor() -> str:
     """Who is asking, for the audit trail (token name, 'patient:<letter id>', or 'loopback')."""
-    return g.get("pacs_actor", "anonymous")
+    value: str = g.get("pacs_actor", "anonymous")
+    return value
 
 
 def client_address() -> str:
@@ -47,7 +54,7 @@ def service_root() -> str:
     Built from the request (X-Forwarded-* honoured when ``trust_proxy_headers``, via ProxyFix in
     the app factory), so BulkDataURIs and RetrieveURLs stay right behind a proxy.
     """
-    root = g.get("pacs_service_root")
+    root: str | None = g.get("pacs_service_root")
     if root is None:
         prefix = request.blueprint and current_app.blueprints[request.blueprint].url_prefix or ""
         if "<" in prefix:  # a patient's door: the prefix holds the request's own selector
@@ -89,7 +96,7 @@ def service_blueprint(name: str, import_name: str, authenticate: Authenticate,
     bp = Blueprint(name, import_name, url_prefix=url_prefix)
 
     @bp.url_value_preprocessor
-    def _keep_prefix_values(endpoint, values):
+    def _keep_prefix_values(endpoint: str | None, values: dict[str, Any] | None) -> None:
         if values and "selector" in values:
             g.pacs_selector = values.pop("selector")
 

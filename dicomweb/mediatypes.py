@@ -35,6 +35,7 @@ from pydicom.uid import (
     MPEG4HP422DF,
     MPEG4HP423D,
     MPEG4HP423DF,
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -79,9 +80,9 @@ __all__ = [
     "rendered_offers",
 ]
 
-EXPLICIT_VR_LE: str = ExplicitVRLittleEndian
-IMPLICIT_VR_LE: str = ImplicitVRLittleEndian
-EXPLICIT_VR_BE: str = ExplicitVRBigEndian
+EXPLICIT_VR_LE: UID = ExplicitVRLittleEndian
+IMPLICIT_VR_LE: UID = ImplicitVRLittleEndian
+EXPLICIT_VR_BE: UID = ExplicitVRBigEndian
 
 #: An Offer's transfer syntax meaning "each instance as stored" (resources
 #: that span instances, e.g. a study, answered with ``transfer-syntax=*``).

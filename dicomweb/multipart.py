@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from dicomweb.mediatypes import UnsupportedMediaType, parse_content_type
 from storage.spool import EncryptedSpool
@@ -108,9 +108,10 @@ class Part:
         if isinstance(b, bytes | bytearray | memoryview):
             return bytes(b)
         if hasattr(b, "read"):
-            b.seek(0)  # type: ignore[union-attr]
-            return b.read()  # type: ignore[union-attr]
-        return b"".join(b)  # type: ignore[arg-type]
+            f = cast(BinaryIO, b)  # a file object (BinaryIO is a class, not a runtime protocol)
+            f.seek(0)
+            return f.read()
+        return b"".join(b)
 
     def close(self) -> None:
         """Release a spooled body (deletes its temporary file if any)."""
@@ -130,14 +131,14 @@ def new_boundary() -> str:
 def _body_chunks(body: Body) -> Iterator[bytes]:
     if isinstance(body, bytes | bytearray | memoryview):
         if len(body):
-            yield bytes(body) if isinstance(body, bytearray) else body  # type: ignore[misc]
+            yield bytes(body) if isinstance(body, bytearray) else body  # type: ignore[misc]  # a memoryview goes out as is (a bytes-like, no copy)
         return
     read = getattr(body, "read", None)
     if read is not None:
         while chunk := read(_READ_SIZE):
             yield chunk
         return
-    for chunk in body:  # type: ignore[union-attr]
+    for chunk in body:
         if chunk:
             yield chunk
 
@@ -216,7 +217,7 @@ class _Source:
         if read is not None:
             self._chunks: Iterator[bytes] = iter(lambda: read(_READ_SIZE // 4), b"")
         else:
-            self._chunks = iter(stream)  # type: ignore[arg-type]
+            self._chunks = iter(stream)
         self.buf = bytearray()
         self.eof = False
         self.total = 0
@@ -298,7 +299,7 @@ class _PartBody:
         """The body as a seekable binary file at offset 0."""
         if self._spool is not None:
             self._spool.seek(0)
-            return self._spool  # type: ignore[return-value]
+            return self._spool.as_file()
         data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
         self._pieces = []
         return io.BytesIO(data)

@@ -149,7 +149,7 @@ def make_blueprint(name: str, url_prefix: str) -> Blueprint:
     def openapi() -> ResponseReturnValue:
         doc = current_app.extensions.get("openapi")
         if doc is None:
-            doc = current_app.extensions["openapi"] = describe(current_app)  # type: ignore[arg-type]
+            doc = current_app.extensions["openapi"] = describe(current_app)
         return jsonify(doc)
 
     return bp

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 
 from storage.artifact_classes import DOCUMENTS
 from storage.transfer_syntaxes import is_video
@@ -154,7 +155,7 @@ def _first(value: object) -> float:
     """First value of a possibly multi-valued DS (WindowCenter may have several)."""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         value = value[0]
-    return float(value)  # type: ignore[arg-type]
+    return float(value)  # type: ignore[arg-type]  # a DS, IS, number or numeric string
 
 
 def _window_linear(arr: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -224,7 +225,8 @@ def _to_8bit(arr: np.ndarray, bits: int) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     scale = 255.0 / float((1 << bits) - 1) if bits > 0 else 1.0
-    return np.clip(arr.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
+    scaled: np.ndarray = np.clip(arr.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
+    return scaled
 
 
 def _frame_image(ds: pydicom.Dataset, frame: int, window: Window | None) -> Image.Image:

@@ -26,7 +26,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pydicom
 from flask import Blueprint, Response, abort, request
@@ -307,6 +307,11 @@ def store_json_request(parts: list[Part], outcome: Outcome, study: str | None) -
             p.close()
 
 
+def _file_of(part: Part) -> BinaryIO:
+    """A decoded part's body: a seekable file at offset 0 (dicomweb.multipart.Part)."""
+    return cast(BinaryIO, part.body)
+
+
 def _location(part: Part) -> str:
     return (part.content_location or "").strip().strip("<>")
 
@@ -349,7 +354,7 @@ def _store_json_item(item: dict[str, Any], bulk: dict[str, Part], outcome: Outco
     spools: list[EncryptedSpool] = []
     try:
         media, data_part = _artifact_part(refs, bulk)
-        video = streamed_video_kind(data_part.body, None, media) if data_part is not None else None
+        video = streamed_video_kind(_file_of(data_part), None, media) if data_part is not None else None
         bodies: list[tuple[pydicom.Dataset, Any, str]] = []
         if data_part is not None and video:
             ds, spool = _video_from_artifact(item, refs, data_part, video, study, spools)
@@ -519,9 +524,10 @@ def _video_from_artifact(item: dict[str, Any], refs: dict[str, str], part: Part,
         return spools[-1]
 
     dest = new_sink()
-    ds = write_video_object(part.body, dest, media_type=media, patient=ctx.patient,
+    ds = write_video_object(_file_of(part), dest.as_file(), media_type=media, patient=ctx.patient,
                             study=ctx.study, title=ctx.title, about=ctx.about,
-                            new_sink=new_sink, amend=lambda ds: ctx.lay_over(ds, 0, media))
+                            new_sink=lambda: new_sink().as_file(),
+                            amend=lambda ds: ctx.lay_over(ds, 0, media))
     dest.seek(0)
     return ds, dest
 

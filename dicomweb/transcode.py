@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from .mediatypes import EXPLICIT_VR_BE, EXPLICIT_VR_LE, is_native
@@ -44,7 +44,7 @@ def can_transcode(transfer_syntax: str) -> bool:
     if is_native(transfer_syntax):
         return True
     try:
-        from pydicom.pixels import get_decoder
+        from pydicom.pixels.decoders.base import get_decoder
 
         return bool(get_decoder(UID(transfer_syntax)).is_available)
     except (NotImplementedError, ValueError, KeyError):

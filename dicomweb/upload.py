@@ -70,7 +70,7 @@ def upload_file() -> tuple[Response, int]:
                 return _refuse(413, f"the file is over the limit of {limit} bytes")
         spool.seek(0)
         results = attach_all(
-            store_in, spool, filename=upload.filename or None,
+            store_in, spool.as_file(), filename=upload.filename or None,
             patient_id=form.get("patient_id", ""), patient_name=form.get("patient_name") or None,
             issuer=form.get("issuer", ""), birth_date=form.get("birth_date", ""),
             sex=form.get("sex", ""), study_uid=form.get("study_uid") or None,

@@ -273,7 +273,8 @@ def viewer_blueprint(
                 resp = Response(new.data, mimetype=mime)
                 resp.set_etag(new.etag)
                 resp.headers["Cache-Control"] = _IMMUTABLE if hashed else _REVALIDATE
-                return resp.make_conditional(request)
+                resp.make_conditional(request)  # in place (it returns the same response)
+                return resp
         resp = send_file(full, mimetype=mime, conditional=True, etag=True, max_age=None)
         resp.headers["Cache-Control"] = _IMMUTABLE if hashed else _REVALIDATE
         return resp

@@ -15,6 +15,7 @@ presentation states are not supported: 400 with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, overload
 
 from flask import Blueprint, Response, g, request, stream_with_context
 
@@ -30,6 +31,12 @@ __all__ = ["make_blueprint"]
 
 _IMAGES = ("image/jpeg", "image/png", "image/gif")
 _UNSUPPORTED = ("anonymize", "annotation", "region", "presentationUID", "presentationSeriesUID")
+
+
+@overload
+def _param(name: str, required: Literal[True]) -> str: ...
+@overload
+def _param(name: str, required: bool = False) -> str | None: ...
 
 
 def _param(name: str, required: bool = False) -> str | None:
@@ -115,7 +122,7 @@ def _image(info: InstanceInfo, media_type: str) -> Response:
     quality = _int("imageQuality", 1, 100) or 90
     ds = ctx.archive().dataset(info)
     data = render(ds, _int("frameNumber") or 1, media_type=media_type,
-                  window=(center, width) if center is not None else None,  # type: ignore[arg-type]
+                  window=(center, width) if center is not None and width is not None else None,
                   viewport=viewport, quality=quality)
     return Response(data, content_type=media_type)
 
@@ -131,7 +138,7 @@ def wado_uri() -> Response:
             raise BadInput(f"WADO-URI: {name} is not supported")
     study, series = _param("studyUID", True), _param("seriesUID", True)
     sop = _param("objectUID", True)
-    info = wado.instances_in_scope(study, series, sop)[0]  # type: ignore[arg-type]
+    info = wado.instances_in_scope(study, series, sop)[0]
     media_type = _content_type(info)
     wado.audit_read([info], f"WADO-URI {media_type}")
     if media_type == DICOM:

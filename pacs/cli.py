@@ -9,11 +9,15 @@ import pkgutil
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from storage.config import Settings, load_settings
 from storage.errors import ArchiveError, KeyUnavailable
+
+if TYPE_CHECKING:  # at run time imported only when a command opens the archive, as before
+    from storage.archive import Archive
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -29,7 +33,7 @@ class Context:
     def __init__(self, config: str | None):
         self.config = config
         self._settings: Settings | None = None
-        self._archive = None
+        self._archive: Archive | None = None
 
     @property
     def settings(self) -> Settings:
@@ -40,7 +44,7 @@ class Context:
                 raise click.ClickException(f"configuration: {exc}") from None
         return self._settings
 
-    def archive(self, create_key: bool = False):
+    def archive(self, create_key: bool = False) -> Archive:
         from storage.archive import Archive
 
         if self._archive is None:

@@ -28,7 +28,7 @@ import time
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
 
 from storage.archive import Archive
 from storage.config import Destination, Settings

@@ -17,10 +17,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
 
 from storage.archive import Archive
-from storage.attributes import LEVELS, UNIQUE_KEY
+from storage.attributes import UNIQUE_KEY, Level, is_level
 from storage.config import Settings
 from storage.errors import BadInput
 from storage.query import Query
@@ -42,12 +42,13 @@ class IdentifierError(Exception):
         self.code = code
 
 
-def parse_level(identifier: Dataset, model_uid: str, *, study_root_models: tuple[str, ...]) -> str:
+def parse_level(identifier: Dataset, model_uid: str, *, study_root_models: tuple[str, ...]
+                ) -> Level:
     """The QueryRetrieveLevel, checked against the information model (PS3.4 C.6.1, C.6.2)."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if not level:
         raise IdentifierError(DATASET_MISMATCH, "QueryRetrieveLevel is missing")
-    if level not in LEVELS:
+    if not is_level(level):
         raise IdentifierError(DATASET_MISMATCH, f"unknown QueryRetrieveLevel {level[:16]}")
     if level == "PATIENT" and model_uid in study_root_models:
         raise IdentifierError(DATASET_MISMATCH, "Study Root has no PATIENT level")
@@ -61,7 +62,7 @@ def as_query_value(value: Any) -> str:
     return str(value)
 
 
-def identifier_to_query(identifier: Dataset, level: str) -> Query:
+def identifier_to_query(identifier: Dataset, level: Level) -> Query:
     """Filters are the non-empty keys, return keys are all keys of the identifier."""
     filters: dict[str, str] = {}
     keys: list[str] = []
@@ -75,10 +76,10 @@ def identifier_to_query(identifier: Dataset, level: str) -> Query:
         if isinstance(elem.value, (bytes, bytearray)):
             continue
         filters[kw] = as_query_value(elem.value)
-    return Query(level=level, filters=filters, return_keys=keys)  # type: ignore[arg-type]
+    return Query(level=level, filters=filters, return_keys=keys)
 
 
-def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, ae_title: str) -> Dataset:
+def response_identifier(match: dict[str, Any], identifier: Dataset, level: Level, ae_title: str) -> Dataset:
     """Only the requested keys, filled from the match (empty when unknown), plus the level's unique key."""
     out = Dataset()
     non_ascii = False
@@ -92,7 +93,7 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, 
         value = match.get(kw)
         out.add(_element(elem.tag, elem.VR, value))
         non_ascii = non_ascii or (isinstance(value, str) and not value.isascii())
-    unique = UNIQUE_KEY[level]  # type: ignore[index]
+    unique = UNIQUE_KEY[level]
     if unique not in out and match.get(unique) is not None:
         out.add(_element(_tag(unique), dictionary_VR(unique), match[unique]))
     out.QueryRetrieveLevel = level
@@ -107,10 +108,12 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: str, 
 def _tag(keyword: str) -> int:
     from pydicom.datadict import tag_for_keyword
 
-    return tag_for_keyword(keyword)  # type: ignore[return-value]
+    tag = tag_for_keyword(keyword)
+    assert tag is not None  # UNIQUE_KEY names dictionary keywords
+    return tag
 
 
-def _element(tag: Any, vr: str, value: Any) -> DataElement:
+def _element(tag: int, vr: str, value: Any) -> DataElement:
     if value is None or value == "":
         return DataElement(tag, vr, None)
     if vr in ("US", "UL", "SS", "SL", "IS") and not isinstance(value, int):

@@ -14,12 +14,12 @@ A801 "Move Destination unknown"; with the patches on (:mod:`pacs.dimse.move`) th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypedDict
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
@@ -61,15 +61,29 @@ def resolve(archive: Archive, identifier: Dataset, model_uid: str) -> list[Insta
         studies = [m["StudyInstanceUID"] for pid in pids
                    for m in archive.find(Query("STUDY", filters={"PatientID": pid}))]
         return _collect(archive, [{"study_uid": s} for s in dict.fromkeys(studies)])
-    key, arg = {"STUDY": ("StudyInstanceUID", "study_uid"), "SERIES": ("SeriesInstanceUID", "series_uid"),
-                "IMAGE": ("SOPInstanceUID", "sop_uid")}[level]
+    key, selector = _SELECTORS[level]
     uids = _uids(identifier, key)
     if not uids:
         raise IdentifierError(DATASET_MISMATCH, f"{key} is required at {level} level")
-    return _collect(archive, [{arg: u} for u in dict.fromkeys(uids)])
+    return _collect(archive, [selector(u) for u in dict.fromkeys(uids)])
 
 
-def _collect(archive: Archive, selectors: list[dict[str, str]]) -> list[InstanceInfo]:
+class _Selector(TypedDict, total=False):
+    """Keyword arguments of ``Archive.instances``: the instances under one UID."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+_SELECTORS: dict[str, tuple[str, Callable[[str], _Selector]]] = {
+    "STUDY": ("StudyInstanceUID", lambda u: {"study_uid": u}),
+    "SERIES": ("SeriesInstanceUID", lambda u: {"series_uid": u}),
+    "IMAGE": ("SOPInstanceUID", lambda u: {"sop_uid": u}),
+}
+
+
+def _collect(archive: Archive, selectors: list[_Selector]) -> list[InstanceInfo]:
     out: dict[int, InstanceInfo] = {}
     for sel in selectors:
         try:
@@ -144,7 +158,8 @@ def handle_get(event: Event, archive: Archive, settings: Settings) -> Iterator[A
                                lambda sop: accepted_syntaxes(event.assoc, sop, as_scu_on_get=True), "C-GET")
 
 
-def _sub_operations(archive: Archive, event: Event, infos: list[InstanceInfo], accepted: Any,
+def _sub_operations(archive: Archive, event: Event, infos: list[InstanceInfo],
+                    accepted: Callable[[str], set[str]],
                     detail: str) -> Iterator[tuple[Any, Any]]:
     for sent, info in enumerate(infos):
         if event.is_cancelled:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -80,6 +80,7 @@ def make_ae(settings: Settings) -> AE:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom's list names each one
         # scp_role/scu_role: accept storage from peers, and send on C-GET associations (role selection)
         ae.add_supported_context(cx.abstract_syntax, storage_syntaxes(cx.abstract_syntax),
                                  scu_role=False, scp_role=True)
@@ -103,7 +104,7 @@ def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> N
     metrics.association("rejected")
 
 
-def handlers(archive: Archive, settings: Settings) -> list:
+def handlers(archive: Archive, settings: Settings) -> list[evt.EventHandlerType]:
     """Every event handler, bound to the archive (and the settings) as pynetdicom binds them."""
     return [
         (evt.EVT_REJECTED, handle_rejected, [archive, settings]),

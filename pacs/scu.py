@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -55,10 +54,10 @@ class AssociationHolder:
     def __init__(self) -> None:
         self.assoc: Association | None = None
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [(evt.EVT_ESTABLISHED, self._on_established)]
 
-    def _on_established(self, event: Any) -> None:
+    def _on_established(self, event: evt.Event) -> None:
         self.assoc = event.assoc
         _nodelay(event.assoc)
 

@@ -100,7 +100,7 @@ def _child_env(settings: Settings, config_path: str | None) -> dict[str, str]:
     return env
 
 
-def start_http(settings: Settings, config_path: str | None, listen_socket: socket.socket) -> subprocess.Popen:
+def start_http(settings: Settings, config_path: str | None, listen_socket: socket.socket) -> subprocess.Popen[bytes]:
     """Gunicorn serving the DICOMweb app on ``listen_socket`` (bound here, inherited by gunicorn)."""
     env = _child_env(settings, config_path)
     fd = listen_socket.fileno()
@@ -129,7 +129,7 @@ while True:
 """
 
 
-def start_retention(settings: Settings, config_path: str | None) -> subprocess.Popen:
+def start_retention(settings: Settings, config_path: str | None) -> subprocess.Popen[bytes]:
     """Apply retention ``retention_first_run_delay`` seconds after start, then daily, in its own
     small process (``--scheduled``: over ``retention_max_per_run`` it refuses; storage/retention.py)."""
     cmd = [sys.executable, "-c", _DAILY, str(settings.retention_first_run_delay), sys.executable,

@@ -30,11 +30,19 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
 
 from storage.config import Destination, Settings
+
+if TYPE_CHECKING:
+    from storage.archive import Archive
+
+    from .dimse.fastpath import FastStoreBinding
+    from .dimse.server import DimseServer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ def _bcp195(ctx: ssl.SSLContext) -> ssl.SSLContext:
 class DeferredHandshakeContext(ssl.SSLContext):
     """An SSLContext whose server sockets shake hands on first use, not inside ``wrap_socket``."""
 
+    # The override: keywords we pass on as **kwargs are named one by one in typeshed.
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
                     do_handshake_on_connect: bool = True, **kwargs: Any) -> ssl.SSLSocket:
         return super().wrap_socket(sock, server_side=server_side,
@@ -114,10 +123,14 @@ def associate_args(settings: Settings, destination: Destination) -> dict[str, An
     return {"tls_args": (client_context(settings), destination.host)}
 
 
-def move_over_tls(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+# An EVT_C_MOVE handler: (host, port[, kwargs]) first, then (status, data set) per sub-operation.
+_MoveHandler = Callable[["evt.Event", "Archive", Settings], Iterator[Any]]
+
+
+def move_over_tls(handler: _MoveHandler) -> _MoveHandler:
     """Wrap an EVT_C_MOVE handler: its (host, port, kwargs) gets ``tls_args`` for a TLS destination."""
 
-    def handle(event: Any, archive: Any, settings: Settings) -> Iterator[Any]:
+    def handle(event: evt.Event, archive: Archive, settings: Settings) -> Iterator[Any]:
         dest = settings.destinations.get((event.move_destination or "").strip())
         gen = handler(event, archive, settings)
         first = next(gen, None)
@@ -136,7 +149,7 @@ def move_over_tls(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterat
 
 # -- the audit record -----------------------------------------------------------------------------
 
-def peer_subject(assoc: Any) -> str | None:
+def peer_subject(assoc: Association) -> str | None:
     """The peer certificate's subject (RFC 4514 order reversed as OpenSSL prints it), or None."""
     sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
     if not isinstance(sock, ssl.SSLSocket):
@@ -147,15 +160,20 @@ def peer_subject(assoc: Any) -> str | None:
         return None
     if not cert:
         return ""
-    return ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+    # A tuple of RDNs, each of (name, value) pairs (ssl getpeercert); typeshed allows any field shape.
+    subject = cast("tuple[tuple[tuple[str, str], ...], ...]", cert.get("subject", ()))
+    return ",".join(f"{k}={v}" for rdn in subject for k, v in rdn)
 
 
-def handle_conn_open(event: evt.Event, archive: Any, settings: Settings) -> None:
+def handle_conn_open(event: evt.Event, archive: Archive, settings: Settings) -> None:
     """EVT_CONN_OPEN on the TLS port: the TLS handshake, in the connection's own thread."""
-    sock = event.assoc.dul.socket.socket
+    assoc_socket = event.assoc.dul.socket
+    assert assoc_socket is not None  # the connection that just opened
+    sock = assoc_socket.socket
     if not isinstance(sock, ssl.SSLSocket):
         return
-    host, port = event.address[0], event.address[1]
+    address = event.address  # type: ignore[attr-defined]  # pynetdicom sets event attributes at run time
+    host, port = address[0], address[1]
     before = sock.gettimeout()
     try:
         sock.settimeout(settings.connect_timeout)  # opening the connection includes the handshake
@@ -176,11 +194,13 @@ def handle_conn_open(event: evt.Event, archive: Any, settings: Settings) -> None
         event.assoc.acse_timeout = 0.01
 
 
-def handle_accepted(event: evt.Event, archive: Any, settings: Settings) -> None:
+def handle_accepted(event: evt.Event, archive: Archive, settings: Settings) -> None:
     """EVT_ACCEPTED on the TLS port: a ``login`` success naming the TLS version and peer subject."""
     assoc = event.assoc
     subject = peer_subject(assoc)
-    sock = assoc.dul.socket.socket
+    assoc_socket = assoc.dul.socket
+    assert assoc_socket is not None  # the association just accepted is connected
+    sock = assoc_socket.socket
     version = sock.version() if isinstance(sock, ssl.SSLSocket) else "?"
     requestor = assoc.requestor
     detail = f"DICOM association over {version}"
@@ -190,7 +210,8 @@ def handle_accepted(event: evt.Event, archive: Any, settings: Settings) -> None:
                          detail=detail[:500])
 
 
-def tls_handlers(handlers: list[Any], archive: Any, settings: Settings) -> list[Any]:
+def tls_handlers(handlers: list[evt.EventHandlerType], archive: Archive, settings: Settings
+                 ) -> list[evt.EventHandlerType]:
     """The SCP handlers for the TLS port: the same ones, plus the audit of the peer certificate."""
     return [*handlers, (evt.EVT_CONN_OPEN, handle_conn_open, [archive, settings]),
             (evt.EVT_ACCEPTED, handle_accepted, [archive, settings])]
@@ -198,8 +219,9 @@ def tls_handlers(handlers: list[Any], archive: Any, settings: Settings) -> list[
 
 # -- the TLS port in an SCP worker ----------------------------------------------------------------
 
-def start_tls_server(ae: Any, settings: Settings, listen_socket: socket.socket,
-                     handlers: list[Any], fast_store: Any = None) -> tuple[Any, threading.Thread]:
+def start_tls_server(ae: ApplicationEntity, settings: Settings, listen_socket: socket.socket,
+                     handlers: list[evt.EventHandlerType], fast_store: FastStoreBinding | None = None
+                     ) -> tuple[DimseServer, threading.Thread]:
     """A second server of ``ae`` on the inherited TLS ``listen_socket``, serving in a thread."""
     from .dimse.server import make_server
 
@@ -212,7 +234,7 @@ def start_tls_server(ae: Any, settings: Settings, listen_socket: socket.socket,
     return server, thread
 
 
-def stop_tls_server(server: Any, thread: threading.Thread, drain_timeout: float) -> None:
+def stop_tls_server(server: DimseServer, thread: threading.Thread, drain_timeout: float) -> None:
     from .dimse.server import stop_server
 
     server.shutdown()  # ends serve_forever in its thread

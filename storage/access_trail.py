@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 
 from .archive import Archive
 from .index.models import AuditEvent, Letter, Patient
@@ -76,7 +76,7 @@ def trail(archive: Archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) 
                                  .where(Letter.patient_ref.in_(refs))).all())
         shares = set(s.scalars(select(ShareScope.share_id).where(ShareScope.patient_ref.in_(refs))).all())
         actors = [f"patient-letter:{i}" for i in letters] + [f"share:{i}" for i in shares]
-        cond = AuditEvent.patient_ref.in_(refs)
+        cond: ColumnElement[bool] = AuditEvent.patient_ref.in_(refs)
         if actors:
             cond = or_(cond, AuditEvent.actor.in_(actors))
         rows = s.scalars(select(AuditEvent).where(cond).order_by(AuditEvent.id.desc())
@@ -85,7 +85,7 @@ def trail(archive: Archive, held: list[HeldLetter], *, limit: int = MAX_EVENTS) 
     def provider_of(ref: int | None) -> str:
         return names.get(providers.get(ref, -1), "") if ref is not None else ""
 
-    out = []
+    out: list[Access] = []
     for e in rows:
         if e.patient_ref is not None and e.patient_ref not in refs:
             continue  # a share's event on another patient's record it also covers

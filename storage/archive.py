@@ -103,7 +103,9 @@ class Archive(Ingest, IndexRows, Reading, FrameCache, Removal):
         self._frame_index_writes: queue.Queue[tuple[int, str, bytes]] = queue.Queue()
         self._frame_index_writer: threading.Thread | None = None
         # statements of the ingest path run on the DBAPI cursor: its errors are the driver's own
-        self._integrity_errors = (IntegrityError, self.write_engine.dialect.dbapi.IntegrityError)
+        dbapi = self.write_engine.dialect.dbapi
+        assert dbapi is not None  # a dialect with its driver loaded
+        self._integrity_errors = (IntegrityError, dbapi.IntegrityError)
         self._committing = False
 
     def close(self) -> None:

@@ -8,12 +8,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
+def is_level(value: str) -> TypeGuard[Level]:
+    """Whether ``value`` names a query/retrieve level (PS3.4 C.6)."""
+    return value in LEVELS
 
 
 @dataclass(frozen=True)
@@ -25,14 +30,14 @@ class Attr:
 
     @property
     def vr(self) -> str:
-        return dictionary_VR(tag_for_keyword(self.keyword))
+        return dictionary_VR(self.keyword)  # a keyword is a tag to pydicom
 
 
-def _a(level: Level, where: str, *items: str | tuple[str, str]) -> list[Attr]:
+def _a(level: Level, where: Literal["clear", "phi", "hashed"], *items: str | tuple[str, str]) -> list[Attr]:
     out = []
     for item in items:
         kw, col = item if isinstance(item, tuple) else (item, "")
-        out.append(Attr(kw, level, where, col))  # type: ignore[arg-type]
+        out.append(Attr(kw, level, where, col))
     return out
 
 

@@ -32,15 +32,16 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, MetaData, insert, select, text
+from sqlalchemy import Connection, Engine, MetaData, insert, select, text
 
 from .errors import ArchiveError, KeyUnavailable, NotFound
 from .index.db import make_engine, upgrade
 from .index.models import PatientKey, ShredLogEntry, SystemKey
-from .keys import WrappedKey, load_master_keys
+from .keys import MasterKeyRing, WrappedKey, load_master_keys
 
 if TYPE_CHECKING:
     from .archive import Archive
@@ -82,6 +83,8 @@ def backup(archive: Archive, dest: Path, *, with_master_key: bool = False) -> Ba
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} is not empty: a backup goes into a new directory")
+    if with_master_key and not isinstance(archive.vault.ring, MasterKeyRing):
+        raise BackupError("--with-master-key: the master key is in an HSM; its keys never leave it")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(dest, 0o700)
     index = dest / INDEX
@@ -107,7 +110,9 @@ def backup(archive: Archive, dest: Path, *, with_master_key: bool = False) -> Ba
         shredded = [k for (k,) in db.execute("SELECT key_id FROM shred_log ORDER BY shredded_at")]
     _write(dest / SHRED_LOG, "".join(f"{k}\n" for k in shredded))
     if with_master_key:
-        _write(dest / KEY_FILE, archive.vault.ring.dumps())
+        ring = archive.vault.ring
+        assert isinstance(ring, MasterKeyRing)  # checked above
+        _write(dest / KEY_FILE, ring.dumps())
     result = BackupResult(instances - len(missing), copied, nbytes, len(missing), with_master_key)
     _write(dest / MANIFEST, json.dumps({
         "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -145,7 +150,7 @@ def _logical_snapshot(source: Engine, target: Path) -> None:
     os.chmod(target, 0o600)
 
 
-def _copy_tables(src, dst) -> None:  # noqa: ANN001 - two SQLAlchemy connections
+def _copy_tables(src: Connection, dst: Connection) -> None:
     """Copy the rows of every table the target schema has (parents first)."""
     meta = MetaData()
     meta.reflect(dst)
@@ -217,6 +222,7 @@ def restore(source: Path, settings: Settings, *, shred_logs: Iterable[Path] = ()
     finally:
         target.dispose()
     if ring is not None:
+        # master_key_file: set by Settings.resolved() when the key is not in the environment
         ring.save(Path(settings.master_key_file))  # type: ignore[arg-type]
     blobs = 0
     if (source / "blobs").exists():
@@ -238,9 +244,9 @@ def restore(source: Path, settings: Settings, *, shred_logs: Iterable[Path] = ()
     return RestoreResult(instances, blobs, shredded)
 
 
-def _restore_key(source: Path, settings: Settings, index: Path):  # noqa: ANN202 - ring or None
+def _restore_key(source: Path, settings: Settings, index: Path) -> MasterKeyRing | None:
     """The ring that opens the backup; returns it when it came from the backup (to be saved)."""
-    from_backup = None
+    from_backup: MasterKeyRing | None = None
     try:
         ring = load_master_keys(settings.master_key_file, settings.master_key)
     except KeyUnavailable:
@@ -285,7 +291,7 @@ def _sqlite_restore(index: Path, target: Path) -> None:
     os.chmod(target, 0o600)
 
 
-def _reset_sequences(conn) -> None:  # noqa: ANN001
+def _reset_sequences(conn: Connection) -> None:
     """PostgreSQL: rows came with their ids; move each serial sequence past them."""
     meta = MetaData()
     meta.reflect(conn)
@@ -334,9 +340,7 @@ def replay_shreds(archive: Archive, key_ids: Iterable[str]) -> int:
     return len(refs)
 
 
-def _now():  # noqa: ANN202
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 

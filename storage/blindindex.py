@@ -159,14 +159,14 @@ class BlindIndex:
             groups = _wildcard_terms(m.values[0], trigrams=keyword not in _IDENTIFIERS)
             return [[[t] for t in groups]] if groups else None
         if m.kind == "fuzzy":
-            groups = []
+            word_groups: list[list[_Term]] = []
             for w in m.fuzzy_words:
                 group = [_Term("pre", w[:PREFIX_MAX])]
                 if m.phonetic:
                     group += [_Term("ph", c) for c in phonetic_codes(w)]
-                groups.append(group)
-            groups.sort(key=lambda g: -g[0].strength)
-            return [groups[:_NARROW_MAX]] if groups else None
+                word_groups.append(group)
+            word_groups.sort(key=lambda g: -g[0].strength)
+            return [word_groups[:_NARROW_MAX]] if word_groups else None
         return None
 
 

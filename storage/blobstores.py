@@ -98,6 +98,7 @@ def build(settings: Settings, engine: Engine | None = None) -> Any:
                                   names=[location_name(s) for s in settings.blob_locations])
     if kind not in ("", "files"):
         raise BlobStoreMisconfigured(f"blob_store: expected \"\", s3://bucket/prefix or dispersal, got {kind!r}")
+    # blob_dir: set by Settings.resolved()
     return SwitchingBlobStore(FileBlobStore(settings.blob_dir), settings)  # type: ignore[arg-type]
 
 

@@ -91,17 +91,17 @@ def _check_keys(archive: Archive, report: Report) -> dict[str, bytes | None]:
                 ring.unwrap(row.name, WrappedKey(row.kek_version, row.wrapped))
             except ArchiveError:
                 report.add("system key does not unwrap", row.name)
-        for row in s.execute(select(PatientKey.key_id, PatientKey.kek_version, PatientKey.wrapped)):
+        for key in s.execute(select(PatientKey.key_id, PatientKey.kek_version, PatientKey.wrapped)):
             report.patient_keys += 1
-            if not row.wrapped:
-                deks[row.key_id] = None
-                destroyed.add(row.key_id)
+            if not key.wrapped:
+                deks[key.key_id] = None
+                destroyed.add(key.key_id)
                 continue
             try:
-                deks[row.key_id] = ring.unwrap(row.key_id, WrappedKey(row.kek_version, row.wrapped))
+                deks[key.key_id] = ring.unwrap(key.key_id, WrappedKey(key.kek_version, key.wrapped))
             except ArchiveError:
-                deks[row.key_id] = None
-                report.add("patient key does not unwrap", f"key {row.key_id}")
+                deks[key.key_id] = None
+                report.add("patient key does not unwrap", f"key {key.key_id}")
         for pid, key_id in s.execute(select(Patient.id, Patient.key_id)):
             if key_id in destroyed:
                 report.add("patient indexed under a destroyed key", f"patient {pid}")
@@ -198,7 +198,7 @@ def _check_counts(archive: Archive, report: Report) -> None:
         patient_series[patient_id] += study_series[stid]
         patient_instances[patient_id] += study_instances[stid]
     for pid, n_studies, n_series, n_inst in patients:
-        real = (patient_studies[pid], patient_series[pid], patient_instances[pid])
-        if (n_studies, n_series, n_inst) != real:
+        counted = (patient_studies[pid], patient_series[pid], patient_instances[pid])
+        if (n_studies, n_series, n_inst) != counted:
             report.add("patient counts wrong", f"patient {pid}: {n_studies}/{n_series}/{n_inst} "
-                       f"recorded, {real[0]}/{real[1]}/{real[2]} rows")
+                       f"recorded, {counted[0]}/{counted[1]}/{counted[2]} rows")

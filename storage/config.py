@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,10 +347,11 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
-def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-                  **overrides: Any) -> Settings:
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Defaults, then the TOML file (flat keys or ``[section]`` tables), then ``PACS_*``, then overrides."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     values: dict[str, Any] = {}
     path = path or env.get("PACS_CONFIG")
     if path:

@@ -78,7 +78,8 @@ class EncryptingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.write's buffer: every caller passes bytes, bytearray or memoryview.
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         """Encrypt whole segments straight from ``data`` (no copy); keep the rest for the next write.
 
         At least one byte is always held back: only ``close`` knows which segment is the last.
@@ -103,7 +104,7 @@ class EncryptingWriter(io.RawIOBase):
         self._buf += view
         return n
 
-    def write_last(self, data) -> int:  # any bytes-like
+    def write_last(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` as the end of the stream and close: nothing is copied or held back."""
         if self._aead is None or self._buf:
             n = self.write(data)
@@ -122,6 +123,7 @@ class EncryptingWriter(io.RawIOBase):
         """Encrypt one segment into a per-thread buffer (no fresh allocation per segment) and write it."""
         nonce = _nonce(self._prefix, self._counter, last)
         out = _out_buffer(len(plain) + TAG)
+        assert self._aead is not None  # only encrypted streams emit segments
         self._aead.encrypt_into(nonce, plain, self._header, out)
         self._sink.write(out)
         self._counter += 1
@@ -199,6 +201,7 @@ class DecryptingReader(io.RawIOBase):
         self._src.seek(HEADER_SIZE + index * (self._seg + TAG))
         last = index == self._nseg - 1
         ct = self._src.read(self._seg + TAG)
+        assert self._aead is not None  # raw blobs are read without segments
         try:
             plain = self._aead.decrypt(_nonce(self._prefix, index, last), ct, self._header)
         except InvalidTag:
@@ -226,7 +229,8 @@ class DecryptingReader(io.RawIOBase):
             self._pos += len(chunk)
         return b"".join(parts)
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.readinto's buffer: what BufferedReader and callers pass.
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

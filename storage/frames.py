@@ -19,7 +19,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -102,7 +102,14 @@ class FrameIndex:
         )
 
 
-def _read_exact(fp: BinaryIO, n: int) -> bytes:
+class RangeReader(Protocol):
+    """What reading frames by range needs of a stream: a file, or a decrypting blob reader."""
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def _read_exact(fp: RangeReader, n: int) -> bytes:
     data = fp.read(n)
     if len(data) != n:
         raise FramesUnavailable("file ends inside the pixel data")
@@ -282,7 +289,7 @@ def _split_by_eoi(
     return out
 
 
-def read_frame(fp: BinaryIO, index: FrameIndex, number: int) -> bytes:
+def read_frame(fp: RangeReader, index: FrameIndex, number: int) -> bytes:
     """The bytes of frame ``number`` (1-based, PS3.18 10.4.1.1.5), read by range.
 
     Native frames are the little-endian pixel bytes of that frame (packed
@@ -304,7 +311,7 @@ def read_frame(fp: BinaryIO, index: FrameIndex, number: int) -> bytes:
     return _read_unaligned_bits(fp, index, bit_start)
 
 
-def _read_unaligned_bits(fp: BinaryIO, index: FrameIndex, bit_start: int) -> bytes:
+def _read_unaligned_bits(fp: RangeReader, index: FrameIndex, bit_start: int) -> bytes:
     """1-bit frames that start mid-byte (PS3.5 8.1.1: bits packed LSB first across frames)."""
     import numpy as np
 

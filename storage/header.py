@@ -29,7 +29,7 @@ from .errors import BadInput
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 #: tag -> keyword of every attribute the index keeps
-INDEXED: dict[int, str] = {int(tag_for_keyword(kw)): kw  # type: ignore[arg-type]
+INDEXED: dict[int, str] = {int(tag_for_keyword(kw)): kw  # type: ignore[arg-type]  # all known keywords
                            for kw in dict.fromkeys([*REQUIRED, *ATTRIBUTES])}
 
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}

@@ -67,7 +67,7 @@ def patient_info(archive: Archive, patient_id: str, *, patient_name: str | None 
     except NotFound:
         ref = None
     if ref is None:
-        if not (patient_name or "").strip():
+        if patient_name is None or not patient_name.strip():
             raise BadInput("unknown patient ID: give the patient's name to add a new patient "
                            "(nothing was stored)")
         return PatientInfo(patient_id, patient_name.strip(), issuer, birth_date, sex), None
@@ -237,9 +237,9 @@ def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, p
     spool_dir = archive.settings.data_dir / "tmp"
     spools: list[EncryptedSpool] = []
 
-    def new_sink() -> EncryptedSpool:
+    def new_sink() -> BinaryIO:
         spools.append(EncryptedSpool(dir=spool_dir))
-        return spools[-1]
+        return spools[-1].as_file()
 
     try:
         dest = new_sink()

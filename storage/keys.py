@@ -16,6 +16,7 @@ picks one from the settings.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import os
 import secrets
@@ -168,7 +169,7 @@ class MasterKeyRing:
                 if not sep:  # a bare key is version 1
                     ver, b64 = "1", line
                 versions[int(ver)] = base64.b64decode(b64, validate=True)
-            except (ValueError, base64.binascii.Error):
+            except (ValueError, binascii.Error):
                 raise KeyUnavailable("master key is not in 'version:base64' form") from None
         return cls(versions, path)
 

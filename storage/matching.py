@@ -82,7 +82,7 @@ class Matcher:
         if self.kind == "list":
             return s in self.values
         if self.kind == "wildcard":
-            return bool(self.regex.fullmatch(fold(s) if self.folded else s))  # type: ignore[union-attr]
+            return bool(self.regex.fullmatch(fold(s) if self.folded else s))  # type: ignore[union-attr]  # a wildcard has its regex
         if self.kind == "range":
             return (self.low is None or s >= self.low) and (self.high is None or s <= self.high + "~")
         if self.kind == "any":

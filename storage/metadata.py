@@ -237,7 +237,8 @@ class MetadataWarmer:
                 .order_by(Series.updated_at.desc()).limit(self.batch + len(self._failed)))
         with archive.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        return [tuple(r) for r in rows if self._failed.get(r[0]) != r[3]][: self.batch]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3]) for r in rows
+                if self._failed.get(r[0]) != r[3]][: self.batch]
 
     def run_once(self, archive: Archive) -> int:
         """Build the caches of one batch of pending series; returns how many were built."""

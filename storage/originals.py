@@ -14,6 +14,7 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pydicom
 from pydicom.uid import VideoPhotographicImageStorage
@@ -43,7 +44,7 @@ class OriginalSpan:
     filename: str
 
 
-def _item(r: io.BufferedReader) -> tuple[int, int, int]:
+def _item(r: BinaryIO) -> tuple[int, int, int]:
     group, element, length = struct.unpack("<HHI", r.read(8))
     return group, element, length
 
@@ -107,7 +108,7 @@ def read_span(archive: Archive, info: InstanceInfo, span: OriginalSpan) -> Itera
 class SpanReader(io.RawIOBase):
     """A readable file of the original (for the export writer, which copies from a file)."""
 
-    def __init__(self, archive: Archive, info: InstanceInfo, span: OriginalSpan):
+    def __init__(self, archive: Archive, info: InstanceInfo, span: OriginalSpan) -> None:
         super().__init__()
         self._raw = archive.open(info)
         self._raw.seek(span.offset)
@@ -116,7 +117,8 @@ class SpanReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.readinto's buffer: what BufferedReader and callers pass.
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         if self._left <= 0:
             return 0
         data = self._raw.read(min(len(b), self._left))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +100,9 @@ class _Filter:
 
 _UID_COLUMN: dict[Level, str] = {"PATIENT": "pid_hash", "STUDY": "study_uid", "SERIES": "series_uid",
                                   "IMAGE": "sop_uid"}
-_JOINS = {"STUDY": ("patient_id", "PATIENT"), "SERIES": ("study_id", "STUDY"),
-          "IMAGE": ("series_id", "SERIES")}
+_JOINS: dict[Level, tuple[str, Level]] = {"STUDY": ("patient_id", "PATIENT"),
+                                          "SERIES": ("study_id", "STUDY"),
+                                          "IMAGE": ("series_id", "SERIES")}
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class QueryEngine:
 
     def run(self, q: Query) -> Iterator[dict[str, Any]]:
         visible = levels_up_to(q.level)
-        sql_filters, py_filters = [], []
+        sql_filters: list[_Filter] = []
+        py_filters: list[_Filter] = []
         for kw, value in q.filters.items():
             attr = ATTRIBUTES.get(kw)
             if attr is None or attr.level not in visible:
@@ -242,7 +244,7 @@ class QueryEngine:
         return id_col.in_(sorted(ids)) if ids else False
 
     def _select(self, conn: Connection, q: Query, visible: tuple[Level, ...], filters: list[_Filter],
-                narrow: list[tuple[Level, Narrowing]], plan: _Plan) -> Select | None:
+                narrow: list[tuple[Level, Narrowing]], plan: _Plan) -> Select[*tuple[Any, ...]] | None:
         t = {lvl: TABLES[lvl].__table__.c for lvl in visible}  # Core columns: no ORM per row
         stmt = select(*plan.columns).select_from(TABLES["PATIENT"].__table__)
         for lvl in visible[1:]:
@@ -281,19 +283,21 @@ class QueryEngine:
         if conds:
             stmt = stmt.where(and_(*conds))
         # STUDY order matches ix_studies_listing (study_date, study_time, id): LIMIT needs no sort.
-        order = {"PATIENT": lambda: [t["PATIENT"]["id"]],
+        orders: dict[Level, Callable[[], list[Any]]] = {
+                 "PATIENT": lambda: [t["PATIENT"]["id"]],
                  "STUDY": lambda: [t["STUDY"]["study_date"].desc(), t["STUDY"]["study_time"].desc(),
                                    t["STUDY"]["id"].desc()],
                  "SERIES": lambda: [t["SERIES"]["series_number"], t["SERIES"]["id"]],
-                 "IMAGE": lambda: [t["IMAGE"]["instance_number"], t["IMAGE"]["id"]]}[q.level]()
+                 "IMAGE": lambda: [t["IMAGE"]["instance_number"], t["IMAGE"]["id"]]}
+        order = orders[q.level]()
         if q.level == "SERIES":
             order = [t["STUDY"]["id"], *order]
         elif q.level == "IMAGE":
             order = [t["SERIES"]["id"], *order]
         return stmt.order_by(*order)
 
-    def _record(self, row: Any, plan: _Plan, only: set[str] | None,
-                skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    def _record(self, row: Any, plan: _Plan, only: set[Level] | None,
+                skip: set[Level] | frozenset[Level] = frozenset()) -> dict[str, Any]:
         """The row's values: clear ones, and the sealed levels in ``only`` (all: None) but ``skip``.
 
         Raises NotFound when the patient's key is gone (shredded since the search began)."""

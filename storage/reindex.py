@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 
+from .attributes import Level
 from .errors import NotFound
 from .index.models import Patient, PatientKey, ReindexState, Series, Study
 from .query import TOKENS, phi_aad
@@ -22,12 +23,14 @@ from .query import TOKENS, phi_aad
 if TYPE_CHECKING:
     from .archive import Archive
 
-_LEVELS = ("PATIENT", "STUDY", "SERIES")
+_LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES")
 
 
-def _rows(level: str) -> Any:
+def _rows(level: Level) -> Any:
     """id, phi, unique key, key id, key version, wrapped key of a level's rows, by id."""
     keys = (PatientKey.key_id, PatientKey.kek_version, PatientKey.wrapped)
+    stmt: Select[*tuple[Any, ...]]
+    table: type[Patient | Study | Series]
     if level == "PATIENT":
         stmt = select(Patient.id, Patient.phi, Patient.pid_hash, *keys)
         table = Patient
@@ -59,7 +62,7 @@ def reindex(archive: Archive, *, restart: bool = False, batch: int = 500,
     return counts
 
 
-def _reindex_level(archive: Archive, level: str, batch: int,
+def _reindex_level(archive: Archive, level: Level, batch: int,
                    progress: Callable[[str, int, int], None] | None) -> int:
     stmt, table = _rows(level)
     tokens_table, fk = TOKENS[level]
@@ -85,7 +88,7 @@ def _reindex_level(archive: Archive, level: str, batch: int,
             uid = unique.hex() if isinstance(unique, bytes) else unique
             values = archive.vault.unseal(key_id, phi_aad(level, uid), phi, dek)
             new_tokens += [{"token": t, fk: row_id}
-                           for t in sorted(archive.blind.tokens(level, values))]  # type: ignore[arg-type]
+                           for t in sorted(archive.blind.tokens(level, values))]
         ids = [r[0] for r in rows]
         last = ids[-1]
         with archive.write_sessions.begin() as s:

@@ -46,7 +46,7 @@ _NO_BUCKET = {"NoSuchBucket", "404", "NotFound"}
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[str, Any] = {}
-_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS: dict[tuple[str | float, ...], Any] = {}
 
 
 def _after_fork() -> None:
@@ -127,7 +127,7 @@ class S3BlobStore:
     def create(self, key: str) -> _S3Writer:
         return _S3Writer(self, self._object(key))
 
-    def commit(self, fh: _S3Writer, durable: bool = True) -> int:  # type: ignore[override]
+    def commit(self, fh: _S3Writer, durable: bool = True) -> int:
         """Upload what is left and complete the object; returns its size once the store confirmed it."""
         return fh.commit()
 
@@ -231,7 +231,7 @@ class _S3Writer(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         self._buf += data
         self.size += n
@@ -330,13 +330,13 @@ class _S3Reader(io.RawIOBase):
         if total is not None:
             self._size = total
         try:
-            data = answer["Body"].read()
+            data: bytes = answer["Body"].read()
         except self._store._boto_error:
             raise BlobStoreUnavailable("the object store cannot be reached") from None
         self._cache_at, self._cache = start, data
         return data if size is None or size < 0 else data[:size]
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from . import secrets
 from .archive import Archive, Scope
@@ -123,7 +124,8 @@ def _seconds(delta: timedelta) -> int:
 def study_owner(archive: Archive, study_uid: str) -> int | None:
     """The patient row id a study belongs to, or None."""
     with archive.sessions() as s:
-        return s.scalar(select(Study.patient_id).where(Study.study_uid == study_uid))
+        owner: int | None = s.scalar(select(Study.patient_id).where(Study.study_uid == study_uid))
+        return owner
 
 
 class Shares:
@@ -153,11 +155,11 @@ class Shares:
             chosen: dict[int, tuple[int, list[str]]] = {}
             for uid in dict.fromkeys(study_uids):
                 owner = study_owner(self.archive, uid)
-                h = next((h for h in held if h.grant.patient_ref == owner and (
+                holder = next((h for h in held if h.grant.patient_ref == owner and (
                     h.grant.study_uids is None or uid in h.grant.study_uids)), None)
-                if owner is None or h is None:
+                if owner is None or holder is None:
                     raise NotFound("no such study")
-                chosen.setdefault(owner, (h.grant.letter_id, []))[1].append(uid)
+                chosen.setdefault(owner, (holder.grant.letter_id, []))[1].append(uid)
             scopes = {p: (lid, tuple(uids)) for p, (lid, uids) in chosen.items()}
         if not scopes:
             raise BadInput("choose at least one study")
@@ -196,7 +198,8 @@ class Shares:
         counts: dict[int, int | None] = {}
         for share, uids in rows:
             n = len([u for u in uids.split("\\") if u]) or None
-            counts[share.id] = None if n is None or counts.get(share.id, 0) is None else counts.get(share.id, 0) + n
+            so_far = counts.get(share.id, 0)
+            counts[share.id] = None if n is None or so_far is None else so_far + n
             out[share.id] = ShareInfo(share.id, share.selector, share.created_at, share.expires_at,
                                       share.revoked_at, share.locked_at, share.last_used_at, None)
         return [ShareInfo(**{**i.__dict__, "studies": counts[i.id]}) for i in out.values()]
@@ -232,7 +235,8 @@ class Shares:
                                       patient_ref=scope.patient_ref, detail="access code accepted")
         return outcome
 
-    def _decide(self, s, selector: str, code: str, client_id: str, now: datetime):
+    def _decide(self, s: Session, selector: str, code: str, client_id: str,
+                now: datetime) -> ShareGrant | AccessDenied:
         cf = s.get(AccessFailure, client_id, with_for_update=True)
         if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
             cf.failures = 0
@@ -275,14 +279,14 @@ class Shares:
         return self._grant(s, row)
 
     @staticmethod
-    def _gone(s, row: Share, now: datetime) -> ShareGone | None:
+    def _gone(s: Session, row: Share, now: datetime) -> ShareGone | None:
         if row.revoked_at is not None or row.expires_at <= now:
             return ShareGone("invalid", "this share is no longer valid (expired or revoked); "
                                         "ask the patient for a new one")
         return None
 
     @staticmethod
-    def _grant(s, row: Share) -> ShareGrant | ShareGone:
+    def _grant(s: Session, row: Share) -> ShareGrant | ShareGone:
         scopes = []
         for sc in s.scalars(select(ShareScope).where(ShareScope.share_id == row.id)
                             .order_by(ShareScope.patient_ref)):

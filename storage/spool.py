@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import tempfile
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from .crypto import DecryptingReader, EncryptingWriter
 
@@ -25,7 +25,7 @@ _ID = "spool"
 
 
 class EncryptedSpool(io.RawIOBase):
-    def __init__(self, max_size: int = 1 << 20, dir: str | os.PathLike | None = None):
+    def __init__(self, max_size: int = 1 << 20, dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         self._max = max_size
         self._dir = dir
@@ -34,6 +34,11 @@ class EncryptedSpool(io.RawIOBase):
         self._writer: EncryptingWriter | None = None
         self._key = b""
         self._reader: BinaryIO | None = None
+
+    def as_file(self) -> BinaryIO:
+        """This spool, typed as the binary file it is (typing's BinaryIO is a class of its own,
+        which an io.RawIOBase does not derive from)."""
+        return cast(BinaryIO, self)
 
     @property
     def rolled(self) -> bool:
@@ -49,7 +54,8 @@ class EncryptedSpool(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.write's buffer: every caller passes bytes, bytearray or memoryview.
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._reader is not None:
             raise io.UnsupportedOperation("spool is being read; writes are over")
         if self._writer is not None:
@@ -89,12 +95,16 @@ class EncryptedSpool(io.RawIOBase):
     def tell(self) -> int:
         if self._reader is not None:
             return self._reader.tell()
-        return self._writer.plain_size if self._writer is not None else self._mem.tell()  # type: ignore[union-attr]
+        if self._writer is not None:
+            return self._writer.plain_size
+        assert self._mem is not None  # in memory until rolled to disk
+        return self._mem.tell()
 
     def read(self, size: int = -1) -> bytes:
         return self._start_reading().read(size)
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.readinto's buffer: what BufferedReader and callers pass.
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

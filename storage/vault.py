@@ -37,7 +37,7 @@ _KEYS_MAX = 4096  # default of key_cache_size: unwrapped data keys kept per proc
 # costs one AES-GCM unwrap (in the token when the master key is in an HSM)
 
 
-class _LRU(OrderedDict):
+class _LRU(OrderedDict[str, bytes]):
     """A bounded map, least recently used entry evicted first (callers hold the vault's lock)."""
 
     def __init__(self, size: int):
@@ -179,4 +179,6 @@ class Vault:
     def unseal(self, key_id: str, where: str, sealed: bytes, dek: bytes | None = None
                ) -> dict[str, Any]:
         """Decrypt an index value (not cached: a query decrypts only what it returns or confirms)."""
-        return json.loads(open_small(self._field_key(key_id, dek), sealed, where.encode()))
+        values: dict[str, Any] = json.loads(open_small(self._field_key(key_id, dek), sealed,
+                                                        where.encode()))
+        return values

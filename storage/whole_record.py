@@ -19,10 +19,12 @@ import hashlib
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 from sqlalchemy import delete, select
 
 from .errors import BadInput
+from .export.writer import ExportFormat, ExportSummary
 from .index.models import Letter, Patient, PatientSession
 from .index.sharing_models import SessionLetter
 from .letters import Grant, Letters, record_items
@@ -147,18 +149,21 @@ def records(held: list[HeldLetter]) -> list[tuple[int, frozenset[str] | None]]:
     return list(out.items())
 
 
-def write_whole_record(letters: Letters, out, held: list[HeldLetter], *, fmt: str, passcode: str,
-                       actor: str, origin: str, age_work_factor: int | None = None):
+def write_whole_record(letters: Letters, out: BinaryIO, held: list[HeldLetter], *, fmt: ExportFormat,
+                       passcode: str, actor: str, origin: str,
+                       age_work_factor: int | None = None) -> ExportSummary:
     """One encrypted export of every held record; each patient record audited as exported."""
     from .export import write_export
 
     archive = letters.archive
     items = itertools.chain.from_iterable(
         record_items(archive, ref, studies) for ref, studies in records(held))
-    kwargs = {} if age_work_factor is None else {"age_work_factor": age_work_factor}
     try:
-        summary = write_export(out, items, passcode=passcode, fmt=fmt,
-                               patient_label="Medical record", **kwargs)
+        if age_work_factor is None:
+            summary = write_export(out, items, passcode=passcode, fmt=fmt, patient_label="Medical record")
+        else:
+            summary = write_export(out, items, passcode=passcode, fmt=fmt, patient_label="Medical record",
+                                   age_work_factor=age_work_factor)
     except Exception:
         for h in held:
             archive.audit.record("export", actor=actor, source=origin, outcome="failure",

@@ -42,6 +42,13 @@ def _worker_fds(serve_pid: int) -> list[tuple[int, int, str]]:
     return out
 
 
+def _size(pid: int, fd: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/fd/{fd}").st_size
+    except OSError:
+        return 0
+
+
 def test_uploaded_video_spooled_encrypted_never_clear_in_tmp(tmp_path: Path) -> None:
     video = samples.ffmpeg_make(".mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25",
                                 "-vf", "noise=alls=40:allf=t", "-t", "3", "-c:v", "libx264",
@@ -68,9 +75,9 @@ def test_uploaded_video_spooled_encrypted_never_clear_in_tmp(tmp_path: Path) -> 
             for i in range(0, half, 1 << 18):
                 yield video[i:min(i + (1 << 18), half)]
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:  # until the worker holds what it got so far
+            while time.monotonic() < deadline:  # until the worker holds over 1 MiB of what it got
                 fds = _worker_fds(srv.proc.pid)
-                if any(link.startswith(data_tmp) for _, _, link in fds):
+                if any(link.startswith(data_tmp) and _size(p, fd) > 1 << 20 for p, fd, link in fds):
                     break
                 time.sleep(0.1)
             seen["fds"] = fds

@@ -17,11 +17,13 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html import escape
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from flask import Blueprint, Response, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from storage.errors import NotFound
 from storage.export.record import write_record
@@ -30,6 +32,12 @@ from storage.whole_record import forget_session, grant_for
 
 from .. import context
 from .auth import COOKIE, deny, letters, status_of
+
+if TYPE_CHECKING:
+    from .notes import Note
+
+# Flask's redirect is typed as returning werkzeug's Response (it makes the app's response class).
+_R = TypeVar("_R", bound=BaseResponse)
 
 _SELECTOR = "<string(length=32):selector>"
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:46rem;margin:1rem auto;padding:0 1rem;
@@ -42,7 +50,7 @@ white-space:pre-wrap}.choice{display:block}.choice input{width:auto}form.inline{
 border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"""
 
 
-def _headers(resp: Response, nonce: str = "") -> Response:
+def _headers(resp: _R, nonce: str = "") -> _R:
     style = f"'nonce-{nonce}'" if nonce else "'none'"
     resp.headers["Content-Security-Policy"] = (
         f"default-src 'none'; img-src 'self'; style-src {style}; form-action 'self'; "
@@ -84,7 +92,7 @@ def _date(value: str | None) -> str:
     return f"{v[:4]}-{v[4:6]}-{v[6:8]}" if len(v) >= 8 else "date unknown"
 
 
-def _notes(base: str, notes: list) -> str:
+def _notes(base: str, notes: list[Note]) -> str:
     """The artifacts about one study (see :mod:`.notes`), as a list under it."""
     if not notes:
         return ""
@@ -111,7 +119,7 @@ def _record(selector: str, grant: Grant) -> Response:
     return _page("Your medical record", body)
 
 
-def _stream(write, chunk_queue_size: int = 8) -> Iterator[bytes]:
+def _stream(write: Callable[[Any], None], chunk_queue_size: int = 8) -> Iterator[bytes]:
     """Run ``write(out)`` in a thread; yield what it writes (bounded queue: never the whole file)."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(chunk_queue_size)
     stop = threading.Event()
@@ -158,7 +166,7 @@ def _download(grant: Grant, filename: str, mimetype: str, fmt: str, passcode: st
     archive = context.archive()
     source = context.client_address()
 
-    def write(out) -> None:
+    def write(out: Any) -> None:  # the export stream of _stream
         write_record(archive, out, grant.patient_ref, fmt=fmt, passcode=passcode, study_uids=studies,
                      actor=grant.actor, origin=source)
 
@@ -178,7 +186,7 @@ def blueprint() -> Blueprint:
         return _record(selector, grant)
 
     @bp.post(f"/{_SELECTOR}")
-    def sign_in(selector: str) -> Response:
+    def sign_in(selector: str) -> BaseResponse:
         code = (request.form.get("code") or "")[:100]
         try:
             grant = letters().authenticate(selector, code, context.client_address())
@@ -189,13 +197,13 @@ def blueprint() -> Blueprint:
                 resp.headers["Retry-After"] = retry
             return resp
         token = letters().open_session(grant)
-        resp = redirect(f"/letters/{quote(selector)}", code=303)
-        resp.set_cookie(COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/",
+        moved = redirect(f"/letters/{quote(selector)}", code=303)
+        moved.set_cookie(COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/",
                         max_age=1800)
-        return _headers(resp)
+        return _headers(moved)
 
     @bp.post(f"/{_SELECTOR}/logout")
-    def sign_out(selector: str) -> Response:
+    def sign_out(selector: str) -> BaseResponse:
         token = request.cookies.get(COOKIE, "")
         if token:
             forget_session(letters(), token)
@@ -222,7 +230,7 @@ def blueprint() -> Blueprint:
         if grant is None:
             return _form(selector, "Please type your access code first.", 401)
 
-        def download(write, filename: str, mimetype: str) -> Response:
+        def download(write: Callable[[Any], None], filename: str, mimetype: str) -> Response:
             resp = Response(_stream(write), mimetype=mimetype)
             resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
             return _headers(resp)

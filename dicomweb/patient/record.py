@@ -13,12 +13,16 @@ access list (:mod:`.trail`) follow on the same page.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from html import escape
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from storage.errors import BadInput
+from storage.export.writer import ExportFormat
 from storage.letters import AccessDenied, Grant
 from storage.query import Query
 from storage.whole_record import (
@@ -36,7 +40,7 @@ from .auth import COOKIE, deny, letters, status_of
 _SELECTOR_IN = re.compile(r"(?:/letters/)?([A-Za-z0-9_-]{16,64})/?$")
 
 
-def studies_of(patient_ref: int, study_uids: frozenset[str] | None) -> list[dict]:
+def studies_of(patient_ref: int, study_uids: frozenset[str] | None) -> list[dict[str, Any]]:
     q = Query(level="STUDY", return_keys=["StudyInstanceUID", "StudyDate", "StudyDescription",
                                           "ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
               patient_scope=patient_ref, study_scope=study_uids)
@@ -45,13 +49,13 @@ def studies_of(patient_ref: int, study_uids: frozenset[str] | None) -> list[dict
 
 def held() -> list[HeldLetter]:
     """The session's letters, read once a request (the page asks for them in every section)."""
-    found = g.get("pacs_held")
+    found: list[HeldLetter] | None = g.get("pacs_held")
     if found is None:
         found = g.pacs_held = held_letters(letters(), request.cookies.get(COOKIE, ""))
     return found
 
 
-def timeline(selector: str, date, notes_html) -> str:
+def timeline(selector: str, date: Callable[..., str], notes_html: Callable[..., str]) -> str:
     """The studies of every held letter, newest first, labelled by provider."""
     from .notes import notes_about
 
@@ -112,13 +116,15 @@ def export_form(selector: str) -> str:
             '<button type="submit">Download my record, encrypted</button></form>')
 
 
-def record_download(selector: str, grant: Grant, page, download) -> Response:
+def record_download(selector: str, grant: Grant, page: Callable[..., Response],
+                    download: Callable[..., Response]) -> Response:
     """POST ``/letters/<selector>/record``: the whole record, encrypted."""
-    fmt = request.form.get("format", "gpg")
+    typed = request.form.get("format", "gpg")
     passcode = " ".join((request.form.get("passcode") or "").split())[:500]
     repeat = " ".join((request.form.get("repeat") or "").split())[:500]
-    if fmt not in ("gpg", "age"):
+    if typed not in ("gpg", "age"):
         return page("Bad request", "<p>Unknown file type.</p>", 400)
+    fmt: ExportFormat = "gpg" if typed == "gpg" else "age"
     hs = held()
     if not passcode_ok(letters(), hs, passcode, repeat):
         context.archive().audit.record("export", actor=grant.actor, source=context.client_address(),
@@ -130,7 +136,7 @@ def record_download(selector: str, grant: Grant, page, download) -> Response:
                     f'<p><a href="/letters/{quote(selector)}">Back</a></p>', 403)
     archive_letters, source = letters(), context.client_address()
 
-    def write(out) -> None:
+    def write(out: BinaryIO) -> None:
         write_whole_record(archive_letters, out, hs, fmt=fmt, passcode=passcode, actor=grant.actor,
                            origin=source)
 
@@ -138,11 +144,12 @@ def record_download(selector: str, grant: Grant, page, download) -> Response:
     return download(write, f"medical-record.zip.{fmt}", mimetype)
 
 
-def register(bp: Blueprint, selector_rule: str, current, form, page) -> None:
+def register(bp: Blueprint, selector_rule: str, current: Callable[[str], Grant | None],
+             form: Callable[..., Response], page: Callable[..., Response]) -> None:
     """Add the whole-record routes to the patient pages' blueprint."""
 
     @bp.post(f"/{selector_rule}/add")
-    def add(selector: str) -> Response:
+    def add(selector: str) -> BaseResponse:
         if current(selector) is None:
             return form(selector, "Please type your access code first.", 401)
         match = _SELECTOR_IN.search((request.form.get("letter") or "").strip()[:300])

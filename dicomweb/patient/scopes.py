@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from flask import Response, abort, g, request
 
@@ -76,7 +76,7 @@ def pick(options: list[Option], *, uncovered: Callable[[str], None] | None = Non
 def _merged_search(level: str, options: list[Option]) -> Response:
     from .. import qido
 
-    items: list = []
+    items: list[Any] = []
     last: Response | None = None
     for opt in options:
         g.pacs_scope, g.pacs_actor = opt.scope, opt.actor

@@ -23,6 +23,7 @@ from html import escape
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, abort, g, jsonify, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from storage.archive import Scope
 from storage.letters import AccessDenied, WrongCode
@@ -160,7 +161,7 @@ def pages_blueprint() -> Blueprint:
         return _form(selector) if grant is None else _listing(selector, grant)
 
     @bp.post(f"/{_SELECTOR}")
-    def share_sign_in(selector: str) -> Response:
+    def share_sign_in(selector: str) -> BaseResponse:
         code = (request.form.get("code") or "")[:100]
         try:
             grant = shares().authenticate(selector, code, context.client_address())
@@ -171,10 +172,10 @@ def pages_blueprint() -> Blueprint:
                 resp.headers["Retry-After"] = retry
             return resp
         token, lifetime = shares().open_session(grant)
-        resp = redirect(f"/shares/{quote(selector)}", code=303)
-        resp.set_cookie(SHARE_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/",
-                        max_age=lifetime)
-        return resp
+        moved = redirect(f"/shares/{quote(selector)}", code=303)
+        moved.set_cookie(SHARE_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/",
+                         max_age=lifetime)
+        return moved
 
     @bp.post(f"/{_SELECTOR}/token")
     def share_token(selector: str) -> Response:

@@ -8,12 +8,14 @@ to the form (``Cache-Control: no-store``), and never again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, request
 
 from storage.errors import BadInput, NotFound
+from storage.letters import Grant
 from storage.shares import Shares
 
 from .. import context
@@ -67,7 +69,8 @@ def section(selector: str) -> str:
             f"<h3>Your shares</h3>{listing}")
 
 
-def register(bp: Blueprint, selector_rule: str, current, form, page) -> None:
+def register(bp: Blueprint, selector_rule: str, current: Callable[[str], Grant | None],
+             form: Callable[..., Response], page: Callable[..., Response]) -> None:
 
     @bp.post(f"/{selector_rule}/shares")
     def make_share(selector: str) -> Response:

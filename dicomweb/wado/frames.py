@@ -58,7 +58,7 @@ def _frame_reader(info: InstanceInfo) -> Callable[[int], bytes]:
         if not is_native(info.transfer_syntax):
             raise
     ds = archive.dataset(info)
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
 
     def native(n: int) -> bytes:
         from storage.frames import FrameNotFound

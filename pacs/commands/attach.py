@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from pacs.cli import Context
     from storage.archive import StoreResult
 
 
@@ -41,7 +42,7 @@ def _is_note(path: Path) -> bool:
               help="Study Instance UID of this patient's study the files discuss (recorded as a "
                    "Referenced Study Sequence; in notes also as an SR content item).")
 @click.pass_obj
-def cli(ctx, files: tuple[Path, ...], patient_id: str, patient_name: str | None, issuer: str,
+def cli(ctx: Context, files: tuple[Path, ...], patient_id: str, patient_name: str | None, issuer: str,
         birth_date: str, sex: str, study_uid: str | None, new_study: bool, description: str,
         title: str | None, references: tuple[str, ...], about: str | None) -> None:
     """Store FILE... (PDF, photos incl. HEIC and multi-page scans, MP4/MOV video, WAV/MP3/M4A/Ogg

@@ -4,6 +4,7 @@ blobs at full redundancy (storage/blobjobs.py). Each job resumes where an interr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import click
 
@@ -11,7 +12,7 @@ from pacs.cli import Context, pass_ctx
 from storage.errors import ArchiveError
 
 
-def _report(counts) -> None:  # noqa: ANN001
+def _report(counts: Mapping[str, int]) -> None:
     for name, n in sorted(counts.items()):
         click.echo(f"{name}: {n}")
 

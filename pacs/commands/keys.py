@@ -40,7 +40,10 @@ def rotate(ctx: Context) -> None:
         click.echo(f"saved to {r.saved_to}. BACK IT UP NOW.")
     else:
         click.echo("The master key comes from PACS_MASTER_KEY: set it to this ring before the next start:")
-        click.echo(",".join(line for line in r.ring.dumps().splitlines()  # type: ignore[attr-defined]
+        from storage.keys import MasterKeyRing
+
+        assert isinstance(r.ring, MasterKeyRing)  # a ring from the environment: bytes in this process
+        click.echo(",".join(line for line in r.ring.dumps().splitlines()
                             if not line.startswith("#")))
 
 

@@ -6,12 +6,15 @@ import dataclasses
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from pacs.cli import Context, pass_ctx
 from storage.errors import ArchiveError
+
+if TYPE_CHECKING:
+    from storage.letters import IssuedLetter
 
 
 def base_url(ctx: Context) -> str:
@@ -19,7 +22,7 @@ def base_url(ctx: Context) -> str:
     return ctx.settings.public_url or f"{scheme}://localhost:{ctx.settings.http_port}"
 
 
-def _addressed(ctx: Context, issued: Any) -> Any:
+def _addressed(ctx: Context, issued: IssuedLetter) -> IssuedLetter:
     """The issued letter with its page's address under this server's public URL."""
     from dicomweb.patient import letter_url
 
@@ -37,7 +40,7 @@ def _patient(ctx: Context, patient_id: str, issuer: str) -> int:
         raise click.ClickException(str(exc)) from None
 
 
-def _print(issued, pdf: Path | None) -> None:
+def _print(issued: IssuedLetter, pdf: Path | None) -> None:
     click.echo(f"letter:      {issued.letter_id}")
     click.echo(f"url:         {issued.url}")
     click.echo(f"access code: {issued.access_code}")
@@ -61,7 +64,7 @@ def _check_email(ctx: Context, email: str | None) -> None:
         raise click.UsageError(f"--email: {exc}") from None
 
 
-def _email(ctx: Context, issued, email: str | None) -> None:
+def _email(ctx: Context, issued: IssuedLetter, email: str | None) -> None:
     """Mail the letter's URL (pacs/mail.py); a failure is reported and audited, the letter stays."""
     if email is None:
         return
@@ -76,7 +79,7 @@ def _email(ctx: Context, issued, email: str | None) -> None:
     click.echo(f"email:       sent to {email}")
 
 
-def write_pdf(issued, path: Path) -> None:
+def write_pdf(issued: IssuedLetter, path: Path) -> None:
     """A one-page letter a provider can print and mail (reportlab)."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm

@@ -7,6 +7,7 @@ again. The server may keep running meanwhile: searches read every row until the 
 from __future__ import annotations
 
 import sys
+from typing import Never
 
 import click
 
@@ -25,7 +26,7 @@ def cli(ctx: Context, restart: bool, batch: int, quiet: bool) -> None:
     from storage.reindex import reindex
 
     archive = ctx.archive()
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, tqdm[Never]] = {}  # progress bars over no iterable
 
     def progress(level: str, done: int, total: int) -> None:
         bar = bars.get(level)

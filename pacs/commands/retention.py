@@ -15,10 +15,14 @@ import logging
 import os
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from pacs.cli import Context, pass_ctx
+
+if TYPE_CHECKING:
+    from storage.retention import Due
 
 log = logging.getLogger("pacs.retention")
 
@@ -28,7 +32,7 @@ def cli() -> None:
     """Retention of patient records (retention_years after the latest study date or receipt)."""
 
 
-def _line(verb: str, p) -> str:  # storage.retention.Due
+def _line(verb: str, p: Due) -> str:
     study = (f"{p.last_study_date[:4]}-{p.last_study_date[4:6]}-{p.last_study_date[6:]}"
              if p.last_study_date else "-")
     return (f"{verb}: patient {p.patient_ref} (last study {study}, last receipt "

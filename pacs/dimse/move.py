@@ -45,8 +45,9 @@ def install() -> None:
     def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
         known = getattr(self.assoc, _MOVING_TO, None)
         if known and isinstance(primitive, C_MOVE) and primitive.Status == MOVE_DESTINATION_UNKNOWN:
-            primitive.Status = MOVE_OUT_OF_RESOURCES_SUBOPS
-            primitive.ErrorComment = f"could not connect to move destination {known}"[:64]
+            reply: Any = primitive  # pynetdicom's C_MOVE declares ErrorComment as None only
+            reply.Status = MOVE_OUT_OF_RESOURCES_SUBOPS
+            reply.ErrorComment = f"could not connect to move destination {known}"[:64]
         original(self, primitive, context_id)
 
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]

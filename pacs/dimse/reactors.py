@@ -42,9 +42,14 @@ from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dul as _dul
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from . import sockets
 from .guard import require, source
+
+# The two modules whose ``time`` (imported there, not exported) our clock proxies replace.
+_dul_module: Any = _dul
+_association_module: Any = _association
 
 #: Longest a reactor sleeps without an event (bounds timer granularity).
 IDLE_WAIT = 0.05
@@ -52,7 +57,7 @@ IDLE_WAIT = 0.05
 MAX_QUEUED_PDATA = 64
 
 
-class WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class WakingQueue(queue.Queue[Any]):
     """A queue that calls ``wake()`` after each ``put``."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
@@ -191,9 +196,10 @@ def check() -> None:
     assoc_init = source(_association.Association.__init__)
     require("_reactor_checkpoint" in assoc_init and "self._kill" in assoc_init,
             "Association has no _reactor_checkpoint or _kill")
-    require("_is_connected" in source(sockets.AssociationSocket.__init__),
+    require("_is_connected" in source(AssociationSocket.__init__),
             "AssociationSocket has no _is_connected")
-    require(_dul.time is time and _association.time is time, "reactor modules' time patched")
+    require(_dul_module.time is time and _association_module.time is time,
+            "reactor modules' time patched")
 
 
 def install() -> None:
@@ -248,7 +254,7 @@ def _install_dul() -> None:
     cls.run_reactor = run_reactor  # type: ignore[method-assign]
     cls.kill_dul = kill_dul  # type: ignore[method-assign]
     cls.stop_dul = stop_dul  # type: ignore[method-assign]
-    _dul.time = _TimeProxy(_dul_sleep)  # type: ignore[assignment]
+    _dul_module.time = _TimeProxy(_dul_sleep)
 
 
 def _install_association() -> None:
@@ -269,4 +275,4 @@ def _install_association() -> None:
 
     cls.__init__ = __init__  # type: ignore[method-assign]
     cls.kill = kill  # type: ignore[method-assign]
-    _association.time = _TimeProxy(_assoc_sleep)  # type: ignore[assignment]
+    _association_module.time = _TimeProxy(_assoc_sleep)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pynetdicom import _config, dimse_messages
+from pynetdicom.events import Event
 
 from storage.errors import disk_full
 from storage.spool import EncryptedSpool
@@ -50,7 +51,9 @@ _LOCK = threading.Lock()
 _DIR: list[Path | None] = [None]
 _COUNTER = itertools.count()
 _INSTALLED: list[bool] = [False]
-_PYNETDICOMS_OWN = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+# The module we patch, untyped: its NamedTemporaryFile (tempfile's) is replaced by our factory.
+_messages: Any = dimse_messages
+_PYNETDICOMS_OWN = _messages.NamedTemporaryFile
 
 
 def new_spool() -> EncryptedSpool:
@@ -122,24 +125,24 @@ def check() -> None:
 
 
 def install() -> None:
-    dimse_messages.NamedTemporaryFile = _factory  # type: ignore[attr-defined]
+    _messages.NamedTemporaryFile = _factory
     _config.STORE_RECV_CHUNKED_DATASET = True
     _INSTALLED[0] = True
 
 
 def uninstall() -> None:
     """Back to pynetdicom's receive in memory (benchmarks and tests that measure or need that)."""
-    dimse_messages.NamedTemporaryFile = _PYNETDICOMS_OWN  # type: ignore[attr-defined]
+    _messages.NamedTemporaryFile = _PYNETDICOMS_OWN
     _config.STORE_RECV_CHUNKED_DATASET = False
     _INSTALLED[0] = False
 
 
 def is_installed() -> bool:
     """True once pynetdicom writes received data sets into our spool (this process)."""
-    return _INSTALLED[0] and dimse_messages.NamedTemporaryFile is _factory  # type: ignore[attr-defined]
+    return _INSTALLED[0] and _messages.NamedTemporaryFile is _factory
 
 
-def received(event: Any) -> BinaryIO | bytes:
+def received(event: Event) -> BinaryIO | bytes:
     """The received object of an EVT_C_STORE as Part 10 (preamble, File Meta, data set as received).
 
     Patched: a stream over our spool (raises FileNotFoundError for an unknown spool, or the OSError

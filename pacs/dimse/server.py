@@ -35,6 +35,7 @@ class DimseServer(ThreadedAssociationServer):
     def server_bind(self) -> None:
         """Set SO_REUSEPORT when asked, then bind as pynetdicom does."""
         if self.reuse_port:
+            assert self.socket is not None  # socketserver made it in __init__
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -57,6 +58,7 @@ class SharedSocketServer(DimseServer):
     listen_socket: socket.socket
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # socketserver made it in __init__
         self.socket.close()
         self.socket = self.listen_socket
         self.socket.setblocking(False)
@@ -66,6 +68,7 @@ class SharedSocketServer(DimseServer):
         """The parent listens already."""
 
     def server_close(self) -> None:
+        assert self.socket is not None  # listen_socket, set in server_bind
         self.socket.close()
 
 
@@ -108,6 +111,7 @@ def make_server(
         ssl_context=ssl_context,
         server_class=server_class,
     )
+    assert isinstance(server, DimseServer)  # pynetdicom built it of server_class
     server.fast_store = fast_store if fastpath.is_installed() else None
     servers = getattr(ae, "_servers", None)
     if isinstance(servers, list):  # so that ae.shutdown() stops it too

@@ -110,10 +110,12 @@ def check() -> None:
 
 def install() -> None:
     orig_init = AssociationSocket.__init__
-    orig_ready = AssociationSocket.ready.fget
+    ready_property: Any = AssociationSocket.ready  # a property (typeshed: the getter)
+    orig_ready = ready_property.fget
     orig_connect = AssociationSocket.connect
 
-    def __init__(self: AssociationSocket, *args: Any, **kwargs: Any) -> None:
+    # ``self: Any``: the patched socket carries an attribute of ours (_pacs_rx).
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         self._pacs_rx = RxBuffer()
         orig_init(self, *args, **kwargs)
         set_nodelay(self.socket)
@@ -122,13 +124,14 @@ def install() -> None:
         set_nodelay(self.socket)
         orig_connect(self, primitive)
 
-    def ready(self: AssociationSocket) -> bool:
+    def ready(self: Any) -> bool:
         if self.socket is not None and self._pacs_rx.pending():
             return True
         return bool(orig_ready(self))
 
-    def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-        return self._pacs_rx.read(self.socket, nr_bytes)
+    def recv(self: Any, nr_bytes: int) -> bytearray:
+        rx: RxBuffer = self._pacs_rx
+        return rx.read(self.socket, nr_bytes)
 
     AssociationSocket.__init__ = __init__  # type: ignore[method-assign]
     AssociationSocket.connect = connect  # type: ignore[method-assign]

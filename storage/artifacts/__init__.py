@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict
 
 import pydicom
 from pydicom.uid import UID
@@ -126,6 +126,17 @@ def encapsulate(
     return objects[0]
 
 
+class _Described(TypedDict):
+    """What every ``encapsulate_*`` takes by keyword besides its own options."""
+
+    patient: PatientInfo
+    study: StudyInfo
+    filename: str
+    title: str
+    series_description: str
+    content_datetime: datetime
+
+
 def encapsulate_all(
     data: bytes,
     *,
@@ -159,7 +170,7 @@ def encapsulate_all(
     name = safe_filename(filename, _DEFAULT_NAMES.get(kind, "image." + kind.split("/")[1]))
     when = content_datetime or datetime.now().astimezone()
     doc_title = name if title is None else title
-    common = {
+    common: _Described = {
         "patient": patient,
         "study": study,
         "filename": name,

@@ -56,6 +56,59 @@ def _data_chunk(data: bytes) -> tuple[int, int]:
     raise InvalidArtifact("the WAV has no data chunk (truncated?)")
 
 
+def waveform_dataset(
+    samples: bytes,
+    *,
+    channels: int,
+    width: int,
+    frames: int,
+    rate: int,
+    originality: str,
+    patient: PatientInfo,
+    study: StudyInfo,
+    title: str,
+    series_description: str,
+    content_datetime: datetime,
+) -> Dataset:
+    """A General Audio Waveform object of interleaved linear PCM ``samples``: 1 or 2 channels of
+    ``width`` bytes each (8-bit unsigned, 16-bit signed), one multiplex group (PS3.3 A.34.2)."""
+    ds = base_dataset(
+        sop_class_uid=GENERAL_AUDIO_WAVEFORM_STORAGE,
+        modality="AU",
+        patient=patient,
+        study=study,
+        series_description=series_description,
+        content_datetime=content_datetime,
+    )
+    # Waveform Identification (C.10.8)
+    ds.AcquisitionDateTime = content_datetime.strftime("%Y%m%d%H%M%S")
+    ds.AcquisitionContextSequence = []  # Acquisition Context (C.7.6.14), type 2
+    group = Dataset()
+    group.WaveformOriginality = originality  # DERIVED when decoded from a coded file (C.10.9.1.1)
+    group.NumberOfWaveformChannels = channels
+    group.NumberOfWaveformSamples = frames
+    group.SamplingFrequency = str(rate)
+    group.MultiplexGroupLabel = title[:64] if title else "Audio"
+    group.ChannelDefinitionSequence = []
+    for label in _LABELS[channels]:
+        ch = Dataset()
+        ch.ChannelLabel = label
+        src = Dataset()
+        src.CodeValue = codes.DCM.Voice.value
+        src.CodingSchemeDesignator = "DCM"
+        src.CodeMeaning = codes.DCM.Voice.meaning
+        ch.ChannelSourceSequence = [src]
+        ch.ChannelSampleSkew = "0"  # channels are sampled together (C.10.9.1.4.3)
+        ch.WaveformBitsStored = 8 * width
+        group.ChannelDefinitionSequence.append(ch)
+    group.WaveformBitsAllocated = 8 * width
+    group.WaveformSampleInterpretation = _INTERPRETATION[width]
+    group.WaveformData = samples + b"\x00" if len(samples) % 2 else samples
+    group["WaveformData"].VR = "OB" if width == 1 else "OW"
+    ds.WaveformSequence = [group]
+    return ds
+
+
 def encapsulate_wav(
     data: bytes,
     *,
@@ -87,41 +140,9 @@ def encapsulate_wav(
     if n == 0 or size < n:
         raise InvalidArtifact("the WAV has no samples or is truncated")
     samples = data[offset : offset + n]
-
-    ds = base_dataset(
-        sop_class_uid=GENERAL_AUDIO_WAVEFORM_STORAGE,
-        modality="AU",
-        patient=patient,
-        study=study,
-        series_description=series_description,
-        content_datetime=content_datetime,
-    )
-    # Waveform Identification (C.10.8)
-    ds.AcquisitionDateTime = content_datetime.strftime("%Y%m%d%H%M%S")
-    ds.AcquisitionContextSequence = []  # Acquisition Context (C.7.6.14), type 2
-    group = Dataset()
-    group.WaveformOriginality = "ORIGINAL"
-    group.NumberOfWaveformChannels = channels
-    group.NumberOfWaveformSamples = frames
-    group.SamplingFrequency = str(rate)
-    group.MultiplexGroupLabel = title[:64] if title else "Audio"
-    group.ChannelDefinitionSequence = []
-    for label in _LABELS[channels]:
-        ch = Dataset()
-        ch.ChannelLabel = label
-        src = Dataset()
-        src.CodeValue = codes.DCM.Voice.value
-        src.CodingSchemeDesignator = "DCM"
-        src.CodeMeaning = codes.DCM.Voice.meaning
-        ch.ChannelSourceSequence = [src]
-        ch.ChannelSampleSkew = "0"  # channels are sampled together (C.10.9.1.4.3)
-        ch.WaveformBitsStored = 8 * width
-        group.ChannelDefinitionSequence.append(ch)
-    group.WaveformBitsAllocated = 8 * width
-    group.WaveformSampleInterpretation = _INTERPRETATION[width]
-    group.WaveformData = samples + b"\x00" if len(samples) % 2 else samples
-    group["WaveformData"].VR = "OB" if width == 1 else "OW"
-    ds.WaveformSequence = [group]
+    ds = waveform_dataset(samples, channels=channels, width=width, frames=frames, rate=rate,
+                          originality="ORIGINAL", patient=patient, study=study, title=title,
+                          series_description=series_description, content_datetime=content_datetime)
     prov = Provenance(MEDIA_TYPE, filename, data, prefix=data[:offset], suffix=data[offset + n :])
     record_provenance(ds, prov)
     return finish(ds, ExplicitVRLittleEndian)

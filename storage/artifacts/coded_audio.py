@@ -17,14 +17,13 @@ from datetime import datetime
 
 import av
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from .audio import waveform_dataset
 from .common import (
     DICOM_MAX_VALUE_LENGTH,
     EL_ORIGINAL_BYTES,
     Provenance,
-    base_dataset,
     finish,
     private_value,
     record_provenance,
@@ -32,7 +31,6 @@ from .common import (
 from .errors import ArtifactTooLarge, InvalidArtifact, UnsupportedArtifact
 from .model import Original, PatientInfo, StudyInfo
 
-GENERAL_AUDIO_WAVEFORM_STORAGE = "1.2.840.10008.5.1.4.1.1.9.4.2"
 MAX_RATE = 44100
 # media type -> (PyAV container format names that fit it, codecs accepted in it)
 CODED_AUDIO: dict[str, tuple[set[str], set[str]]] = {
@@ -95,40 +93,11 @@ def encapsulate_coded_audio(
     content_datetime: datetime,
 ) -> Dataset:
     """A General Audio Waveform object: decoded PCM, the coded original kept privately."""
-    samples, channels, rate = _decode(data, media_type)
-    ds = base_dataset(
-        sop_class_uid=GENERAL_AUDIO_WAVEFORM_STORAGE,
-        modality="AU",
-        patient=patient,
-        study=study,
-        series_description=series_description,
-        content_datetime=content_datetime,
-    )
-    ds.AcquisitionDateTime = content_datetime.strftime("%Y%m%d%H%M%S")  # C.10.8
-    ds.AcquisitionContextSequence = []  # C.7.6.14, type 2
-    group = Dataset()
-    group.WaveformOriginality = "DERIVED"  # decoded from the coded file (C.10.9.1.1)
-    group.NumberOfWaveformChannels = channels
-    group.NumberOfWaveformSamples = len(samples) // (2 * channels)
-    group.SamplingFrequency = str(rate)
-    group.MultiplexGroupLabel = title[:64] if title else "Audio"
-    group.ChannelDefinitionSequence = []
-    for label in (["Mono"] if channels == 1 else ["Left", "Right"]):
-        ch = Dataset()
-        ch.ChannelLabel = label
-        src = Dataset()
-        src.CodeValue = codes.DCM.Voice.value
-        src.CodingSchemeDesignator = "DCM"
-        src.CodeMeaning = codes.DCM.Voice.meaning
-        ch.ChannelSourceSequence = [src]
-        ch.ChannelSampleSkew = "0"
-        ch.WaveformBitsStored = 16
-        group.ChannelDefinitionSequence.append(ch)
-    group.WaveformBitsAllocated = 16
-    group.WaveformSampleInterpretation = "SS"
-    group.WaveformData = samples
-    group["WaveformData"].VR = "OW"
-    ds.WaveformSequence = [group]
+    samples, channels, rate = _decode(data, media_type)  # 16-bit signed, 1 or 2 channels
+    ds = waveform_dataset(samples, channels=channels, width=2, frames=len(samples) // (2 * channels),
+                          rate=rate, originality="DERIVED", patient=patient, study=study,
+                          title=title, series_description=series_description,
+                          content_datetime=content_datetime)
     record_provenance(ds, Provenance(media_type, filename, data, keep_bytes=True, after_pixels=True))
     return finish(ds, ExplicitVRLittleEndian)
 

@@ -195,7 +195,7 @@ def private_value(ds: Dataset, element: int) -> object | None:
             continue
         if block.get_tag(element) not in ds:
             continue
-        value = block[element].value
+        value: object = block[element].value
         if isinstance(value, bytes | bytearray) and block[element].VR in ("OB", "UN"):
             return bytes(value)
         return value

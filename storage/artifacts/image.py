@@ -292,8 +292,9 @@ def extract_image(ds: Dataset, filename: str, size: int | None) -> Original:
     kept = private_value(ds, EL_ORIGINAL_BYTES)
     declared = private_value(ds, EL_MEDIA_TYPE)
     if isinstance(kept, bytes) and declared:
-        size = private_value(ds, EL_SIZE)
-        return Original(kept[:size] if isinstance(size, int) else kept, str(declared), filename)
+        kept_size = private_value(ds, EL_SIZE)
+        return Original(kept[:kept_size] if isinstance(kept_size, int) else kept, str(declared),
+                        filename)
     if ts.is_compressed:
         if ts not in (JPEGBaseline8Bit, JPEGExtended12Bit):
             raise UnsupportedArtifact(f"cannot extract an image in transfer syntax {ts.name}")

@@ -64,7 +64,8 @@ def rtf_text(data: bytes) -> str:
     if source.count("{") != source.count("}") or not source.rstrip("\x00\r\n ").endswith("}"):
         raise InvalidArtifact("the RTF is truncated (unbalanced braces)")
     try:
-        return rtf_to_text(source, errors="replace").strip()
+        text: str = rtf_to_text(source, errors="replace")
+        return text.strip()
     except (ValueError, IndexError) as exc:
         raise InvalidArtifact(f"the RTF cannot be read: {exc}") from exc
 

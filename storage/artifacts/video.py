@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -27,6 +28,8 @@ from itertools import islice
 from typing import BinaryIO
 
 import av
+from av.audio.stream import AudioStream
+from av.container import InputContainer, OutputContainer
 from pydicom import Dataset
 from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import (
@@ -112,6 +115,7 @@ def has_video(data: bytes | BinaryIO) -> bool:
 def probe_video(data: bytes | BinaryIO) -> VideoInfo:
     """Describe the first video stream of an MP4/MOV, in memory or a seekable file (no frame is
     decoded; the packets are counted when the container does not say)."""
+    source: BinaryIO
     if isinstance(data, bytes):
         whole, source = mp4_length(data) == len(data), io.BytesIO(data)
     else:
@@ -123,7 +127,7 @@ def probe_video(data: bytes | BinaryIO) -> VideoInfo:
             "the video is truncated or has trailing bytes (its boxes do not cover the file)"
         )
     try:
-        with av.open(source) as container:
+        with av.open(source, "r") as container:
             if not container.streams.video:
                 raise UnsupportedArtifact("the file has no video stream")
             stream = container.streams.video[0]
@@ -220,23 +224,36 @@ def mp4_length(data: bytes) -> int:
     return pos
 
 
-def _convert(source: bytes | BinaryIO, sink: BinaryIO, work, options: dict | None = None) -> None:
+def stored_as_is(info: VideoInfo, media_type: str) -> tuple[str | None, bool]:
+    """The transfer syntax the stream fits (None: none), and whether the file is stored as it came
+    (an MP4 declared as one, its stream fitting); otherwise it is remuxed if it fits, else
+    transcoded, and the original is kept too."""
+    try:
+        ts: str | None = transfer_syntax_for(info)
+    except UnsupportedArtifact:
+        ts = None
+    return ts, ts is not None and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4")
+
+
+def _convert(source: bytes | BinaryIO, sink: BinaryIO | io.RawIOBase,
+             work: Callable[[InputContainer, OutputContainer], None],
+             options: dict[str, str] | None = None) -> None:
     """Open ``source`` and an MP4 muxer on ``sink``; ``work(input, output)`` moves the packets."""
     src = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         src.seek(0)
-        with av.open(src) as inp, av.open(sink, "w", format="mp4", options=options or {}) as out:
+        with av.open(src, "r") as inp, av.open(sink, "w", format="mp4", options=options or {}) as out:
             work(inp, out)
     except av.error.FFmpegError as exc:
         raise InvalidArtifact(f"the video cannot be converted (corrupt?): {exc}") from exc
 
 
-def _audio_to_copy(source):
+def _audio_to_copy(source: InputContainer) -> AudioStream | None:
     audio = source.streams.audio
     return audio[0] if audio and audio[0].codec_context.name in _COPY_AUDIO else None
 
 
-def _remux(source, out) -> None:
+def _remux(source: InputContainer, out: OutputContainer) -> None:
     """The same video (and AAC/MP3 audio) packets into ``out``: no decoding, no loss."""
     pairs = {}
     for stream in filter(None, [source.streams.video[0], _audio_to_copy(source)]):
@@ -255,7 +272,7 @@ def _fit(width: int, height: int) -> tuple[int, int]:
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-def _transcode(source, out) -> None:
+def _transcode(source: InputContainer, out: OutputContainer) -> None:
     """H.264 High Profile 8-bit 4:2:0 (level 4.1, 4.2 above 30 frames/s) into ``out``, one frame
     decoded at a time; AAC/MP3 audio copied."""
     vin = source.streams.video[0]
@@ -272,13 +289,14 @@ def _transcode(source, out) -> None:
     streams = [vin] + ([ain] if ain is not None else [])
     tick, count = 1 / Fraction(rate), 0
     for packet in source.demux(*streams):
-        if packet.stream is ain:
+        if aout is not None and packet.stream is ain:  # aout: ain's copy
             if packet.dts is not None:
                 packet.stream = aout
                 out.mux(packet)
             continue
-        for frame in packet.decode():
-            frame = frame.reformat(width=width, height=height, format="yuv420p")
+        for decoded in packet.decode():
+            assert isinstance(decoded, av.VideoFrame)  # the one stream left is the video
+            frame = decoded.reformat(width=width, height=height, format="yuv420p")
             frame.pts, frame.time_base = count, tick  # frames in order, constant rate
             count += 1
             out.mux(vout.encode(frame))
@@ -312,15 +330,11 @@ def encapsulate_video(
 ) -> Dataset:
     """A Video Photographic Image object for an MP4 or MOV, as this module's docstring says."""
     info = probe_video(data)
-    try:
-        ts = transfer_syntax_for(info)
-        fits = True
-    except UnsupportedArtifact:
-        fits = False
-    if fits and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4"):
-        mp4, kept = data, False
+    fitting, as_is = stored_as_is(info, media_type)
+    if as_is and fitting is not None:
+        mp4, kept, ts = data, False, fitting
     else:
-        mp4 = remux_to_mp4(data) if fits else transcode_to_h264(data)
+        mp4 = remux_to_mp4(data) if fitting is not None else transcode_to_h264(data)
         info = probe_video(mp4)
         ts, kept = transfer_syntax_for(info), True
     ds = _video_dataset(mp4, info, ts, patient=patient, study=study, title=title,

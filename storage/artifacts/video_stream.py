@@ -40,7 +40,6 @@ from .detect import detect_media_type
 from .errors import ArtifactError, ArtifactTooLarge, UnsupportedArtifact
 from .model import PatientInfo, StudyInfo
 from .video import (
-    MEDIA_TYPE,
     VIDEO_MEDIA_TYPES,
     _convert,
     _remux,
@@ -48,6 +47,7 @@ from .video import (
     _video_dataset,
     has_video,
     probe_video,
+    stored_as_is,
     transfer_syntax_for,
 )
 
@@ -58,14 +58,15 @@ _FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 class _WriteOnly(io.RawIOBase):
     """A sink FFmpeg cannot seek in (so the MP4 muxer writes fragments front to back)."""
 
-    def __init__(self, sink: BinaryIO):
+    def __init__(self, sink: BinaryIO) -> None:
         super().__init__()
         self._sink = sink
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    # Narrower than RawIOBase.write's buffer: FFmpeg writes bytes.
+    def write(self, data: bytes) -> int:  # type: ignore[override]
         return self._sink.write(data)
 
 
@@ -138,16 +139,14 @@ def write_video(
     if size > DICOM_MAX_VALUE_LENGTH - 1:
         raise ArtifactTooLarge(f"the video is {size} bytes; one DICOM fragment holds < 4 GiB")
     info = probe_video(src)
-    try:
-        ts = transfer_syntax_for(info)
-        fits = True
-    except UnsupportedArtifact:
-        fits = False
-    kept = not (fits and media_type == MEDIA_TYPE and info.container.startswith("mov,mp4"))
+    fitting, as_is = stored_as_is(info, media_type)
+    kept = not as_is
     pixels: BinaryIO = src
-    if kept:
+    if as_is and fitting is not None:
+        ts = fitting
+    else:
         pixels = new_sink()
-        _convert(src, _WriteOnly(pixels), _remux if fits else _transcode, _FRAGMENTED)
+        _convert(src, _WriteOnly(pixels), _remux if fitting is not None else _transcode, _FRAGMENTED)
         pixels.seek(0)
         info = probe_video(pixels)
         ts = transfer_syntax_for(info)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     event,
 )
 
@@ -23,11 +24,11 @@ def _serialise_sqlite_writes(engine: Any) -> None:
     """SQLite: every write transaction takes the write lock at BEGIN (no deadlocking upgrades)."""
 
     @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_conn, _record):
+    def _no_implicit_begin(dbapi_conn: Any, _record: object) -> None:  # a DBAPI connection
         dbapi_conn.isolation_level = None
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):
+    def _begin_immediate(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -99,7 +99,8 @@ class IndexRows(ArchiveState):
                 self._rekey(p, key_id, dek)
             p.key_id = key_id
         p.patient_ref = patient_id
-        p.outcome = dataclasses.replace(p.outcome, patient_ref=patient_id)  # type: ignore[arg-type]
+        assert isinstance(p.outcome, StoreResult)  # not failed: it is being indexed
+        p.outcome = dataclasses.replace(p.outcome, patient_ref=patient_id)
         return dek or None
 
     def _check_study_owner(self, study_uid: str, patient_ref: int) -> None:

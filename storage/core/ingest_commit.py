@@ -53,7 +53,7 @@ class Ingest(ArchiveState):
 
     # -- ingest ---------------------------------------------------------------------------------------
 
-    def store(self, source: bytes | BinaryIO | os.PathLike | str, *, actor: str = "",
+    def store(self, source: bytes | BinaryIO | os.PathLike[str] | str, *, actor: str = "",
               origin: str = "", content_type: str = "") -> StoreResult:
         """Store one DICOM Part 10 object exactly as received. Raises BadInput, Duplicate, Conflict."""
         [result] = self.store_many([source], actor=actor, origin=origin, content_type=content_type)
@@ -64,7 +64,7 @@ class Ingest(ArchiveState):
                 result = None  # type: ignore[assignment]
         return result
 
-    def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike | str], *, actor: str = "",
+    def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike[str] | str], *, actor: str = "",
                    origin: str = "", content_type: str = "",
                    study_uid: str | None = None) -> list[StoreResult | ArchiveError]:
         """Store several objects; their blobs are written one by one, then indexed in one transaction.
@@ -236,7 +236,7 @@ class Ingest(ArchiveState):
                     self._created([p])
                     break
                 except self._integrity_errors:
-                    if self._has_instance(p.outcome.sop_instance_uid):  # type: ignore[union-attr]
+                    if self._has_instance(p.outcome.sop_instance_uid):
                         p.fail(Duplicate("SOP Instance was stored concurrently"))
                         break
                     if attempt == 1:
@@ -291,7 +291,7 @@ class Ingest(ArchiveState):
                                                      durable=self.settings.fsync)
 
 
-def _open_source(source: bytes | BinaryIO | os.PathLike | str) -> tuple[BinaryIO, bool]:
+def _open_source(source: bytes | BinaryIO | os.PathLike[str] | str) -> tuple[BinaryIO, bool]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(source), True
     if isinstance(source, (str, os.PathLike)):

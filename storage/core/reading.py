@@ -91,8 +91,11 @@ class Reading(ArchiveState):
 
     def _info(self, s: Session, inst: Instance) -> InstanceInfo:
         series = s.get(Series, inst.series_id)
+        assert series is not None  # the foreign keys hold the rows together
         study = s.get(Study, series.study_id)
+        assert study is not None
         patient = s.get(Patient, study.patient_id)
+        assert patient is not None
         return _info(inst, series, study, patient)
 
     def open(self, info: InstanceInfo) -> DecryptingReader:
@@ -123,7 +126,7 @@ class Reading(ArchiveState):
     def find_patient(self, patient_id: str, issuer: str = "") -> int:
         """The patient row for an ID (exact); NotFound if unknown."""
         with self.sessions() as s:
-            p = s.scalars(select(Patient).where(
+            p: Patient | None = s.scalars(select(Patient).where(
                 Patient.pid_hash == self.vault.blind("pid", f"{issuer}|{patient_id}"))).first()
             if p is None:
                 raise NotFound("no such patient")

@@ -129,7 +129,7 @@ class Removal(ArchiveState):
         cutoff = time.time() - grace_seconds
         with self.sessions() as s:
             known = set(s.scalars(select(Instance.blob_key)).all())
-        n = self.blobs.sweep_incomplete(cutoff)  # S3 multipart uploads a crash left open
+        n: int = self.blobs.sweep_incomplete(cutoff)  # S3 multipart uploads a crash left open
         for key in list(self.blobs.keys(older_than=cutoff)):
             if key not in known:
                 self.blobs.delete(key)

@@ -13,17 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
+    from sqlalchemy.orm import Session
 
     from ..audit import AuditLog
     from ..blindindex import BlindIndex
     from ..blobstore import DatabaseBlobStore
     from ..config import Settings
+    from ..crypto import DecryptingReader
     from ..frames import FrameIndex
     from ..index.db import WriteLock
-    from ..newpatient import KnownPatients, NewPatients
+    from ..index.models import Instance
+    from ..newpatient import KnownPatients, NewPatient, NewPatients
     from ..query import QueryEngine
     from ..vault import Vault
-    from .records import _Pending
+    from .records import InstanceInfo, Scope, _Pending
     from .sealed import SealedBlobs
 
 
@@ -55,3 +58,23 @@ class ArchiveState:
     _frame_indexes: dict[str, FrameIndex]
     _frame_index_writes: queue.Queue[tuple[int, str, bytes]]
     _frame_index_writer: threading.Thread | None
+
+    if TYPE_CHECKING:  # what one room calls on another, for the type checker (defined where named)
+        # reading
+        def instances(self, study_uid: str | None = None, series_uid: str | None = None,
+                      sop_uid: str | None = None, scope: Scope | None = None
+                      ) -> list[InstanceInfo]: ...
+        def _info(self, s: Session, inst: Instance) -> InstanceInfo: ...
+        def open(self, info: InstanceInfo) -> DecryptingReader: ...
+        # index rows
+        def _patient_for(self, v: dict[str, Any], study_uid: str
+                         ) -> tuple[int | None, str, NewPatient | None]: ...
+        def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str,
+                   created: dict[bytes, tuple[int, str, bytes]]) -> None: ...
+        # ingest
+        def _rekey(self, p: _Pending, key_id: str, dek: bytes) -> None: ...
+        # frame cache
+        def _remember_frame_index(self, blob_key: str, index: FrameIndex) -> None: ...
+        # removal
+        def _delete_instances(self, ids: list[int]) -> int: ...
+        def _discard_blob(self, key: str) -> None: ...

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Location:
-    store: Any
+    store: Any  # a FileBlobStore or an S3BlobStore: each reads and writes through its own stream type
     name: str
     latency: float = 0.0  # moving average of recent requests, seconds
     down_until: float = 0.0  # after a failure, asked last for a while
@@ -131,13 +131,13 @@ class DispersedBlobStore:
             out[futures[f]] = TimeoutError(f"no answer within {self.timeout:g} s")
         return out
 
-    def _hung(self, i: int, f: cf.Future) -> None:
+    def _hung(self, i: int, f: cf.Future[Any]) -> None:
         """A request to location i outlived the timeout: skip i until it returns."""
         loc = self.locations[i]
         loc.failed("timeout")
         loc.hung += 1
 
-        def back(_: cf.Future) -> None:
+        def back(_: cf.Future[Any]) -> None:
             loc.hung -= 1
 
         f.add_done_callback(back)
@@ -151,7 +151,7 @@ class DispersedBlobStore:
                 report_missing: bool = True) -> dict[int, Any]:
         """``need`` successful fetches, fastest locations first; others asked on error or delay."""
         order = list(order if order is not None else self._ranked())
-        pending: dict[cf.Future, tuple[int, float]] = {}
+        pending: dict[cf.Future[Any], tuple[int, float]] = {}
         got: dict[int, Any] = {}
         errors: list[str] = []
 
@@ -221,7 +221,7 @@ class DispersedBlobStore:
     def create(self, key: str) -> _DispersedWriter:
         return _DispersedWriter(self, key)
 
-    def commit(self, fh: _DispersedWriter, durable: bool = True) -> int:  # type: ignore[override]
+    def commit(self, fh: _DispersedWriter, durable: bool = True) -> int:
         return fh.commit(durable)
 
     def sync(self, keys: list[str]) -> None:

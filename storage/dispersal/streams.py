@@ -74,7 +74,7 @@ class _DispersedWriter(io.RawIOBase):
         log.warning("dispersal: location %d (%s) failed a write (%s)", i,
                     self._store.locations[i].name, type(exc).__name__)
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         self._buf += data
         if len(self._buf) > self._batch:
@@ -175,7 +175,7 @@ class _DispersedReader(io.RawIOBase):
                     raise CorruptShare("share is truncated")
                 return geo, int(size), records
 
-        head.key = self._key  # type: ignore[attr-defined]
+        head.key = self._key  # type: ignore[attr-defined]  # read back by fetch_key()
         try:
             got = self._store._gather(self._guard(head), k, report_missing=False)
         except BlobStoreUnavailable:
@@ -220,7 +220,7 @@ class _DispersedReader(io.RawIOBase):
                 self._bad.add(i)
                 raise
 
-        run.key = self._key  # type: ignore[attr-defined]
+        run.key = self._key  # type: ignore[attr-defined]  # read back by fetch_key()
         return run
 
     def readable(self) -> bool:
@@ -320,7 +320,7 @@ class _DispersedReader(io.RawIOBase):
         self._pos += len(out)
         return out
 
-    def readinto(self, b: Any) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)

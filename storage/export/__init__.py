@@ -13,6 +13,7 @@ from storage.export.writer import (
     ExportSummary,
     OriginalFile,
     encrypting_writer,
+    is_export_format,
     write_export,
     write_zip,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "OpenPGPSymmetricWriter",
     "OriginalFile",
     "encrypting_writer",
+    "is_export_format",
     "write_export",
     "write_zip",
 ]

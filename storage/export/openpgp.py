@@ -68,7 +68,7 @@ def new_length(n: int) -> bytes:
 class _PartialBodyFramer:
     """Frame a packet body of unknown length with partial body lengths (RFC 4880 4.2.2.4)."""
 
-    def __init__(self, tag: int, sink: Callable[[bytes], None], chunk_pow: int = _CHUNK_POW) -> None:
+    def __init__(self, tag: int, sink: Callable[[bytes], object], chunk_pow: int = _CHUNK_POW) -> None:
         self._sink = sink
         self._size = 1 << chunk_pow
         self._prefix = bytes([224 + chunk_pow])

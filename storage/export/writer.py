@@ -14,7 +14,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, TypeGuard
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -29,6 +29,11 @@ from storage.export.pages import index_html, readme_text
 from storage.transfer_syntaxes import is_native_uncompressed  # deflates well; JPEG, MPEG... do not
 
 ExportFormat = Literal["gpg", "age", "zip"]
+
+
+def is_export_format(fmt: str) -> TypeGuard[ExportFormat]:
+    """Whether ``fmt`` names one of the formats :func:`write_export` writes."""
+    return fmt in ("gpg", "age", "zip")
 COPY_CHUNK = 1 << 20
 
 
@@ -79,8 +84,11 @@ class _Sink:
         self._out = None
 
     def flush(self) -> None:
-        if hasattr(self._out, "flush"):
+        if self._out is not None and hasattr(self._out, "flush"):
             self._out.flush()
+
+    def close(self) -> None:
+        """Nothing to close: ``out`` is the caller's (zipfile never closes a file it was given)."""
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
@@ -110,7 +118,7 @@ def _read_part10_head(src: BinaryIO) -> tuple[bytes, str]:
     return head, ts
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> int:
+def _copy(src: IO[bytes], dst: IO[bytes]) -> int:
     n = 0
     while chunk := src.read(COPY_CHUNK):
         dst.write(chunk)
@@ -123,7 +131,7 @@ def _member(name: str, deflate: bool, compresslevel: int | None) -> zipfile.ZipI
     if deflate and compresslevel is not None:
         info.compress_type = zipfile.ZIP_DEFLATED
         # what ZipFile.open(name, "w") itself sets on 3.11/3.12 (3.13 keeps it as an alias)
-        info._compresslevel = compresslevel  # type: ignore[attr-defined]
+        info._compresslevel = compresslevel  # type: ignore[attr-defined]  # private in typeshed
     return info
 
 
@@ -144,7 +152,7 @@ def write_zip(
     payload = 0
     compression = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
     sink = _Sink(out)
-    zf = zipfile.ZipFile(sink, "w", compression=compression, compresslevel=compresslevel, allowZip64=True)  # type: ignore[arg-type]
+    zf = zipfile.ZipFile(sink, "w", compression=compression, compresslevel=compresslevel, allowZip64=True)
     try:
         for item in items:
             if item.open is not None:
@@ -219,7 +227,7 @@ def write_export(
     with encrypting_writer(
         fmt, out, passcode, age_work_factor=age_work_factor, s2k_count_byte=s2k_count_byte
     ) as enc:
-        return write_zip(enc, items, patient_label=patient_label, compresslevel=compresslevel)  # type: ignore[arg-type]
+        return write_zip(enc, items, patient_label=patient_label, compresslevel=compresslevel)  # type: ignore[arg-type]  # a RawIOBase writer
 
 
 __all__ = [

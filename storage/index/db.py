@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ def make_engine(url: str) -> Engine:
                                pool_size=8, max_overflow=16)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):
+        def _sqlite_pragmas(conn: sqlite3.Connection, _record: object) -> None:
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we answer Success
@@ -77,11 +78,13 @@ def purge_deleted(engine: Engine, wait_ms: int = 30000) -> None:
             finally:
                 cur.execute("PRAGMA busy_timeout=30000")
         elif engine.dialect.name == "postgresql":
-            raw.driver_connection.autocommit = True
+            driver = raw.driver_connection
+            assert driver is not None  # a pooled connection that is open
+            driver.autocommit = True
             try:
                 cur.execute("VACUUM patient_keys")
             finally:
-                raw.driver_connection.autocommit = False
+                driver.autocommit = False
         cur.close()
     finally:
         raw.close()

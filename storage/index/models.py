@@ -8,6 +8,7 @@ for exact matching of identifiers (PatientID, AccessionNumber) without storing t
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -18,13 +19,16 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    pass
+    if TYPE_CHECKING:  # as SQLAlchemy declares its own (FromClause): for the type checker only
+        # Every model here is one table (no custom FROM): say so, for Core statements on it.
+        __table__: ClassVar[Table]
 
 
 class SystemKey(Base):

@@ -10,24 +10,30 @@ statements run on the same connection, inside the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+# Bind processors by parameter name: SQLAlchemy's per-type conversion of a Python value.
+_Processors = dict[str, Callable[[Any], Any]]
+_Entry = tuple[str, SQLCompiler, list[str] | None, _Processors]
 
 
 class Prepared:
     """One statement; compiled per dialect and set of value keys on first use."""
 
-    def __init__(self, stmt: ClauseElement):
+    def __init__(self, stmt: ClauseElement) -> None:
         self._stmt = stmt
-        self._compiled: dict[tuple[str, tuple[str, ...]], tuple[str, Any, list[str] | None, dict]] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Entry] = {}
 
-    def _compile(self, conn: Connection, keys: tuple[str, ...]) -> tuple[str, Any, list[str] | None, dict]:
+    def _compile(self, conn: Connection, keys: tuple[str, ...]) -> _Entry:
         dialect = conn.dialect
         compiled = self._stmt.compile(dialect=dialect, column_keys=list(keys))
-        processors = {}
+        assert isinstance(compiled, SQLCompiler)  # a DML statement compiles with the SQL compiler
+        processors: _Processors = {}
         for name, bind in compiled.binds.items():
             proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if proc is not None:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from .. import secrets
 from ..index.models import AccessFailure, AuditEvent, Letter, Patient
@@ -89,7 +90,7 @@ class Throttling:
             raise outcome
         return outcome
 
-    def _decide(self, s, selector: str, code: str, client_id: str,
+    def _decide(self, s: Session, selector: str, code: str, client_id: str,
                 now: datetime) -> Grant | AccessDenied:
         cf = s.get(AccessFailure, client_id, with_for_update=True)
         if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
@@ -135,7 +136,7 @@ class Throttling:
         return Grant(row.id, row.patient_ref, frozenset(studies) if studies else None)
 
     @staticmethod
-    def _count_client(s, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
+    def _count_client(s: Session, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
         if cf is None:
             s.add(AccessFailure(client=client_id, failures=1, last_failure_at=now))
         else:

@@ -8,7 +8,10 @@ from storage.index.models import Base
 config = context.config
 connection = config.attributes.get("connection")
 if connection is None:  # `alembic revision --autogenerate` from the command line
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("alembic: set sqlalchemy.url to the index database")
+    engine = create_engine(url)
     connection = engine.connect()
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
 with context.begin_transaction():
