@@ -32,29 +32,29 @@ from pacs.dimse import server, sockets
 from tests.tlscerts import make_pki
 
 
-def _identifiers(n: int) -> list[Dataset]:
+def _matches(n: int) -> list[dict]:
+    """What the archive would answer; one with a list value, which only pydicom encodes."""
     out = []
     for i in range(n):
-        ds = Dataset()
-        ds.QueryRetrieveLevel = "STUDY"
-        ds.StudyInstanceUID = generate_uid()
-        ds.PatientName = f"SMITH^JOHN{i}" if i % 2 else f"Müller^Zoë{i}"
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.PatientID = f"FR-{i:04d}"
-        ds.StudyDate = "20100101"
-        out.append(ds)
+        out.append({"StudyInstanceUID": generate_uid(), "PatientID": f"FR-{i:04d}",
+                    "PatientName": f"SMITH^JOHN{i}" if i % 2 else f"Müller^Zoë{i}",
+                    "StudyDate": "20100101"})
+    out[3]["PatientID"] = ["FR-0003", "ALT-3"]
     return out
 
 
 @pytest.fixture()
-def find_scp() -> Iterator[tuple[int, list[Dataset], list]]:
+def find_scp() -> Iterator[tuple[int, list[dict], list]]:
+    """A patched SCP answering C-FIND as pacs.find does (pacs.find.response per match)."""
+    from pacs.find import response
+
     assert dimse.install()
-    answers = _identifiers(7)
+    answers = _matches(7)
     sent: list = []
 
     def on_find(event: evt.Event):
-        for ds in answers:
-            yield 0xFF00, ds
+        for match in answers:
+            yield 0xFF00, response(match, event.identifier, "STUDY", "PACS")
 
     def on_pdu(event: evt.Event) -> None:
         sent.append(event.pdu)
@@ -93,8 +93,13 @@ def test_pending_find_responses_are_one_pdu_each_and_arrive_whole(find_scp) -> N
             got.append(identifier)
     assoc.release()
     assert statuses == [0xFF00] * len(answers) + [0x0000]
-    assert [(str(d.StudyInstanceUID), str(d.PatientName), d.PatientID) for d in got] == [
-        (str(d.StudyInstanceUID), str(d.PatientName), d.PatientID) for d in answers]
+    def pid(value) -> str:
+        return value if isinstance(value, str) else "\\".join(value)
+
+    assert [(str(d.StudyInstanceUID), str(d.PatientName), pid(d.PatientID), d.QueryRetrieveLevel)
+            for d in got] == [(m["StudyInstanceUID"], m["PatientName"], pid(m["PatientID"]), "STUDY")
+                              for m in answers]
+    assert all(d.SpecificCharacterSet == "ISO_IR 192" for d in got[::2])  # the non-ASCII names
     pdata = [p for p in sent if type(p).__name__ == "P_DATA_TF"]
     two_pdvs = [p for p in pdata if len(p.presentation_data_value_items) == 2]
     assert len(two_pdvs) == len(answers)  # command + identifier in one PDU per pending response
@@ -116,7 +121,8 @@ def test_dcmtk_findscu_reads_the_packed_responses(find_scp, tmp_path: Path) -> N
 
     files = sorted(tmp_path.glob("rsp*.dcm"))
     assert len(files) == len(answers)
-    assert sorted(pydicom.dcmread(f).PatientID for f in files) == sorted(d.PatientID for d in answers)
+    names = sorted(str(pydicom.dcmread(f).PatientName) for f in files)
+    assert names == sorted(m["PatientName"] for m in answers)
 
 
 def _queued(sock: socket.socket) -> int:
@@ -154,3 +160,42 @@ def test_a_tls_read_takes_every_record_already_there(tmp_path: Path) -> None:
         finally:
             ours.close()
             peer.close()
+
+
+def test_identifiers_encoded_here_are_the_bytes_pydicom_writes() -> None:
+    """pacs.find_encoding writes a response identifier byte for byte as pydicom does, in both VR
+    forms; what it cannot write (a DS value, a list) it leaves to pydicom."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    from pacs.find import response_elements, response_identifier
+    from pacs.find_encoding import encode_identifier
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    for kw in ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
+               "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "NumberOfStudyRelatedSeries",
+               "AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "PatientSex"):
+        setattr(ident, kw, "")
+    ident.InstanceAvailability = ""
+    ident.ProcedureCodeSequence = []
+    matches = [
+        {"StudyInstanceUID": "1.2.3.4", "PatientName": "SMITH^JOHN^A", "PatientID": "ID1",
+         "StudyDate": "20100101", "StudyTime": "101010.5", "StudyDescription": "MR Brain",
+         "ModalitiesInStudy": "MR\\SR", "NumberOfStudyRelatedInstances": 12,
+         "NumberOfStudyRelatedSeries": "3", "AccessionNumber": "", "PatientSex": "M"},
+        {"StudyInstanceUID": "1.2.3.45", "PatientName": "Müller^Zoë", "PatientID": "ÄB7",
+         "StudyDescription": "Genou gauche – IRM", "ReferringPhysicianName": "Ødegaard^Å"},
+        {"StudyInstanceUID": "1.2.840.99", "PatientName": None, "PatientBirthDate": "19700101"},
+    ]
+    for match in matches:
+        elements, utf8 = response_elements(match, ident, "STUDY", "PACS")
+        ds = response_identifier(match, ident, "STUDY", "PACS")
+        assert sorted(elements) == sorted(int(e.tag) for e in ds)
+        for implicit in (True, False):
+            ours = encode_identifier(elements, implicit=implicit, utf8=utf8)
+            assert ours is not None
+            assert ours == encode(ds, implicit, True, False)
+    assert encode_identifier({0x00081030: ("LO", ["A", "B"])}, implicit=True, utf8=False) is None
+    assert encode_identifier({0x00101020: ("DS", 1.5)}, implicit=True, utf8=False) is None
+    assert encode_identifier({0x00100010: ("PN", "Zoë")}, implicit=True, utf8=False) is None

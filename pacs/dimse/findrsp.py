@@ -16,8 +16,12 @@ with an error comment or other optional fields, one that does not fit in the pee
 length (then pynetdicom fragments it), and when a handler is bound to ``EVT_DIMSE_SENT`` (that
 event carries the DIMSE message object this path does not build).
 
+And ``service_class.encode`` (what the Q/R service encodes each identifier with) sends a
+:class:`PreEncoded` identifier as the bytes it brings (:mod:`pacs.find_encoding`; Little Endian
+transfer syntaxes, not deflated), building and encoding its pydicom Dataset only otherwise.
+
 Why: C-FIND with many matches spent most of its time per pending response in pynetdicom's
-encoding and queueing. Figure: see bench/README.md ("C-FIND pending responses").
+encoding and queueing, and in building and writing a pydicom Dataset per match. Figure: see bench/README.md ("C-FIND pending responses").
 
 Upstream: yes in spirit (caching an identical command set and packing small messages into one PDU
 are plain improvements).
@@ -25,10 +29,11 @@ are plain improvements).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
+from pynetdicom import evt, service_class
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
@@ -41,6 +46,39 @@ _PENDING = (0xFF00, 0xFF01)
 #: Optional response fields; a pending response with any of them set takes pynetdicom's path.
 _OPTIONAL = tuple(C_FIND.STATUS_OPTIONAL_KEYWORDS)
 _CACHE = "_pacs_find_rsp_command"  # on the DIMSE provider: (key, encoded command set)
+_INSTALLED: list[bool] = [False]
+
+
+def is_installed() -> bool:
+    """True once :class:`PreEncoded` identifiers are sent as their bytes (this process)."""
+    return _INSTALLED[0]
+
+
+class PreEncoded(Dataset):
+    """A C-FIND response identifier that brings its own encoding.
+
+    ``encoded(implicit_vr)`` returns its Little Endian bytes (None: not possible, then ``build()``
+    returns the pydicom Dataset to encode). As a Dataset it is empty: only the patched ``encode``
+    reads it, so yield one only while :func:`is_installed`.
+    """
+
+    def __init__(self, build: Callable[[], Dataset], encoded: Callable[[bool], bytes | None]):
+        super().__init__()
+        object.__setattr__(self, "_pacs_build", build)
+        object.__setattr__(self, "_pacs_encoded", encoded)
+
+
+def _encode_identifier(original: Callable[..., Any]) -> Callable[..., Any]:
+    def encode(ds: Any, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> Any:
+        if isinstance(ds, PreEncoded):
+            if is_little_endian and not deflated:
+                raw = object.__getattribute__(ds, "_pacs_encoded")(is_implicit_vr)
+                if raw is not None:
+                    return raw
+            ds = object.__getattribute__(ds, "_pacs_build")()
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    return encode
 
 
 def command_set(primitive: C_FIND) -> bytes:
@@ -85,6 +123,9 @@ def check() -> None:
             "DIMSE message encoder changed")
     require(isinstance(C_FIND_RSP().command_set, Dataset), "C_FIND_RSP has no command_set")
     require(bool(getattr(C_FIND, "STATUS_OPTIONAL_KEYWORDS", None)), "C_FIND has no optional keywords")
+    require(getattr(service_class, "encode", None) is encode, "the Q/R service's encode changed")
+    require("enc = encode(\n                    dataset," in source(service_class.ServiceClass._c_find_scp),
+            "the C-FIND service encodes identifiers otherwise")
 
 
 def install() -> None:
@@ -98,3 +139,5 @@ def install() -> None:
             self.dul.send_pdu(pdata)
 
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+    service_class.encode = _encode_identifier(service_class.encode)  # type: ignore[attr-defined]
+    _INSTALLED[0] = True
