@@ -18,6 +18,7 @@ import subprocess
 import termios
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +200,44 @@ def test_identifiers_encoded_here_are_the_bytes_pydicom_writes() -> None:
     assert encode_identifier({0x00081030: ("LO", ["A", "B"])}, implicit=True, utf8=False) is None
     assert encode_identifier({0x00101020: ("DS", 1.5)}, implicit=True, utf8=False) is None
     assert encode_identifier({0x00100010: ("PN", "Zoë")}, implicit=True, utf8=False) is None
+
+
+def test_queued_pdata_pdus_leave_in_one_write_in_order() -> None:
+    """pacs.dimse.pdusend: DT-1 writes the P-DATA-TF PDUs queued back to back at once, each encoded
+    as pynetdicom encodes it, and leaves what follows them (here an A-RELEASE) in the queue."""
+    import queue as queue_
+
+    from pynetdicom import fsm
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import A_RELEASE, P_DATA
+
+    assert dimse.install()
+    from pacs.dimse import pdusend
+
+    assert fsm.ACTIONS["DT-1"][1] is pdusend._dt_1
+
+    class Socket:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def send(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    class Dul:
+        def __init__(self) -> None:
+            self.to_provider_queue: queue_.Queue = queue_.Queue()
+            self.socket = Socket()
+            self.assoc = types.SimpleNamespace(get_handlers=lambda event: [])  # nothing bound
+
+    dul = Dul()
+    primitives = []
+    for i in range(3):
+        p = P_DATA()
+        p.presentation_data_value_list = [[1, b"\x03" + bytes([i]) * 10]]
+        primitives.append(p)
+        dul.to_provider_queue.put(p)
+    release = A_RELEASE()
+    dul.to_provider_queue.put(release)
+    assert pdusend._dt_1(dul) == "Sta6"
+    assert dul.socket.writes == [b"".join(P_DATA_TF(p).encode() for p in primitives)]
+    assert dul.to_provider_queue.get_nowait() is release
