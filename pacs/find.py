@@ -25,6 +25,8 @@ from storage.config import Settings
 from storage.errors import BadInput
 from storage.query import Query
 
+from .dimse import findrsp
+from .find_encoding import encode_identifier
 from .status import CANCEL, CANNOT_UNDERSTAND, DATASET_MISMATCH, PENDING, UNABLE_TO_PROCESS, status
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,45 @@ def response_identifier(match: dict[str, Any], identifier: Dataset, level: Level
     return out
 
 
+def response_elements(match: dict[str, Any], identifier: Dataset, level: Level, ae_title: str
+                      ) -> tuple[dict[int, tuple[str, Any]], bool]:
+    """What :func:`response_identifier` holds, as tag -> (VR, value), and whether it is UTF-8."""
+    out: dict[int, tuple[str, Any]] = {}
+    non_ascii = False
+    for elem in identifier:
+        kw = elem.keyword
+        if not kw or kw in CONTROL_KEYS or elem.tag.group in (0x0000, 0x0002):
+            continue
+        if elem.VR == "SQ":
+            out[int(elem.tag)] = ("SQ", [])
+            continue
+        value = match.get(kw)
+        out[int(elem.tag)] = (elem.VR, _plain(elem.VR, value))
+        non_ascii = non_ascii or (isinstance(value, str) and not value.isascii())
+    unique = UNIQUE_KEY[level]
+    unique_tag = _tag(unique)
+    if unique_tag not in out and match.get(unique) is not None:
+        vr = dictionary_VR(unique)
+        out[unique_tag] = (vr, _plain(vr, match[unique]))
+    out[0x00080052] = ("CS", level)  # QueryRetrieveLevel
+    out[0x00080054] = ("AE", ae_title)  # RetrieveAETitle
+    if "InstanceAvailability" in identifier:
+        out[0x00080056] = ("CS", "ONLINE")
+    if non_ascii:
+        out[0x00080005] = ("CS", "ISO_IR 192")  # SpecificCharacterSet
+    return out, non_ascii
+
+
+def response(match: dict[str, Any], identifier: Dataset, level: Level, ae_title: str) -> Dataset:
+    """What the handler yields per match: encoded here when pacs.dimse can send it so (findrsp)."""
+    if not findrsp.is_installed():
+        return response_identifier(match, identifier, level, ae_title)
+    elements, utf8 = response_elements(match, identifier, level, ae_title)
+    return findrsp.PreEncoded(
+        lambda: response_identifier(match, identifier, level, ae_title),
+        lambda implicit: encode_identifier(elements, implicit=implicit, utf8=utf8))
+
+
 def _tag(keyword: str) -> int:
     from pydicom.datadict import tag_for_keyword
 
@@ -113,15 +154,20 @@ def _tag(keyword: str) -> int:
     return tag
 
 
-def _element(tag: int, vr: str, value: Any) -> DataElement:
+def _element(tag: Any, vr: str, value: Any) -> DataElement:
+    return DataElement(tag, vr, _plain(vr, value))
+
+
+def _plain(vr: str, value: Any) -> Any:
+    """The value an element of ``vr`` holds for a match's ``value`` (None: empty)."""
     if value is None or value == "":
-        return DataElement(tag, vr, None)
+        return None
     if vr in ("US", "UL", "SS", "SL", "IS") and not isinstance(value, int):
         try:
             value = int(str(value).split("\\")[0]) if vr != "IS" else value
         except ValueError:
-            return DataElement(tag, vr, None)
-    return DataElement(tag, vr, value)
+            return None
+    return value
 
 
 def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[tuple[Any, Any]]:
@@ -150,7 +196,7 @@ def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, response_identifier(match, identifier, level, settings.ae_title)
+            yield PENDING, response(match, identifier, level, settings.ae_title)
     except BadInput as exc:
         yield status(CANNOT_UNDERSTAND, str(exc)), None
 

@@ -46,7 +46,6 @@ has only the original Metaphone, not Double Metaphone's alternate codes for non-
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -104,16 +103,41 @@ class _Term:
         return len(self.text)
 
 
+class _KeyedSHA256:
+    """HMAC-SHA256 (RFC 2104) under one fixed key, its padded-key states hashed once.
+
+    The same function as ``hmac.digest(key, msg, "sha256")`` (a test pins it), cheaper when it runs
+    ~100 times per stored object: each call copies the two SHA-256 states that already absorbed
+    ``key ^ ipad`` and ``key ^ opad`` instead of hashing both pads again (~0.7 us instead of ~1.6).
+    """
+
+    _BLOCK = 64  # SHA-256 block size
+
+    def __init__(self, key: bytes):
+        if len(key) > self._BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, msg: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class BlindIndex:
     """Computes tokens from the installation's blind-index key; holds nothing per patient."""
 
     def __init__(self, blind_key: bytes, *, phonetic: bool = False):
         self._key = hkdf(blind_key, b"pacs/blind-index-tokens/v1")
+        self._mac = _KeyedSHA256(self._key)
         self.phonetic = phonetic
 
     def token(self, keyword: str, kind: str, text: str) -> bytes:
-        msg = f"{keyword}\x1f{kind}\x1f{text}".encode()
-        return hmac.digest(self._key, msg, hashlib.sha256)[:TOKEN_BYTES]
+        return self._mac.digest(f"{keyword}\x1f{kind}\x1f{text}".encode())[:TOKEN_BYTES]
 
     # -- ingest ------------------------------------------------------------------------------------
 
@@ -125,10 +149,10 @@ class BlindIndex:
             if value in (None, ""):
                 continue
             person, ident = ATTRIBUTES[kw].vr == "PN", kw in _IDENTIFIERS
-            key, head = self._key, f"{kw}\x1f"
+            mac, head = self._mac.digest, f"{kw}\x1f"
             for one in str(value).split("\\"):
                 if one.strip():
-                    out.update(hmac.digest(key, f"{head}{kind}\x1f{text}".encode(), "sha256")[:TOKEN_BYTES]
+                    out.update(mac(f"{head}{kind}\x1f{text}".encode())[:TOKEN_BYTES]
                                for kind, text in set(_terms(one, person, trigrams=not ident)))
         return out
 

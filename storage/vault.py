@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .crypto import open_small, seal_small
@@ -86,7 +86,7 @@ class Vault:
             rows = s.scalars(select(SystemKey)).all()
             for row in rows:
                 self.ring.unwrap(row.name, WrappedKey(row.kek_version, row.wrapped))
-            versions = set(s.scalars(select(PatientKey.kek_version).distinct()).all())
+            versions = _distinct_versions(s)
         missing = sorted(v for v in versions if not self.ring.has(v))
         if missing:
             raise KeyUnavailable(f"master key version(s) {missing} needed by patient keys are not loaded")
@@ -182,3 +182,18 @@ class Vault:
         values: dict[str, Any] = json.loads(open_small(self._field_key(key_id, dek), sealed,
                                                         where.encode()))
         return values
+
+
+def _distinct_versions(s: Session) -> set[int]:
+    """The master key versions patient keys are wrapped under, one index seek per version (a loose
+    index scan on ``ix_patient_keys_kek_version``), not a pass over every patient's key at start."""
+    versions: set[int] = set()
+    last: int | None = None
+    while True:
+        q = select(func.min(PatientKey.kek_version))
+        if last is not None:
+            q = q.where(PatientKey.kek_version > last)
+        last = s.scalar(q)
+        if last is None:
+            return versions
+        versions.add(last)

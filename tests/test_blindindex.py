@@ -6,6 +6,7 @@ On SQLite and PostgreSQL (the ``archive`` fixture), and over DIMSE from four ass
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import delete, func, select, update
 
 from storage.archive import Archive
-from storage.blindindex import TOKEN_BYTES, _terms
+from storage.blindindex import TOKEN_BYTES, BlindIndex, _KeyedSHA256, _terms
 from storage.config import load_settings
 from storage.index.models import Patient, PatientKey, PatientToken, ReindexState, StudyToken
 from storage.query import Query
@@ -72,6 +73,19 @@ def test_no_token_is_an_unkeyed_hash_of_the_name(archive: Archive, tmp_path):
         assert len(theirs) == len(tokens) and not theirs & tokens
     finally:
         other.close()
+
+
+def test_tokens_are_hmac_sha256_of_the_derived_key():
+    """The precomputed-state HMAC is RFC 2104 HMAC-SHA256: the same bytes as the standard library's,
+    for keys shorter than, equal to and longer than the block, and messages of any length."""
+    for key in (b"k" * 32, bytes(range(64)), b"x" * 100, b""):
+        mac = _KeyedSHA256(key)
+        for msg in (b"", b"PatientName\x1fpre\x1fSMI", "Ünïcode^Näme".encode() * 40):
+            assert mac.digest(msg) == hmac.digest(key, msg, "sha256")
+    index = BlindIndex(b"b" * 32)
+    expected = hmac.digest(index._key, b"PatientName\x1feq\x1fDOE^JANE", "sha256")[:TOKEN_BYTES]
+    assert index.token("PatientName", "eq", "DOE^JANE") == expected
+    assert expected in index.tokens("PATIENT", {"PatientName": "Doe^Jane"})
 
 
 def test_matching_through_the_index(archive: Archive):

@@ -19,6 +19,9 @@ module          what                                                        upst
 ``fastpath``    C-STOREs read and answered in the DUL thread                no
 ``receive``     received data sets spooled encrypted, bounded memory        partly
 ``send``        stored objects streamed to C-GET/C-MOVE peers as stored     in spirit
+``findrsp``     a pending C-FIND response is one PDU, command set encoded   in spirit
+                once per query; identifiers sent pre-encoded
+``pdusend``     P-DATA-TF PDUs queued back to back leave in one write       yes
 ``move``        an unreachable known C-MOVE destination is A702, not A801   yes (bug)
 ``idle``        a long C-STORE handler is not network idleness              yes (bug)
 ==============  ==========================================================  ===========
@@ -47,9 +50,11 @@ import pynetdicom
 from . import (
     contexts,
     fastpath,
+    findrsp,
     handback,
     idle,
     move,
+    pdusend,
     reactors,
     receive,
     runtime,
@@ -64,7 +69,8 @@ __all__ = ["PYNETDICOM_VERSION", "active", "install"]
 log = logging.getLogger(__name__)
 
 #: Every patch, in the order applied. Each module has ``check()`` and ``install()``.
-PATCHES = (sockets, reactors, handback, contexts, uids, fastpath, receive, send, move, idle)
+PATCHES = (sockets, reactors, handback, contexts, uids, fastpath, receive, send, move, findrsp, pdusend,
+           idle)
 
 _LOCK = threading.Lock()
 _STATE: list[bool | None] = [None]  # decided once per process: patched or stock

@@ -143,8 +143,9 @@ class IndexRows(ArchiveState):
                 "modalities": "", "sop_classes": "", "num_series": 0, "num_instances": 0,
                 "phi": seal(p.key_id, phi_aad("STUDY", o.study_uid), values), "updated_at": now,
             }).fetchone()[0]
+            tokens = p.study_tokens if p.study_tokens is not None else self.blind.tokens("STUDY", values)
             _SQL.insert_study_token.execute_many(c, [{"token": t, "study_id": study_id}
-                                                     for t in sorted(self.blind.tokens("STUDY", values))])
+                                                     for t in sorted(tokens)])
             modalities: list[str] = []
             classes: list[str] = []
         elif study[1] != p.patient_ref:
@@ -165,9 +166,10 @@ class IndexRows(ArchiveState):
                 "phi": seal(p.key_id, phi_aad("SERIES", o.series_uid), series_values),
                 "updated_at": now,
             }).fetchone()[0]
+            tokens = (p.series_tokens if p.series_tokens is not None
+                      else self.blind.tokens("SERIES", series_values))
             _SQL.insert_series_token.execute_many(
-                c, [{"token": t, "series_id": series_id}
-                    for t in sorted(self.blind.tokens("SERIES", series_values))])
+                c, [{"token": t, "series_id": series_id} for t in sorted(tokens)])
         elif series[1] != study_id:
             raise Conflict("SeriesInstanceUID is already stored in a different study")
         else:

@@ -39,7 +39,7 @@ from ..index.models import (
 )
 from .records import CHUNK, StoreResult, _Pending
 from .state import ArchiveState
-from .statements import _SQL
+from .statements import _SQL, _subset
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class Ingest(ArchiveState):
                                        info.series_uid, info.patient_ref, info.transfer_syntax)
                 replaced = old.id
         patient_ref, key_id, new = self._patient_for(v, study_uid)
+        study_tokens = series_tokens = None
+        if new is not None or study_uid not in self._study_owner:  # a study new to the index
+            study_tokens = frozenset(self.blind.tokens("STUDY", _subset(v, "STUDY")))
+            series_tokens = frozenset(self.blind.tokens("SERIES", _subset(v, "SERIES")))
         dek = None
         if self.settings.encrypt:
             dek = new.dek if new is not None else self.vault.dek(key_id)
@@ -151,11 +155,11 @@ class Ingest(ArchiveState):
             blob_key, data, plain_size = self.sealed.seal_inline(fp, dek)
             return _Pending(v, patient_ref or 0, key_id, blob_key, len(data), plain_size,
                             content_type, replaced, outcome, inline=data, frame_index=frame_index,
-                            new_patient=new)
+                            new_patient=new, study_tokens=study_tokens, series_tokens=series_tokens)
         blob_key, blob_size, plain_size = self.sealed.seal(fp, dek)
         return _Pending(v, patient_ref or 0, key_id, blob_key, blob_size,
                         plain_size, content_type, replaced, outcome, frame_index=frame_index,
-                        new_patient=new)
+                        new_patient=new, study_tokens=study_tokens, series_tokens=series_tokens)
 
     def _commit(self, pending: list[_Pending], *, actor: str, origin: str) -> None:
         """Index the written blobs; whatever is not indexed loses its blob (its outcome is the error).

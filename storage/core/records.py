@@ -53,6 +53,10 @@ class _Pending:
     actor: str = ""
     origin: str = ""
     new_patient: NewPatient | None = None  # created by the transaction that indexes this object
+    # blind-index tokens of a study and series this object probably creates, computed before the
+    # write lock is taken (not under it); None: computed in the transaction if it creates them
+    study_tokens: frozenset[bytes] | None = None
+    series_tokens: frozenset[bytes] | None = None
 
     def fail(self, exc: ArchiveError) -> None:
         if isinstance(self.outcome, StoreResult):
