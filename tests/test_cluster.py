@@ -36,7 +36,15 @@ from pynetdicom.sop_class import (
 )
 
 from dicomweb.multipart import decode_bytes
-from tests.conftest import ROOT, Server, free_port, postgres_database, require, start_server, wait_for_port
+from tests.conftest import (
+    ROOT,
+    Server,
+    free_port,
+    postgres_database,
+    require,
+    start_server,
+    wait_for_port,
+)
 from tests.dicomgen import dataset_bytes, make_image, make_study, write
 from tests.test_letters import parse_letter
 
