@@ -288,6 +288,26 @@ def server(tmp_path_factory, server_backend) -> Iterator[Server]:
     srv.stop()
 
 
+def index_bytes(server: Server) -> bytes:
+    """Everything the server's index holds, as bytes: the SQLite files (database, WAL, -shm), or
+    every value of every table of its PostgreSQL database."""
+    url = server.env.get("PACS_DATABASE_URL", "")
+    if not url.startswith("postgresql"):
+        return b"".join(p.read_bytes() for p in server.data_dir.glob("index.sqlite*"))
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    out = []
+    try:
+        with engine.connect() as c:
+            for table in sa.inspect(c).get_table_names():
+                for row in c.exec_driver_sql(f'SELECT * FROM "{table}"'):
+                    out += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    finally:
+        engine.dispose()
+    return b"\0".join(out)
+
+
 def raw_blob(archive: Archive, key: str) -> bytes:
     """The encrypted bytes of a stored blob, wherever it is kept (a file, or a row of the index)."""
     from storage.blobstore import is_inline

@@ -72,6 +72,7 @@ class Cluster:
 
     def start(self, name: str) -> Server:
         # its own session: a SIGKILL of the node's process group takes every process of it
+        (self.base / name).mkdir(parents=True, exist_ok=True)
         return start_server(self.base / name, new_session=True, **self.node_env(name))
 
     def bucket_keys(self) -> set[str]:
@@ -289,7 +290,7 @@ def test_rotation_on_a_b_reads_old_and_new_and_wraps_under_the_new(nodes: Cluste
     for node in (nodes.a, nodes.b):  # both read old and new, before and after retiring version 1
         assert wado(node, f"/studies/{old_study}") == sent(old)
         assert wado(node, f"/studies/{new_study}") == sent(new)
-    nodes.a.pacs("keys", "retire", "1")
+    nodes.a.pacs("keys", "retire", "--version", "1")
     late = big_study(tmp_path / "late", "CL-ROT-LATE", n=1)
     storescu(nodes.a, late)  # A's keys are not in B's cache: B unwraps them under the new ring
     late_study = str(pydicom.dcmread(late[0], stop_before_pixels=True).StudyInstanceUID)
