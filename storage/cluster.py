@@ -144,8 +144,13 @@ class Leadership:
 
     def release(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()  # ends the session: the server releases its advisory locks
+            try:  # the connection goes back to the pool: the lock must not go with it
+                self._conn.exec_driver_sql(f"SELECT pg_advisory_unlock({lock_id(self._name)})")
+                self._conn.commit()
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - broken: closed for good (the session ends, the lock too)
+                with contextlib.suppress(Exception):
+                    self._conn.invalidate()
             self._conn = None
         if self._file is not None:
             self._file.close()
@@ -171,7 +176,7 @@ def bump(conn: Connection, name: str) -> None:
 
 def epochs(engine: Engine) -> dict[str, int]:
     with engine.connect() as c:
-        return dict(c.execute(select(ClusterEpoch.name, ClusterEpoch.value)).tuples().all())
+        return {name: value for name, value in c.execute(select(ClusterEpoch.name, ClusterEpoch.value))}
 
 
 class EpochWatcher:
