@@ -245,16 +245,18 @@ def start_server(base: Path, backend: str = "local", *, new_session: bool = Fals
     srv.proc = subprocess.Popen([PACS, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=base, start_new_session=new_session)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    dicom_up = False  # each probe is an association slot in the SCP until it sees the close:
+    while time.monotonic() < deadline:  # probe the DICOM ports once they answered, no more
         if srv.proc.poll() is not None:
             raise RuntimeError(f"pacs serve exited: {(base / 'server.log').read_text()[-3000:]}")
         try:
-            if env.get("PACS_DICOM_PLAIN") not in ("0", "false"):
+            if env.get("PACS_DICOM_PLAIN") not in ("0", "false") and not dicom_up:
                 with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
                     pass
-            if env.get("PACS_DICOM_TLS") in ("1", "true"):
+            if env.get("PACS_DICOM_TLS") in ("1", "true") and not dicom_up:
                 with socket.create_connection(("127.0.0.1", int(env["PACS_DICOM_TLS_PORT"])), timeout=0.5):
                     pass
+            dicom_up = True
             ctx = ssl._create_unverified_context() if srv.http_url.startswith("https") else None
             urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=1, context=ctx).read()
             return srv
