@@ -221,7 +221,8 @@ def cloud_env(base: Path) -> dict[str, str]:
 #: The back ends a server under test runs on: "local" (SQLite and blob files in its data directory)
 #: and "cloud" (PostgreSQL and SeaweedFS: :func:`cloud_env`). A module marked ``cloud`` runs its
 #: server tests on both (the ``server_backend`` fixture, parametrized in pytest_generate_tests).
-BACKENDS = ("local", "cloud")
+#: ``PACS_TEST_BACKENDS=local`` (or ``cloud``) runs them on one only.
+BACKENDS = tuple(os.environ.get("PACS_TEST_BACKENDS", "local,cloud").split(","))
 
 
 def start_server(base: Path, backend: str = "local", *, new_session: bool = False,
