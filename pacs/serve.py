@@ -83,9 +83,15 @@ def prepare(settings: Settings) -> None:
     finally:  # no thread of it may outlive this: the DIMSE workers are forked next
         if callable(close := getattr(store, "close", None)):
             close()
+    from storage import cluster
+
     archive = Archive(settings, create_key=True)
     try:
-        archive.sweep_orphans()
+        # none of this node's processes runs yet: what it left unindexed is an orphan now
+        cluster.sweep_own_orphans(archive, cluster.node_tag(settings))
+        with cluster.job_lock(archive.write_engine, "orphan-sweep") as mine:  # one node sweeps
+            if mine:
+                archive.sweep_orphans()
     finally:
         archive.close()
 
@@ -198,6 +204,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     if uses_token(settings):  # a wrong PIN or a missing token: refused before anything is written
         log_in(settings)
     check_data_dir(settings)
+    from storage.cluster import NODE_ENV
+
+    os.environ[NODE_ENV] = "1"  # this node's processes tag their blob keys (storage/cluster.py)
     prepare(settings)
     metrics_dir = metrics.prepare()  # before any child: they inherit it
     install_dimse(settings)  # before the workers fork: they inherit it, and its one warning is said once

@@ -34,7 +34,7 @@ import pydicom
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from . import blobstores
+from . import blobstores, cluster
 from .audit import AuditLog
 from .blobstore import DatabaseBlobStore
 from .config import Settings
@@ -83,6 +83,7 @@ class Archive(Ingest, IndexRows, Reading, FrameCache, Removal):
                            cache_size=settings.key_cache_size)
         self.vault.check_master_key()
         self.blobs = blobstores.build(settings, self.write_engine)  # files, S3 or dispersal
+        cluster.tag_new_keys(self.blobs, cluster.node_tag(settings))  # a node's keys: storage/cluster.py
         self.inline_blobs = DatabaseBlobStore(self.engine)
         self.sealed = SealedBlobs(self.blobs, self.inline_blobs)  # encryption, above both stores
         self.queries = QueryEngine(self.sessions, self.vault,
@@ -107,8 +108,11 @@ class Archive(Ingest, IndexRows, Reading, FrameCache, Removal):
         assert dbapi is not None  # a dialect with its driver loaded
         self._integrity_errors = (IntegrityError, dbapi.IntegrityError)
         self._committing = False
+        self._cluster = cluster.watch(self)  # drops what other nodes made stale (storage/cluster.py)
 
     def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.stop()
         if self._ingest_conn is not None:
             self._ingest_conn.close()
             self._ingest_conn = None

@@ -58,6 +58,9 @@ class Settings:
     dispersal_k: int = 3  # shares needed to read an object
     dispersal_n: int = 0  # shares written per object (0: one per location)
     write_quorum: int = 0  # shares that must be confirmed before a store is acknowledged (0: n)
+    # Several nodes on one index and bucket (storage/cluster.py)
+    node_name: str = ""  # this pacs serve among several; its blob keys get a prefix from it
+    cluster_poll_interval: float = 1.0  # seconds between polls of what other nodes changed; 0: off
 
     # DICOM networking
     ae_title: str = "PACS"
@@ -202,7 +205,7 @@ def check(s: Settings) -> Settings:
                  "max_upload_bytes"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
     for name in ("inline_blob_limit", "shutdown_grace", "retention_first_run_delay", "dimse_switch_interval",
-                 "hsts_max_age", "key_cache_size"):
+                 "hsts_max_age", "key_cache_size", "cluster_poll_interval"):
         need(getattr(s, name) >= 0, name, "must not be negative")
     _check_retention(s, problems, need)
     need(1 <= s.share_days <= 365, "share_days", "1 to 365 days")

@@ -19,15 +19,15 @@ whose cache is NULL and whose ``updated_at`` is older than ``settle`` seconds (t
 receiving: debounced, so a series arriving over a minute is built once, not 200 times), newest
 first (what a viewer opens next), ``batch`` at a time, and builds them with :func:`series_metadata`. The question reads the
 partial index ``ix_series_metadata_pending`` (only rows without a cache), so it costs well under a
-millisecond however large the archive. One process warms at a time (an advisory ``flock`` on
-``data_dir/metadata-warmer.lock``; the others stay idle and take over if it dies). A series that
+millisecond however large the archive. One process warms at a time across the cluster (a
+PostgreSQL advisory lock, or on SQLite an ``flock`` on ``data_dir/metadata-warmer.lock``:
+storage/cluster.py; the others stay idle and take over if it dies). A series that
 fails to build (e.g. an unreadable object) is skipped until it changes again. The thread holds
 plaintext only in memory, like a request; what it writes is the sealed cache.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import threading
@@ -35,12 +35,13 @@ import weakref
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 
+from . import cluster
 from .archive import Archive, InstanceInfo, Scope
 from .crypto import open_small, seal_small
 from .errors import NotFound, StorageFull, disk_full
@@ -184,8 +185,9 @@ class MetadataWarmer:
         self.interval, self.settle, self.batch = interval, settle, batch
         self._stop = threading.Event()
         self._failed: dict[int, datetime] = {}  # series id -> updated_at when building failed
-        self._lock_file: BinaryIO | None = None
-        self._lock_path = archive.settings.data_dir / "metadata-warmer.lock"
+        # one warmer across the cluster: an advisory lock on PostgreSQL, a flock on SQLite
+        self._leadership = cluster.Leadership(archive.engine, "metadata-warmer",
+                                              archive.settings.data_dir / "metadata-warmer.lock")
         self._thread: threading.Thread | None = None
 
     def start(self) -> MetadataWarmer:
@@ -197,9 +199,7 @@ class MetadataWarmer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        self._leadership.release()
 
     def _loop(self) -> None:
         wait = self.interval
@@ -216,17 +216,8 @@ class MetadataWarmer:
             del archive
 
     def _leader(self) -> bool:
-        """Is this process the one that warms? (non-blocking flock, kept once taken)"""
-        if self._lock_file is not None:
-            return True
-        f = open(self._lock_path, "ab")  # noqa: SIM115 - kept open while leading
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            return False
-        self._lock_file = f
-        return True
+        """Is this process the one that warms? (storage/cluster.py: kept once taken)"""
+        return self._leadership.held()
 
     def pending(self, archive: Archive) -> list[tuple[int, str, str, datetime]]:
         """(series id, study UID, series UID, updated_at) of settled series without a cache."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from . import cluster
 from .errors import ArchiveError
 from .index.models import PatientKey, SystemKey
 from .keys import KeyRing, WrappedKey
@@ -48,6 +49,7 @@ def rewrap_all(archive: Archive, ring: KeyRing) -> tuple[int, int]:
             w = ring.wrap(row.name, key)
             row.kek_version, row.wrapped = w.kek_version, w.blob
             done_s += 1
+        cluster.bump(s.connection(), cluster.KEYRING)  # other nodes re-read the ring (saved already)
     while True:
         with archive.write_sessions.begin() as s:
             rows = s.scalars(select(PatientKey).where(PatientKey.kek_version != target)
@@ -96,5 +98,7 @@ def retire(archive: Archive, version: int) -> KeyRing:
         raise RotationError(f"master key version {version} still wraps {used} key(s); rotate first")
     new = ring.retired(version)
     archive.vault.ring = new
+    with archive.write_sessions.begin() as s:
+        cluster.bump(s.connection(), cluster.KEYRING)
     archive.audit.record("key-retire", actor="pacs keys", detail=f"version {version}")
     return new

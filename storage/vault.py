@@ -137,18 +137,25 @@ class Vault:
     def dek_from(self, key_id: str, kek_version: int | None, wrapped: bytes | None) -> bytes:
         """The data key from its wrapped form read along with a query's rows (no query of its own).
 
-        Raises NotFound when the key is gone (the patient was shredded meanwhile)."""
+        Raises NotFound when the key is gone (the patient was shredded meanwhile, maybe by another
+        node: a key this process still holds is dropped then)."""
+        if not wrapped or kek_version is None:
+            self.forget(key_id)
+            raise NotFound("the patient's key no longer exists (shredded)")
         with self._lock:
             dek = self._deks.get_fresh(key_id)
         if dek is not None:
             return dek
-        if not wrapped or kek_version is None:
-            raise NotFound("the patient's key no longer exists (shredded)")
         if not self.ring.has(kek_version) and self._reload is not None:
             self.ring = self._reload()  # `pacs keys rotate` ran in another process
         dek = self.ring.unwrap(key_id, WrappedKey(kek_version, wrapped))
         self.remember(key_id, dek)
         return dek
+
+    def reload(self) -> None:
+        """Re-read the master key ring (another node rotated or retired a version)."""
+        if self._reload is not None:
+            self.ring = self._reload()
 
     def remember(self, key_id: str, dek: bytes) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -185,8 +186,49 @@ class Server:
 SERVER_LOGS: list[tuple[Path, Path]] = []
 
 
-def start_server(base: Path, **env_overrides: str) -> Server:
-    """Start ``pacs serve``; waits until both the DICOM port and /healthz answer."""
+def postgres_database(name: str) -> str:
+    """The URL of database ``name`` on the test PostgreSQL server, created if it is not there yet
+    (a server restarted on the same data finds its index again). Skips without PostgreSQL."""
+    base = os.environ.get("PACS_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PostgreSQL not started (scripts/test starts it and sets PACS_TEST_POSTGRES_URL)")
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            if c.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).scalar() is None:
+                c.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        admin.dispose()
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def cloud_env(base: Path) -> dict[str, str]:
+    """Settings of a server on PostgreSQL and the test SeaweedFS bucket (issue 16 part 3): its own
+    database and key prefix, named after ``base``, and every object in the bucket (no inline blobs)."""
+    if not os.environ.get("PACS_TEST_S3_ENDPOINT"):
+        pytest.skip("SeaweedFS not started (scripts/test starts it and sets PACS_TEST_S3_*)")
+    name = "c_" + hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
+    return {"PACS_DATABASE_URL": postgres_database(name),
+            "PACS_BLOB_STORE": f"s3://{os.environ['PACS_TEST_S3_BUCKET']}/{name}",
+            "PACS_S3_ENDPOINT": os.environ["PACS_TEST_S3_ENDPOINT"], "PACS_S3_REGION": "us-east-1",
+            "PACS_S3_ACCESS_KEY_ID": os.environ["PACS_TEST_S3_ACCESS_KEY_ID"],
+            "PACS_S3_SECRET_ACCESS_KEY": os.environ["PACS_TEST_S3_SECRET_ACCESS_KEY"],
+            "PACS_INLINE_BLOB_LIMIT": "0"}
+
+
+#: The back ends a server under test runs on: "local" (SQLite and blob files in its data directory)
+#: and "cloud" (PostgreSQL and SeaweedFS: :func:`cloud_env`). A module marked ``cloud`` runs its
+#: server tests on both (the ``server_backend`` fixture, parametrized in pytest_generate_tests).
+#: ``PACS_TEST_BACKENDS=local`` (or ``cloud``) runs them on one only.
+BACKENDS = tuple(os.environ.get("PACS_TEST_BACKENDS", "local,cloud").split(","))
+
+
+def start_server(base: Path, backend: str = "local", *, new_session: bool = False,
+                 **env_overrides: str) -> Server:
+    """Start ``pacs serve`` on ``backend``; waits until both the DICOM port and /healthz answer.
+    ``new_session``: in a process group of its own (a test may SIGKILL all of it)."""
     data = base / "data"
     dicom_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_") or k.startswith("PACS_TEST")}
@@ -195,23 +237,27 @@ def start_server(base: Path, **env_overrides: str) -> Server:
                PACS_HTTP_WORKERS="2", PACS_SHUTDOWN_GRACE="1")
     if os.environ.get("PACS_TEST_DIMSE_PATCHES"):  # e.g. 0: every server on stock pynetdicom
         env["PACS_DIMSE_PATCHES"] = os.environ["PACS_TEST_DIMSE_PATCHES"]
+    if backend == "cloud":
+        env.update(cloud_env(base))
     env.update(env_overrides)
     srv = Server(data, dicom_port, http_port, env)
     log = open(base / "server.log", "ab")  # noqa: SIM115 - the server writes to it while it runs
     SERVER_LOGS.append((base / "server.log", data / "master.key"))
     srv.proc = subprocess.Popen([PACS, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=base)
+                                cwd=base, start_new_session=new_session)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    dicom_up = False  # each probe is an association slot in the SCP until it sees the close:
+    while time.monotonic() < deadline:  # probe the DICOM ports once they answered, no more
         if srv.proc.poll() is not None:
             raise RuntimeError(f"pacs serve exited: {(base / 'server.log').read_text()[-3000:]}")
         try:
-            if env.get("PACS_DICOM_PLAIN") not in ("0", "false"):
+            if env.get("PACS_DICOM_PLAIN") not in ("0", "false") and not dicom_up:
                 with socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5):
                     pass
-            if env.get("PACS_DICOM_TLS") in ("1", "true"):
+            if env.get("PACS_DICOM_TLS") in ("1", "true") and not dicom_up:
                 with socket.create_connection(("127.0.0.1", int(env["PACS_DICOM_TLS_PORT"])), timeout=0.5):
                     pass
+            dicom_up = True
             ctx = ssl._create_unverified_context() if srv.http_url.startswith("https") else None
             urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=1, context=ctx).read()
             return srv
@@ -221,15 +267,48 @@ def start_server(base: Path, **env_overrides: str) -> Server:
     raise RuntimeError(f"pacs serve did not start: {(base / 'server.log').read_text()[-3000:]}")
 
 
+def pytest_generate_tests(metafunc) -> None:  # noqa: ANN001
+    """Tests of a module marked ``cloud`` run on every back end (their server's, module-scoped)."""
+    if "server_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("cloud"):
+        metafunc.parametrize("server_backend", BACKENDS, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    """One server per test module. A C-MOVE destination 'MOVESCP' points at ``server.extra['move_port']``."""
+def server_backend(request) -> str:
+    """The back end of this module's server: "local" unless parametrized (marker ``cloud``)."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, server_backend) -> Iterator[Server]:
+    """One server per test module (and back end). A C-MOVE destination 'MOVESCP' points at
+    ``server.extra['move_port']``."""
     move_port = free_port()
-    srv = start_server(tmp_path_factory.mktemp("server"),
+    srv = start_server(tmp_path_factory.mktemp("server"), server_backend,
                        PACS_DESTINATIONS=f"MOVESCP=127.0.0.1:{move_port}")
     srv.extra["move_port"] = move_port
     yield srv
     srv.stop()
+
+
+def index_bytes(server: Server) -> bytes:
+    """Everything the server's index holds, as bytes: the SQLite files (database, WAL, -shm), or
+    every value of every table of its PostgreSQL database."""
+    url = server.env.get("PACS_DATABASE_URL", "")
+    if not url.startswith("postgresql"):
+        return b"".join(p.read_bytes() for p in server.data_dir.glob("index.sqlite*"))
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    out = []
+    try:
+        with engine.connect() as c:
+            for table in sa.inspect(c).get_table_names():
+                for row in c.exec_driver_sql(f'SELECT * FROM "{table}"'):
+                    out += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    finally:
+        engine.dispose()
+    return b"\0".join(out)
 
 
 def raw_blob(archive: Archive, key: str) -> bytes:

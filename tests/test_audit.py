@@ -8,10 +8,13 @@ import subprocess
 from datetime import date
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.dicomgen import make_study
 from tests.test_letters import parse_letter
+
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
 
 NAME, PID = "Audit^Alice", "AUDIT-PID-77"
 

@@ -26,14 +26,17 @@ from tests.conftest import start_server
 from tests.dicomgen import make_image, write
 from tests.test_letters import parse_letter
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 MAX_FAILURES = 3
 WRONG = "0000-0000-0000-0000-0000"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, server_backend):
     """A server whose letters lock after 3 wrong codes (before any delay), so 1,000 tries run fast."""
-    srv = start_server(tmp_path_factory.mktemp("bf"), PACS_LETTER_MAX_FAILURES=str(MAX_FAILURES))
+    srv = start_server(tmp_path_factory.mktemp("bf"), server_backend,
+                       PACS_LETTER_MAX_FAILURES=str(MAX_FAILURES))
     yield srv
     srv.stop()
 

@@ -23,6 +23,8 @@ from pynetdicom.sop_class import (
 from tests.conftest import require, start_server, wait_for_port
 from tests.dicomgen import make_study
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 #: patient id -> (name, [(study date, modality)])
 PATIENTS = {
     "QR1": ("DOE^JOHN", [("20200315", "CT"), ("20210610", "MR")]),

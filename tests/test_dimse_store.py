@@ -31,6 +31,8 @@ from storage.errors import NotFound
 from tests.conftest import free_port, require, start_server, wait_for_port
 from tests.dicomgen import make_image, make_study, write
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm",
            "SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "GDCMJ2K_TextGBR.dcm", "JPEG-LL.dcm", "waveform_ecg.dcm"]
 REQUIRED = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")

@@ -14,8 +14,10 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from tests.conftest import require
+from tests.conftest import index_bytes, require
 from tests.dicomgen import make_study
+
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
 
 
 def parse_letter(stdout: str) -> dict[str, str]:
@@ -67,7 +69,7 @@ def test_issue_prints_url_code_passcode_and_pdf(server, record, tmp_path) -> Non
     assert letter["selector"] in listing
     assert code not in listing and letter["passcode"] not in listing
     # nothing secret in the index: no code or passcode in clear in the database, its WAL or -shm
-    db = b"".join(p.read_bytes() for p in server.data_dir.glob("index.sqlite*"))
+    db = index_bytes(server)
     assert code.encode() not in db and code.replace("-", "").encode() not in db
     assert letter["passcode"].encode() not in db
 

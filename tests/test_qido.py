@@ -12,6 +12,8 @@ from dicomweb_client import DICOMwebClient
 from tests.conftest import require
 from tests.dicomgen import make_image, make_study, write
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 
 @dataclass
 class Data:

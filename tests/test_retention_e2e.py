@@ -35,6 +35,8 @@ from tests.dicomgen import make_study
 from tests.test_dimse_store import dataset_bytes
 from tests.test_letters import parse_letter
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 
 def _years_ago(years: int, today: date) -> date:
     try:
@@ -100,7 +102,7 @@ def _qido_empty(srv: Server, query: str) -> bool:
     return r.status_code == 200 and r.json() == []  # no match is 200 [] (dicomweb/qido.py)
 
 
-def test_a_legacy_study_survives_restart_and_retention_until_the_period_ends(tmp_path):
+def test_a_legacy_study_survives_restart_and_retention_until_the_period_ends(tmp_path, server_backend):
     today = today_utc()
     legacy = _years_ago(15, today).strftime("%Y%m%d")
     folders = {pid: tmp_path / "in" / pid for pid in ("RET-E2E-1", "RET-E2E-2")}
@@ -108,13 +110,13 @@ def test_a_legacy_study_survives_restart_and_retention_until_the_period_ends(tmp
                              study_date=legacy) for pid, folder in folders.items()}
     study = {pid: str(pydicom.dcmread(p[0], stop_before_pixels=True).StudyInstanceUID) for pid, p in paths.items()}
     delay = {"PACS_RETENTION_FIRST_RUN_DELAY": "0"}
-    srv = start_server(tmp_path, **delay)
+    srv = start_server(tmp_path, server_backend, **delay)
     try:
         _storescu(srv, tmp_path / "in")
         _runs(srv, 1)
     finally:
         srv.stop()
-    srv = start_server(tmp_path, **delay)  # restarted: its first run comes at once, on the data
+    srv = start_server(tmp_path, server_backend, **delay)  # restarted: its first run comes at once, on the data
     try:
         runs = _runs(srv, 2)
         assert runs[-1].outcome == "success" and runs[-1].detail == "0 due, limit 10, 0 shredded"

@@ -18,13 +18,15 @@ from tests.conftest import Server, require, start_server
 from tests.data_artifacts import make_mp4, make_pdf
 from tests.dicomgen import make_image
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 MAX_UPLOAD = 3_000_000
 DICOM_JSON = "application/dicom+json"
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[Server]:
-    s = start_server(tmp_path_factory.mktemp("stow"), PACS_MAX_UPLOAD_BYTES=str(MAX_UPLOAD))
+def srv(tmp_path_factory, server_backend) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("stow"), server_backend, PACS_MAX_UPLOAD_BYTES=str(MAX_UPLOAD))
     yield s
     s.stop()
 

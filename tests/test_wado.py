@@ -31,6 +31,8 @@ from tests.conftest import require
 from tests.data_artifacts import make_jpeg, make_pdf
 from tests.dicomgen import make_image, make_study
 
+pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+
 ELE = "1.2.840.10008.1.2.1"
 
 

@@ -3,8 +3,10 @@ blobs at full redundancy (storage/blobjobs.py). Each job resumes where an interr
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import click
 
@@ -15,6 +17,18 @@ from storage.errors import ArchiveError
 def _report(counts: Mapping[str, int]) -> None:
     for name, n in sorted(counts.items()):
         click.echo(f"{name}: {n}")
+
+
+@contextlib.contextmanager
+def _once(ctx: Context, job: str) -> Iterator[Any]:
+    """The archive, while this node alone runs ``job`` (a PostgreSQL advisory lock: storage/cluster.py)."""
+    from storage import cluster
+
+    archive = ctx.archive()
+    with cluster.job_lock(archive.write_engine, f"blobs-{job}") as mine:
+        if not mine:
+            raise click.ClickException(f"`pacs blobs {job}` is running on another node now")
+        yield archive
 
 
 @click.group(name="blobs")
@@ -32,7 +46,8 @@ def migrate(ctx: Context, to: str, limit: int | None) -> None:
     from storage.blobjobs import migrate as run
 
     try:
-        counts = run(ctx.archive(), to, limit=limit, progress=click.echo)
+        with _once(ctx, "migrate") as archive:
+            counts = run(archive, to, limit=limit, progress=click.echo)
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     _report(counts)
@@ -50,7 +65,8 @@ def repair(ctx: Context, recorded: bool, restart: bool) -> None:
     from storage.blobjobs import repair as run
 
     try:
-        _report(run(ctx.archive(), only_recorded=recorded, fresh=restart))
+        with _once(ctx, "repair") as archive:
+            _report(run(archive, only_recorded=recorded, fresh=restart))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -65,7 +81,8 @@ def scrub(ctx: Context, rate: float, limit: int | None, restart: bool) -> None:
     from storage.blobjobs import scrub as run
 
     try:
-        _report(run(ctx.archive(), rate_mb=rate, limit=limit, fresh=restart))
+        with _once(ctx, "scrub") as archive:
+            _report(run(archive, rate_mb=rate, limit=limit, fresh=restart))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
 

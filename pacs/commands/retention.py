@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
 
 from pacs.cli import Context, pass_ctx
+from storage import cluster
 
 if TYPE_CHECKING:
     from storage.retention import Due
@@ -63,7 +64,7 @@ def apply(ctx: Context, dry_run: bool, confirm: bool, yes: bool, scheduled: bool
     day = today.date() if today else retention.today_utc()
     actor = "retention schedule" if scheduled else (
         "pacs retention --confirm" if confirm else "pacs retention")
-    origin = os.uname().nodename
+    origin = archive.settings.node_name or os.uname().nodename
     if dry_run:
         due = retention.due(archive, day)
         allowed, patients = retention.max_per_run(archive)
@@ -81,16 +82,27 @@ def apply(ctx: Context, dry_run: bool, confirm: bool, yes: bool, scheduled: bool
         if limit and not yes:
             click.confirm(f"Shred {limit} patient(s)? Their keys are destroyed; this cannot be "
                           "undone", abort=True)
-    try:
-        shredded = retention.apply(archive, today=day, limit=limit, actor=actor, origin=origin)
-    except retention.OverLimit as exc:
-        if scheduled:  # the one line in the server log; the alarm is in the audit trail
-            log.error("retention: %s", exc)
-            sys.exit(3)
-        raise click.ClickException(str(exc)) from None
+    with cluster.job_lock(archive.write_engine, "retention") as mine:  # once across the cluster
+        if not mine:
+            if scheduled:
+                log.info("retention: another node is running it now")
+                return
+            raise click.ClickException("a retention run is going on on another node now")
+        if scheduled and archive.settings.node_name and cluster.ran_elsewhere(
+                archive, actor, origin, timedelta(hours=20)):
+            log.info("retention: another node ran it today")  # its daily run serves the cluster
+            return
+        try:
+            shredded = retention.apply(archive, today=day, limit=limit, actor=actor, origin=origin)
+        except retention.OverLimit as exc:
+            if scheduled:  # the one line in the server log; the alarm is in the audit trail
+                log.error("retention: %s", exc)
+                sys.exit(3)
+            raise click.ClickException(str(exc)) from None
     for p in shredded:
         click.echo(_line("shredded", p))
     click.echo(f"{len(shredded)} patient(s) shredded")
-    orphans = archive.sweep_orphans()
+    with cluster.job_lock(archive.write_engine, "orphan-sweep") as mine:
+        orphans = archive.sweep_orphans() if mine else 0
     if orphans:
         click.echo(f"removed {orphans} orphan blob(s) left by interrupted stores")

@@ -12,6 +12,7 @@ from sqlalchemy import (
     update,
 )
 
+from .. import cluster
 from ..errors import (
     NotFound,
 )
@@ -96,6 +97,7 @@ class Removal(ArchiveState):
             # the wrapped key is destroyed now (patients.key_id references the row: it goes below)
             s.execute(update(PatientKey).where(PatientKey.key_id == key_id).values(wrapped=b""))
             s.merge(ShredLogEntry(key_id=key_id, shredded_at=_utcnow()))  # replayed on restores
+            cluster.bump(s.connection(), cluster.SHRED)  # other nodes forget the key
         self.vault.forget(key_id)
         with self.write_sessions.begin() as s:
             study_ids = select(Study.id).where(Study.patient_id == patient_ref).scalar_subquery()

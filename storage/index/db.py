@@ -50,6 +50,8 @@ def upgrade(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with _UPGRADE_LOCK, engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # several nodes starting at once: one upgrades
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7236281730915330415)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -265,7 +265,15 @@ class ShredLogEntry(Base):
 
     __tablename__ = "shred_log"
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    shredded_at: Mapped[datetime] = mapped_column(DateTime)
+    shredded_at: Mapped[datetime] = mapped_column(DateTime, index=True)  # index: migration 0015
+
+
+class ClusterEpoch(Base):
+    """A counter bumped by whoever changes what other nodes cache (storage/cluster.py, migration 0015)."""
+
+    __tablename__ = "cluster_epochs"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 # -- providers (migration 0011, storage/providers.py) -----------------------------------------------

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import secrets
@@ -82,10 +83,17 @@ class Throttling:
         return grant
 
     def _check(self, selector: str, code: str, client_id: str, now: datetime) -> Grant:
-        with self.archive.write_sessions.begin() as s:
-            outcome = self._decide(s, selector, code, client_id, now)
-            if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
-                outcome.patient_ref = s.scalar(select(Letter.patient_ref).where(Letter.selector == selector))
+        for attempt in range(2):
+            try:
+                with self.archive.write_sessions.begin() as s:
+                    outcome = self._decide(s, selector, code, client_id, now)
+                    if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
+                        outcome.patient_ref = s.scalar(select(Letter.patient_ref)
+                                                       .where(Letter.selector == selector))
+                break
+            except IntegrityError:  # PostgreSQL: another worker or node inserted this client's
+                if attempt:  # first failure row at the same moment; decided again, on that row
+                    raise
         if isinstance(outcome, AccessDenied):  # raised after the commit: failures must be kept
             raise outcome
         return outcome
