@@ -1,0 +1,251 @@
+"""Audit to a repository (IHE ATNA, issue 19 part 5): PS3.15 A.5 messages over RFC 5424 syslog to a real
+rsyslog, over RFC 5425 TLS (mutual) and RFC 5426 UDP; every kind of event, no patient in clear, nothing
+lost while the repository is down."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import insert
+
+from pacs.atna import Sender
+from storage.atna import messages
+from storage.atna.queue import DeliveryQueue
+from storage.config import ConfigError, load_settings
+from storage.index.models import AuditEvent
+from tests import atna_check
+from tests.conftest import PACS, ROOT, require, start_server
+from tests.dicomgen import make_study
+from tests.rsyslog import Rsyslog
+from tests.tlscerts import make_pki
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10].upper()}"
+
+
+@pytest.fixture
+def rsyslog(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    rs = Rsyslog(tmp_path / "rsyslog", pki)
+    rs.start()
+    yield rs
+    rs.stop()
+
+
+# -- the mapping -----------------------------------------------------------------------------------
+
+_RECORDED = [re.compile(p) for p in (
+    r'\.record\(\s*"([a-z-]+)"', r'audit_read(?:_coalesced)?\(\s*"([a-z-]+)"', r'"action":\s*"([a-z-]+)"',
+    r'record_lifecycle\([^,]+,\s*"([a-z-]+)"', r'"(retrieve-begin)"')]
+
+
+def test_every_recorded_action_has_its_message():
+    """Each action the code base records is mapped to a PS3.15 message (none falls to the default)."""
+    found: set[str] = set()
+    for folder in ("storage", "pacs", "dicomweb"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for pattern in _RECORDED:
+                found.update(pattern.findall(text))
+    assert {"store", "retrieve", "query", "login", "shred", "export", "start", "stop"} <= found
+    assert sorted(found - set(messages.KINDS)) == []
+
+
+def _row(action: str, **kw) -> AuditEvent:
+    return AuditEvent(id=1, at=datetime(2026, 12, 3, 12, 0, 0, 123456), actor=kw.get("actor", "CT1"),
+                      action=action, outcome=kw.get("outcome", "success"), patient_ref=kw.get("patient_ref", 7),
+                      study_uid=kw.get("study_uid", "1.2.3.4"), source=kw.get("source", "127.0.0.1:4000"),
+                      detail=kw.get("detail", "detail\nwith a line\x01 break"))
+
+
+def test_messages_follow_the_schema_and_name_patients_by_reference():
+    source = messages.AuditSource("PACS-A", "PACS", "node1")
+    for action in [*messages.KINDS, "something-new"]:
+        root = atna_check.check(messages.build(_row(action), source).decode())
+        kind = messages.KINDS.get(action, messages.UNKNOWN)
+        assert atna_check.event_id(root) == kind.event.code
+        patient = [po for po in root.findall("ParticipantObjectIdentification")
+                   if po.get("ParticipantObjectTypeCode") == "1"]
+        assert [po.get("ParticipantObjectID") for po in patient] == ["7"]
+    store = atna_check.check(messages.build(_row("store"), source).decode())
+    roles = {ap.get("UserID"): ap.find("RoleIDCode").get("csd-code") for ap in store.findall("ActiveParticipant")}
+    assert roles == {"CT1": "110153", "PACS": "110152"}  # the modality sent, we received
+    assert store.find("ActiveParticipant").get("NetworkAccessPointID") == "127.0.0.1"
+    v6 = atna_check.check(messages.build(_row("login", source="[::1]:4000"), source).decode())
+    assert v6.find("ActiveParticipant").get("NetworkAccessPointID") == "::1"
+
+
+def test_audit_repository_setting_is_checked(tmp_path):
+    env = {"PACS_DATA_DIR": str(tmp_path)}
+    for bad in ("tcp://arr:514", "tls://arr", "udp://:514", "tls://arr:6514/x", "arr:514"):
+        with pytest.raises(ConfigError, match="audit_repository"):
+            load_settings(env=env, audit_repository=bad)
+    with pytest.raises(ConfigError, match="tls_ca_file"):
+        load_settings(env=env, audit_repository="tls://arr:6514")
+    assert load_settings(env=env, audit_repository="udp://127.0.0.1:514").audit_repository
+
+
+# -- the queue -------------------------------------------------------------------------------------
+
+def test_one_sender_holds_the_lease(archive):
+    name = f"tls://{_unique('h')}:6514"
+    a = DeliveryQueue(archive.sessions, archive.write_sessions, name, "node-a")
+    b = DeliveryQueue(archive.sessions, archive.write_sessions, name, "node-b")
+    archive.audit.record("start", actor="test")
+    assert a.claim() and a.claim()  # renewing
+    assert not b.claim()
+    a.release()
+    assert b.claim()
+    assert not a.delivered(10**6)  # a lost the lease: the marker stays where b has it
+    assert not a.claim()
+
+
+def test_pending_stops_at_a_missing_id_until_it_is_given_up(archive):
+    name = f"udp://{_unique('h')}:514"
+    archive.audit.record("start", actor="test")
+    q = DeliveryQueue(archive.sessions, archive.write_sessions, name, "me", gap_wait=3600)
+    assert q.claim()
+    first = q.delivered_id
+    archive.audit.record("stop", actor="test", detail="before the gap")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with archive.write_sessions.begin() as s:  # an id taken by a transaction not committed yet
+        s.execute(insert(AuditEvent).values(id=first + 3, at=now, actor="t", action="stop", outcome="success",
+                                            study_uid="", source="", detail="after the gap"))
+    assert [r.detail for r in q.pending()] == ["before the gap"]
+    q.gap_wait = 0  # waited long enough: a rolled-back write, passed over
+    assert [r.detail for r in q.pending()] == ["before the gap", "after the gap"]
+
+
+# -- UDP (RFC 5426), in process --------------------------------------------------------------------
+
+def test_every_kind_over_udp(rsyslog, archive, tmp_path):
+    settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "d")},
+                             audit_repository=f"udp://127.0.0.1:{rsyslog.udp_port}", audit_source_id=_unique("SRC"))
+    start = datetime.now(UTC).replace(tzinfo=None)
+    for action in messages.KINDS:
+        archive.audit.record(action, actor="ACTOR", source="127.0.0.1:1234", patient_ref=5, study_uid="1.2.3",
+                             detail=f"{action} test")
+    sender = Sender(settings, archive.sessions, archive.write_sessions, start_after=start)
+    deadline = time.monotonic() + 30
+    while sender.queue.delivered_id == 0 or sender.queue.pending():
+        sender.step()
+        assert time.monotonic() < deadline
+    sender.drain(0)
+    got = rsyslog.wait_for(lambda g: len(g) >= len(messages.KINDS))
+    assert {g["pri"] for g in got} == {"85"} and {g["msgid"] for g in got} == {"IHE+RFC-3881"}
+    roots = [atna_check.check(g["msg"]) for g in got]
+    assert {r.find("AuditSourceIdentification").get("AuditSourceID") for r in roots} == {settings.audit_source_id}
+    assert sorted(atna_check.event_id(r) for r in roots) == sorted(k.event.code for k in messages.KINDS.values())
+
+
+def test_udp_repository_not_listening_keeps_the_events(archive, tmp_path):
+    from tests.conftest import free_port
+
+    settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "d")},
+                             audit_repository=f"udp://127.0.0.1:{free_port()}")
+    start = datetime.now(UTC).replace(tzinfo=None)
+    archive.audit.record("start", actor="t")
+    sender = Sender(settings, archive.sessions, archive.write_sessions, start_after=start)
+    from pacs.atna import Unavailable
+
+    with pytest.raises(Unavailable):
+        for _ in range(3):  # the first datagram may go before the ICMP answer says nobody listens
+            sender.step()
+    assert [r.action for r in sender.queue.pending()] == ["start"]
+
+
+# -- the real server over TLS (RFC 5425) -----------------------------------------------------------
+
+def _kinds(got: list[dict[str, str]]) -> set[tuple[str, str | None]]:
+    out = set()
+    for g in got:
+        root = atna_check.check(g["msg"])
+        out.add((atna_check.event_id(root), atna_check.event_type(root)))
+    return out
+
+
+def _stamps(got: list[dict[str, str]]) -> set[str]:
+    return {atna_check.check(g["msg"]).find("EventIdentification").get("EventDateTime") for g in got}
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, **kw)
+    assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr[-2000:])
+    return p
+
+
+def test_served_events_reach_rsyslog_over_tls_and_survive_its_restart(rsyslog, tmp_path):
+    pki = rsyslog.pki
+    (tmp_path / "srv").mkdir()
+    srv = start_server(tmp_path / "srv", PACS_AUDIT_REPOSITORY=f"tls://127.0.0.1:{rsyslog.tls_port}",
+                       PACS_TLS_CA_FILE=str(pki.ca), PACS_TLS_CERT_FILE=str(pki.server_cert),
+                       PACS_TLS_KEY_FILE=str(pki.server_key))
+    try:
+        rsyslog.wait_for(lambda g: ("110100", "110120") in _kinds(g))  # Application Start
+        pid, name = _unique("ATNA"), f"Atnaperson^{_unique('N')}"
+        paths = make_study(tmp_path / "a", n_series=1, per_series=2, patient_id=pid, patient_name=name)
+        import pydicom
+
+        study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+        port = str(srv.dicom_port)
+        _run([require("storescu"), "-aec", srv.ae_title, "+sd", "127.0.0.1", port, str(tmp_path / "a")])
+        _run([require("findscu"), "-S", "-aec", srv.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"PatientID={pid}", "-k", "StudyInstanceUID", "127.0.0.1", port])
+        (tmp_path / "got").mkdir()
+        _run([require("getscu"), "-S", "-aec", srv.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", "-od", str(tmp_path / "got"), "127.0.0.1", port])
+        web = srv.dicomweb_url
+        assert requests.get(f"{web}/studies", params={"PatientID": pid}, timeout=30).status_code == 200
+        assert requests.get(f"{web}/studies/{study}/metadata", timeout=30).status_code == 200
+        assert requests.get(f"{web}/studies/{study}", timeout=30,
+                            headers={"Accept": 'multipart/related; type="application/dicom"'}).status_code == 200
+        assert requests.get(f"{web}/studies", timeout=30,
+                            headers={"Authorization": "Bearer not-a-token"}).status_code == 401
+        srv.pacs("token", "create", "--name", _unique("tok"))
+        srv.pacs("keys", "rotate")
+        srv.pacs("export", "--patient-id", pid, "--format", "zip", "--out", str(tmp_path / "x.zip"))
+        srv.pacs("letter", "issue", "--patient-id", pid)
+        wanted = {("110104", None), ("110102", None), ("110103", None), ("110112", None), ("110106", None),
+                  ("110114", "110122"), ("110113", "110137"), ("110113", "110129")}
+        got = rsyslog.wait_for(lambda g: wanted <= _kinds(g))
+        transferred = [atna_check.check(g["msg"]) for g in got if '"110104"' in g["msg"]]
+        assert {a.get("EventActionCode") for r in transferred for a in [r.find("EventIdentification")]} == {"C", "R"}
+        assert any(study in atna_check.object_ids(r) for r in transferred)
+
+        # the receiver restarts: what happens meanwhile waits in the index and arrives afterwards
+        rsyslog.stop()
+        before = len(rsyslog.lines())
+        paths_b = make_study(tmp_path / "b", n_series=1, per_series=3, patient_id=pid, patient_name=name)
+        study_b = str(pydicom.dcmread(paths_b[0], stop_before_pixels=True).StudyInstanceUID)
+        _run([require("storescu"), "-aec", srv.ae_title, "+sd", "127.0.0.1", port, str(tmp_path / "b")])
+        srv.pacs("patient", "shred", "--patient-id", pid, "--yes")
+        time.sleep(0)  # (nothing to wait for: the events are in the index once the commands returned)
+        assert len(rsyslog.lines()) == before
+        rsyslog.start()
+        got = rsyslog.wait_for(lambda g: ("110110", None) in _kinds(g)
+                               and sum(study_b in atna_check.object_ids(atna_check.check(x["msg"]))
+                                       for x in g) >= 3, timeout=120)
+    finally:
+        srv.stop()
+    got = rsyslog.wait_for(lambda g: ("110100", "110121") in _kinds(g))  # Application Stop, at the end
+
+    # nothing lost: every event recorded since the start arrived (EventDateTime is the row's time)
+    archive = srv.archive()
+    try:
+        rows = list(archive.audit.events(limit=100_000))
+    finally:
+        archive.close()
+    start = next(r for r in rows if r.action == "start")
+    expected = {r.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for r in rows if r.id >= start.id}
+    assert expected - _stamps(got) == set()
+    raw = rsyslog.out.read_text()
+    assert pid not in raw and name.split("^")[1] not in raw and "Atnaperson" not in raw
+    assert (Path(PACS).exists())
