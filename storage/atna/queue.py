@@ -51,11 +51,14 @@ class DeliveryQueue:
         self.gap_wait = gap_wait
         self._gaps: dict[int, float] = {}  # missing id -> monotonic time first seen
         self.delivered_id = 0
+        self._held_until: datetime | None = None  # our lease's expiry, as we last wrote it
 
     def claim(self, start_after: datetime | None = None) -> bool:
         """Take or renew the lease; True while this sender is the one. A new repository's marker
         starts after the last event recorded before ``start_after`` (default: now)."""
         now = _now()
+        if self._held_until is not None and self._held_until - now > self.lease / 2:
+            return True  # ours for a while yet: no write transaction every poll
         with self._write.begin() as s:
             got = s.execute(update(AuditDelivery).where(
                 AuditDelivery.repository == self.repository,
@@ -66,6 +69,7 @@ class DeliveryQueue:
             with self._read() as s:
                 exists = s.get(AuditDelivery, self.repository) is not None
             if exists:
+                self._held_until = None
                 return False
             with self._read() as s:
                 first = s.scalar(select(func.max(AuditEvent.id)).where(
@@ -79,6 +83,7 @@ class DeliveryQueue:
                 return False
         with self._read() as s:
             self.delivered_id = s.get(AuditDelivery, self.repository).delivered_id  # type: ignore[union-attr]
+        self._held_until = now + self.lease
         return True
 
     def pending(self, limit: int = 500) -> list[AuditEvent]:
@@ -112,6 +117,9 @@ class DeliveryQueue:
                 delivered_id=last_id, delivered_at=now, lease_until=now + self.lease)).rowcount
         if moved:
             self.delivered_id = last_id
+            self._held_until = now + self.lease
+        else:
+            self._held_until = None
         return bool(moved)
 
     def release(self) -> None:
@@ -120,3 +128,4 @@ class DeliveryQueue:
             s.execute(update(AuditDelivery).where(
                 AuditDelivery.repository == self.repository, AuditDelivery.owner == self.owner).values(
                 lease_until=None))
+        self._held_until = None
