@@ -186,6 +186,7 @@ class Sender:
         self.queue = DeliveryQueue(read_sessions, write_sessions, self.repo.name,
                                    f"{hostname}:{os.getpid()}", gap_wait=gap_wait)
         self.transport = transport(self.repo, settings)
+        self._read = read_sessions
         self._start_after = start_after
         self._hostname = hostname
         self._stopping = False
@@ -195,8 +196,22 @@ class Sender:
         self._stopping = True
 
     def frames(self, rows: list[Any]) -> list[bytes]:
-        return [syslog.message(messages.build(r, self.source), at=r.at, hostname=self._hostname,
-                               app_name="pacs", procid=str(os.getpid())) for r in rows]
+        classes = self._sop_classes([r.detail for r in rows if r.action == "store"])
+        return [syslog.message(messages.build(r, self.source, classes.get(r.detail, "")), at=r.at,
+                               hostname=self._hostname, app_name="pacs", procid=str(os.getpid()))
+                for r in rows]
+
+    def _sop_classes(self, sop_uids: list[str]) -> dict[str, str]:
+        """SOP Class UIDs of stored instances (by SOP Instance UID) still in the index, one query."""
+        if not sop_uids:
+            return {}
+        from sqlalchemy import select
+
+        from storage.index.models import Instance
+
+        with self._read() as s:
+            return dict(s.execute(select(Instance.sop_uid, Instance.sop_class_uid)
+                                  .where(Instance.sop_uid.in_(sorted(set(sop_uids))))).all())
 
     def step(self) -> int:
         """Deliver one batch; the number of events delivered (0: none pending, or not our turn)."""

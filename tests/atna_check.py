@@ -63,7 +63,8 @@ def check(xml: str) -> ET.Element:
         assert 1 <= int(po.get("ParticipantObjectTypeCodeRole", "0")) <= 24
         kids = [c.tag for c in po]
         assert re.fullmatch(r"ParticipantObjectIDTypeCode(,ParticipantObjectName|,ParticipantObjectQuery)?"
-                            r"(,ParticipantObjectDetail)*", ",".join(kids)), kids
+                            r"(,ParticipantObjectDetail)*(,ParticipantObjectDescription)*(,SOPClass)*",
+                            ",".join(kids)), kids
         _coded(po[0])
         for c in po:
             if c.tag == "ParticipantObjectQuery":
@@ -71,6 +72,9 @@ def check(xml: str) -> ET.Element:
             elif c.tag == "ParticipantObjectDetail":
                 assert c.get("type")
                 _b64(c.get("value", ""))
+            elif c.tag == "SOPClass":
+                assert int(c.get("NumberOfInstances", "")) >= 1
+                assert all(i.tag == "Instance" and i.get("UID") for i in c)
     return root
 
 

@@ -228,8 +228,22 @@ def _object(root: ET.Element, object_id: str, type_code: str, role: str, id_type
     return po
 
 
-def build(row: EventRow, source: AuditSource) -> bytes:
-    """The PS3.15 A.5 AuditMessage for one audit event, as UTF-8 XML on one line."""
+_COUNT = re.compile(r"(\d+) instance\(s\)")
+
+
+def _sop_class(study: ET.Element, row: EventRow, sop_class: str) -> None:
+    """The study's SOPClass element (PS3.15 A.5.3.4: the classes and number of instances moved):
+    for a stored instance its class and UID; for a retrieve the number of instances sent."""
+    if row.action == "store" and sop_class:
+        el = ET.SubElement(study, "SOPClass", {"UID": sop_class, "NumberOfInstances": "1"})
+        ET.SubElement(el, "Instance", {"UID": _clean(row.detail)})
+    elif row.action in ("retrieve", "retrieve-begin") and (m := _COUNT.search(row.detail)):
+        ET.SubElement(study, "SOPClass", {"NumberOfInstances": m.group(1)})
+
+
+def build(row: EventRow, source: AuditSource, sop_class: str = "") -> bytes:
+    """The PS3.15 A.5 AuditMessage for one audit event, as UTF-8 XML on one line (``sop_class``: the
+    SOP Class UID of a stored instance, from the index)."""
     kind = KINDS.get(row.action, UNKNOWN)
     detail, actor = _clean(row.detail), _clean(row.actor)
     root = ET.Element("AuditMessage")
@@ -270,7 +284,8 @@ def build(row: EventRow, source: AuditSource) -> bytes:
             ET.SubElement(po, "ParticipantObjectDetail", {"type": "detail", "value": _b64(detail)})
     if kind.objects != "none" or row.patient_ref is not None:
         if row.study_uid:
-            _object(root, _clean(row.study_uid), "2", "3", STUDY_UID, kind.lifecycle)  # 3: report
+            study = _object(root, _clean(row.study_uid), "2", "3", STUDY_UID, kind.lifecycle)  # 3: report
+            _sop_class(study, row, sop_class)
         if row.patient_ref is not None:
             patient = _object(root, str(row.patient_ref), "1", "1", PATIENT_NUMBER,
                               kind.lifecycle if row.action == "shred" else "")
