@@ -50,6 +50,7 @@ log = logging.getLogger("pacs.atna")
 BATCH = 200
 POLL_SECONDS = 0.5  # how often the audit table is asked for new events while idle
 MAX_BACKOFF = 60.0
+CERT_VERDICT_WAIT = 0.2  # seconds to wait after a handshake for the repository's verdict on our certificate
 ACK_TIMEOUT = 10.0  # seconds the repository's TCP may take to acknowledge a batch
 UDP_MAX = 65000
 
@@ -75,6 +76,15 @@ class TlsTransport:
         except BaseException:
             raw.close()
             raise
+        # TLS 1.3: the repository judges our certificate after our side of the handshake is done;
+        # a refusal is an alert that follows at once. Wait for it before anything is sent.
+        end = time.monotonic() + CERT_VERDICT_WAIT
+        while (left := end - time.monotonic()) > 0:
+            select.select([sock], [], [], left)  # session tickets come first, a refusal after them
+            if not self._alive(sock):
+                sock.close()
+                raise Unavailable("the repository closed the connection after the handshake "
+                                  "(our certificate refused?)")
         return sock
 
     def _alive(self, sock: ssl.SSLSocket) -> bool:
@@ -102,6 +112,8 @@ class TlsTransport:
                 self._sock = self._connect()
             self._sock.sendall(b"".join(syslog.octet_counted(f) for f in frames))
             self._wait_acknowledged(self._sock)
+            if not self._alive(self._sock):  # taken by its TCP, then closed: send the batch again
+                raise Unavailable("the repository closed the connection during the batch")
         except (OSError, ssl.SSLError) as exc:
             self.close()
             raise Unavailable(str(exc)) from None
@@ -178,13 +190,13 @@ class Sender:
     """Delivers the audit table to one repository, in order, until :meth:`stop`."""
 
     def __init__(self, settings: Settings, read_sessions: Any, write_sessions: Any, *,
-                 start_after: datetime | None = None, gap_wait: float = 30.0):
+                 start_after: datetime | None = None, gap_wait: float = 30.0, owner: str = ""):
         self.repo = parse(settings.audit_repository)
         hostname = socket.gethostname()
         self.source = messages.AuditSource(settings.audit_source_id or settings.ae_title,
                                            settings.ae_title, hostname)
         self.queue = DeliveryQueue(read_sessions, write_sessions, self.repo.name,
-                                   f"{hostname}:{os.getpid()}", gap_wait=gap_wait)
+                                   owner or f"{hostname}:{os.getpid()}", gap_wait=gap_wait)
         self.transport = transport(self.repo, settings)
         self._read = read_sessions
         self._start_after = start_after

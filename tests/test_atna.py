@@ -252,3 +252,59 @@ def test_served_events_reach_rsyslog_over_tls_and_survive_its_restart(rsyslog, t
     assert expected - _stamps(got) == set()
     raw = rsyslog.out.read_text()
     assert pid not in raw and name.split("^")[1] not in raw and "Atnaperson" not in raw
+
+
+def test_two_senders_deliver_each_event_once(rsyslog, archive, tmp_path):
+    """Two nodes' senders on one index: the lease holder sends, the other waits; no event twice."""
+    settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "d")},
+                             audit_repository=f"udp://127.0.0.1:{rsyslog.udp_port}")
+    start = datetime.now(UTC).replace(tzinfo=None)
+    senders = [Sender(settings, archive.sessions, archive.write_sessions, start_after=start, owner=f"node-{i}")
+               for i in range(2)]
+    marks = [_unique("once") for _ in range(40)]
+    for i, mark in enumerate(marks):
+        archive.audit.record("read-metadata", actor="a", study_uid=f"1.2.{i}", detail=mark)
+        for sender in senders:
+            sender.step()
+    while senders[0].step() or senders[1].step():
+        pass
+    got = rsyslog.wait_for(lambda g: sum(any(m in x["msg"] for m in marks) for x in g) >= len(marks))
+    texts = [x["msg"] for x in got]
+    assert all(sum(m in t for t in texts) == 1 for m in marks)
+
+
+def _tls_sender(archive, tmp_path, rsyslog, **tls) -> Sender:
+    settings = load_settings(env={"PACS_DATA_DIR": str(tmp_path / "d")},
+                             audit_repository=f"tls://127.0.0.1:{rsyslog.tls_port}", **tls)
+    archive.audit.record("start", actor="t", detail=_unique("refused"))
+    return Sender(settings, archive.sessions, archive.write_sessions, start_after=datetime(2000, 1, 1),
+                  owner=_unique("o"))
+
+
+def test_tls_repository_with_a_certificate_we_do_not_trust_gets_nothing(rsyslog, archive, tmp_path):
+    from pacs.atna import Unavailable
+
+    other = make_pki(tmp_path / "other")
+    sender = _tls_sender(archive, tmp_path, rsyslog, tls_ca_file=str(other.ca))
+    with pytest.raises(Unavailable):
+        sender.step()
+    assert sender.queue.pending()  # still waiting
+    assert rsyslog.lines() == []
+
+
+def test_tls_without_our_certificate_the_repository_refuses_and_nothing_is_lost(rsyslog, archive, tmp_path):
+    """rsyslog asks for the node's certificate (mutual authentication): without one the batch is not
+    counted as delivered; with it, it arrives."""
+    from pacs.atna import Unavailable
+
+    sender = _tls_sender(archive, tmp_path, rsyslog, tls_ca_file=str(rsyslog.pki.ca))
+    with pytest.raises(Unavailable):
+        sender.step()
+    pending = [r.detail for r in sender.queue.pending()]
+    assert pending and rsyslog.lines() == []
+    sender.queue.release()
+    good = _tls_sender(archive, tmp_path, rsyslog, tls_ca_file=str(rsyslog.pki.ca),
+                       tls_cert_file=str(rsyslog.pki.server_cert), tls_key_file=str(rsyslog.pki.server_key))
+    while good.step():
+        pass
+    rsyslog.wait_for(lambda g: all(any(d in x["msg"] for x in g) for d in pending))
