@@ -16,6 +16,11 @@ syslog and sends the batch:
   listening answers ICMP port unreachable, seen as a refused send, and the batch waits. A datagram
   lost on the way is lost: UDP has no acknowledgement at all (use tls:// for that).
 
+What "delivered" can mean: RFC 5425 has no acknowledgement by the application, so a repository that
+is killed after its TCP took a batch and before it wrote it loses that batch (rsyslog's RELP would close that gap, but audit record repositories speak
+RFC 5425, not RELP). A repository that stops
+cleanly or is down before the batch loses nothing.
+
 Only when a batch went out does the marker move; else the sender waits (1 s, doubling up to 60 s)
 and tries again, so a repository that is down loses nothing, and events arrive in order.
 """

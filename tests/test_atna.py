@@ -179,6 +179,17 @@ def _stamps(got: list[dict[str, str]]) -> set[str]:
     return {atna_check.check(g["msg"]).find("EventIdentification").get("EventDateTime") for g in got}
 
 
+def _recorded_since_start(srv) -> set[str]:  # noqa: ANN001
+    """EventDateTime of every audit event recorded since the server's Application Start."""
+    archive = srv.archive()
+    try:
+        rows = list(archive.audit.events(limit=100_000))
+    finally:
+        archive.close()
+    start = next(r for r in rows if r.action == "start")
+    return {r.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for r in rows if r.id >= start.id}
+
+
 def _run(cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, **kw)
     assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr[-2000:])
@@ -226,6 +237,7 @@ def test_served_events_reach_rsyslog_over_tls_and_survive_its_restart(rsyslog, t
         assert {c.get("UID") for r in stored for c in r.iter("SOPClass")} == {CT_IMAGE_STORAGE}
 
         # the receiver restarts: what happens meanwhile waits in the index and arrives afterwards
+        rsyslog.wait_for(lambda g: _recorded_since_start(srv) <= _stamps(g))  # nothing in flight
         rsyslog.stop()
         before = len(rsyslog.lines())
         paths_b = make_study(tmp_path / "b", n_series=1, per_series=3, patient_id=pid, patient_name=name)
@@ -242,14 +254,7 @@ def test_served_events_reach_rsyslog_over_tls_and_survive_its_restart(rsyslog, t
     got = rsyslog.wait_for(lambda g: ("110100", "110121") in _kinds(g))  # Application Stop, at the end
 
     # nothing lost: every event recorded since the start arrived (EventDateTime is the row's time)
-    archive = srv.archive()
-    try:
-        rows = list(archive.audit.events(limit=100_000))
-    finally:
-        archive.close()
-    start = next(r for r in rows if r.action == "start")
-    expected = {r.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for r in rows if r.id >= start.id}
-    assert expected - _stamps(got) == set()
+    assert _recorded_since_start(srv) - _stamps(got) == set()
     raw = rsyslog.out.read_text()
     assert pid not in raw and name.split("^")[1] not in raw and "Atnaperson" not in raw
 
