@@ -17,9 +17,9 @@ syslog and sends the batch:
   lost on the way is lost: UDP has no acknowledgement at all (use tls:// for that).
 
 What "delivered" can mean: RFC 5425 has no acknowledgement by the application, so a repository that
-is killed after its TCP took a batch and before it wrote it loses that batch (rsyslog's RELP would close that gap, but audit record repositories speak
-RFC 5425, not RELP). A repository that stops
-cleanly or is down before the batch loses nothing.
+is killed after its TCP took a batch and before it wrote it loses that batch (rsyslog's RELP would
+close that gap, but audit record repositories speak RFC 5425, not RELP). A repository that is down
+before the batch, or closes the connection while we send, loses nothing.
 
 Only when a batch went out does the marker move; else the sender waits (1 s, doubling up to 60 s)
 and tries again, so a repository that is down loses nothing, and events arrive in order.
