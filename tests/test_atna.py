@@ -179,6 +179,11 @@ def _stamps(got: list[dict[str, str]]) -> set[str]:
     return {atna_check.check(g["msg"]).find("EventIdentification").get("EventDateTime") for g in got}
 
 
+def _waiting(srv) -> float:  # noqa: ANN001
+    text = requests.get(f"{srv.http_url}/metrics", timeout=30).text
+    return float(re.search(r"^pacs_audit_events_waiting (\S+)$", text, re.M).group(1))
+
+
 def _recorded_since_start(srv) -> set[str]:  # noqa: ANN001
     """EventDateTime of every audit event recorded since the server's Application Start."""
     archive = srv.archive()
@@ -245,10 +250,15 @@ def test_served_events_reach_rsyslog_over_tls_and_survive_its_restart(rsyslog, t
         _run([require("storescu"), "-aec", srv.ae_title, "+sd", "127.0.0.1", port, str(tmp_path / "b")])
         srv.pacs("patient", "shred", "--patient-id", pid, "--yes")
         assert len(rsyslog.lines()) == before  # the commands returned: their events are in the index
+        assert _waiting(srv) >= 4  # /metrics tells the operator: 3 stores and the shred wait
         rsyslog.start()
         got = rsyslog.wait_for(lambda g: ("110110", None) in _kinds(g)
                                and sum(study_b in atna_check.object_ids(atna_check.check(x["msg"]))
                                        for x in g) >= 3, timeout=120)
+        deadline = time.monotonic() + 30
+        while _waiting(srv) != 0:
+            assert time.monotonic() < deadline, "pacs_audit_events_waiting stays above 0"
+            time.sleep(0.2)
     finally:
         srv.stop()
     got = rsyslog.wait_for(lambda g: ("110100", "110121") in _kinds(g))  # Application Stop, at the end

@@ -129,3 +129,15 @@ class DeliveryQueue:
                 AuditDelivery.repository == self.repository, AuditDelivery.owner == self.owner).values(
                 lease_until=None))
         self._held_until = None
+
+
+def backlog(read_sessions: Any, repository: str) -> dict[str, float]:
+    """For /metrics: events recorded and not yet delivered to ``repository``, and seconds since the
+    last delivery (-1: none yet). Two index lookups (the newest id, the marker row)."""
+    with read_sessions() as s:
+        newest = s.scalar(select(func.max(AuditEvent.id))) or 0
+        row = s.get(AuditDelivery, repository[:255])
+    if row is None:
+        return {"waiting": float(newest), "since_delivery": -1.0}
+    since = (_now() - row.delivered_at).total_seconds() if row.delivered_at else -1.0
+    return {"waiting": float(max(0, newest - row.delivered_id)), "since_delivery": since}
