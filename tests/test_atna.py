@@ -323,3 +323,20 @@ def test_tls_without_our_certificate_the_repository_refuses_and_nothing_is_lost(
     while good.step():
         pass
     rsyslog.wait_for(lambda g: all(any(d in x["msg"] for x in g) for d in pending))
+
+
+@pytest.mark.parametrize(("setting", "said"), [("udp://arr", "audit_repository"), ("tls://127.0.0.1:6514", "tls_ca_file")])
+def test_pacs_serve_refuses_an_unusable_audit_repository_in_one_line(tmp_path, setting, said):
+    import os
+
+    from tests.conftest import PACS, free_port
+
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_PORT=str(free_port()),
+               PACS_HTTP_PORT=str(free_port()), PACS_AUDIT_REPOSITORY=setting, PACS_TLS_CA_FILE=str(garbage))
+    run = subprocess.run([PACS, "serve"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 1
+    assert said in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "data" / "index.sqlite").exists()
