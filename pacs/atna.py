@@ -208,6 +208,7 @@ class Sender:
         self._hostname = hostname
         self._stopping = False
         self._down_since: float | None = None
+        self.holding = False  # this sender holds the lease (else another node sends)
 
     def stop(self) -> None:
         self._stopping = True
@@ -232,7 +233,8 @@ class Sender:
 
     def step(self) -> int:
         """Deliver one batch; the number of events delivered (0: none pending, or not our turn)."""
-        if not self.queue.claim(self._start_after):
+        self.holding = self.queue.claim(self._start_after)
+        if not self.holding:
             return 0
         rows = self.queue.pending(BATCH)
         if not rows:
@@ -267,7 +269,9 @@ class Sender:
                 self._sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
-            if sent < BATCH:
+            if not self.holding:  # another node sends: ask again now and then
+                self._sleep(self.queue.lease.total_seconds() / 3)
+            elif sent < BATCH:
                 self._sleep(POLL_SECONDS)
         self.drain()
 
