@@ -17,13 +17,14 @@ delete                          DICOM Instances Accessed (110103; D)
 shred                           Patient Record (110110; D)
 query                           Query (110112; E) - C-FIND and QIDO-RS
 export                          Export (110106; R), Destination Media participant
-login, letter-use               User Authentication (110114; E; 110122 Login)
+login, letter-use, letter-add,  User Authentication (110114; E; 110122 Login)
+share-use
 start, stop                     Application Activity (110100; E; 110120 / 110121)
-letter-access                   Security Alert (110113; E; 110132 Use of Restricted
-                                Function) - a refused letter
+letter-access, share-access    Security Alert (110113; E; 110132 Use of Restricted
+                                Function) - a refused letter or share
 alarm, retention                Security Alert (110132 Use of Restricted Function)
 token-*, letter-issue/-revoke,  Security Alert (110137 User Security Attributes Changed)
-letter-mail
+letter-mail, share-create/-rev.
 provider-*                      Security Alert (110136 Security Roles Changed)
 key-rotate, key-retire          Security Alert (110129 Security Configuration)
 ==============================  =========================================================
@@ -151,6 +152,11 @@ KINDS: dict[str, Kind] = {
     "letter-issue": _ALERT_ATTRIBUTES,
     "letter-revoke": _ALERT_ATTRIBUTES,
     "letter-mail": _ALERT_ATTRIBUTES,
+    "letter-add": Kind(USER_AUTHENTICATION, "E", LOGIN),  # a second letter opened on the patient page
+    "share-create": _ALERT_ATTRIBUTES,
+    "share-revoke": _ALERT_ATTRIBUTES,
+    "share-use": Kind(USER_AUTHENTICATION, "E", LOGIN),
+    "share-access": Kind(SECURITY_ALERT, "E", RESTRICTED_FUNCTION, objects="alert"),
     "provider-add": Kind(SECURITY_ALERT, "E", SECURITY_ROLES_CHANGED, objects="alert"),
     "provider-remove": Kind(SECURITY_ALERT, "E", SECURITY_ROLES_CHANGED, objects="alert"),
     "key-rotate": Kind(SECURITY_ALERT, "E", SECURITY_CONFIGURATION, objects="alert"),

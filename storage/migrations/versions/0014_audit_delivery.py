@@ -1,14 +1,14 @@
 """audit_delivery: the delivered-up-to marker and sender lease of audit to a repository (IHE ATNA)
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0013
 Create Date: 2026-12-03 19:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0014'
-down_revision = '0011'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
