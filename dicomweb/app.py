@@ -124,10 +124,22 @@ def _metrics(app: Flask) -> None:
     @app.get("/metrics")
     def metrics_view() -> Response:
         auth.provider_authenticate()
-        status = getattr(app.extensions["archive"].blobs, "status", None)
-        body, content_type = metrics.exposition(status() if callable(status) else None)
+        archive = app.extensions["archive"]
+        status = getattr(archive.blobs, "status", None)
+        body, content_type = metrics.exposition(status() if callable(status) else None,
+                                                _audit_backlog(archive))
         return Response(body, mimetype=content_type.split(";")[0],
                         content_type=content_type)
+
+
+def _audit_backlog(archive: Any) -> dict[str, float] | None:
+    """What waits for the audit record repository, when one is set (storage/atna/queue.py)."""
+    if not archive.settings.audit_repository:
+        return None
+    from storage.atna.queue import backlog
+    from storage.atna.target import parse
+
+    return backlog(archive.sessions, parse(archive.settings.audit_repository).name)
 
 
 class HostPort:

@@ -189,16 +189,33 @@ def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[
         log.warning("C-FIND failed: %s", type(exc).__name__)
         yield status(UNABLE_TO_PROCESS, "C-FIND failed; see the server log"), None
         return
-    if first is None:
-        return
+    count, outcome = 0, "success"
     try:
-        for match in _chain(first, matches):
+        for match in _chain(first, matches) if first is not None else ():
             if event.is_cancelled:
+                outcome = "cancelled"
                 yield CANCEL, None
                 return
+            count += 1
             yield PENDING, response(match, identifier, level, settings.ae_title)
     except BadInput as exc:
+        outcome = "failure"
         yield status(CANNOT_UNDERSTAND, str(exc)), None
+    finally:
+        _audit(event, archive, query, level, count, outcome)
+
+
+def _audit(event: Event, archive: Archive, query: Query, level: str, count: int, outcome: str) -> None:
+    """One ``query`` audit event per C-FIND (PS3.15 A.5.3.9): the model, level, key names and count;
+    no key values (they are PHI), as QIDO-RS records them."""
+    try:
+        req = event.assoc.requestor
+        keys = ",".join(sorted(query.filters)) or "-"
+        archive.audit.record("query", actor=req.ae_title.strip(), source=f"{req.address}:{req.port}",
+                             outcome=outcome, detail=f"C-FIND {level} by {keys}: {count} match(es) "
+                             f"[{event.request.AffectedSOPClassUID}]"[:500])
+    except Exception:
+        log.exception("audit record failed")
 
 
 def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -99,7 +99,8 @@ def _who(event: Event) -> tuple[str, str]:
     return req.ae_title, f"{req.address}:{req.port}"
 
 
-def _audit(archive: Archive, event: Event, infos: list[InstanceInfo], detail: str, outcome: str) -> None:
+def _audit(archive: Archive, event: Event, infos: list[InstanceInfo], detail: str, outcome: str,
+           action: str = "retrieve") -> None:
     """One audit record per study retrieved (PS3.15 A.5 spirit); never fails the retrieve."""
     actor, origin = _who(event)
     studies: dict[str, int] = {}
@@ -107,7 +108,7 @@ def _audit(archive: Archive, event: Event, infos: list[InstanceInfo], detail: st
         studies.setdefault(i.study_uid, i.patient_ref)
     for study_uid, patient_ref in studies.items():
         try:
-            archive.audit.record("retrieve", actor=actor, source=origin, outcome=outcome,
+            archive.audit.record(action, actor=actor, source=origin, outcome=outcome,
                                  patient_ref=patient_ref, study_uid=study_uid, detail=detail)
         except Exception:
             log.exception("audit record failed")
@@ -161,6 +162,9 @@ def handle_get(event: Event, archive: Archive, settings: Settings) -> Iterator[A
 def _sub_operations(archive: Archive, event: Event, infos: list[InstanceInfo],
                     accepted: Callable[[str], set[str]],
                     detail: str) -> Iterator[tuple[Any, Any]]:
+    if infos:  # Begin Transferring DICOM Instances (PS3.15 A.5.3.3), one per study
+        _audit(archive, event, infos, f"{detail}: {len(infos)} instance(s) to send", "success",
+               "retrieve-begin")
     for sent, info in enumerate(infos):
         if event.is_cancelled:
             _audit(archive, event, infos[:sent], f"{detail}: cancelled after {sent}", "cancelled")

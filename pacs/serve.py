@@ -32,7 +32,7 @@ from storage.config import Settings
 from storage.hsm import log_in
 from storage.keys import uses_token
 
-from . import tls
+from . import atna, tls
 
 log = logging.getLogger("pacs.serve")
 
@@ -193,6 +193,7 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
 
     try:
         tls.check(settings)  # certificates that do not load: one line, before anything is bound
+        atna.check(settings)
     except tls.CannotUseTLS as exc:
         raise CannotStart(str(exc)) from None
     dicom_socket = (bind("DICOM", "dicom_port", settings.dicom_host, settings.dicom_port)
@@ -210,6 +211,9 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
     prepare(settings)
     metrics_dir = metrics.prepare()  # before any child: they inherit it
     install_dimse(settings)  # before the workers fork: they inherit it, and its one warning is said once
+    started_at = atna.utcnow()
+    atna.record_lifecycle(settings, "start", f"pid {os.getpid()}")
+    audit_sender = atna.start(settings, _child_env(settings, config_path), started_at)
     http = start_http(settings, config_path, http_socket)
     http_started = time.monotonic()
     retention = start_retention(settings, config_path)
@@ -244,4 +248,11 @@ def serve(settings: Settings, config_path: str | None = None) -> int:
             http.wait(timeout=15)
         except subprocess.TimeoutExpired:
             http.kill()
+        atna.record_lifecycle(settings, "stop", f"pid {os.getpid()}")
+        if audit_sender is not None:  # it sends what is pending (the stop) before it exits
+            audit_sender.terminate()
+            try:
+                audit_sender.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                audit_sender.kill()
         metrics.remove(metrics_dir)

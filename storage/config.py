@@ -124,6 +124,10 @@ class Settings:
     smtp_timeout: float = 30.0
     mail_codes: bool = False  # also put the access code and passcode in the mail (one channel)
 
+    # Audit to an audit record repository (IHE ATNA, PS3.15 A.5; storage/atna, pacs/atna.py)
+    audit_repository: str = ""  # "" off; "tls://host:6514" (RFC 5425) or "udp://host:514" (RFC 5426)
+    audit_source_id: str = ""  # AuditSourceID of the messages; "" = ae_title
+
     def resolved(self) -> Settings:
         """Fill the defaults that depend on data_dir."""
         s = dataclasses.replace(self)
@@ -232,7 +236,7 @@ def check(s: Settings) -> Settings:
         if not 1 <= d.port <= 65535:
             problems.append(f"destinations: the port of {ae} is {d.port}; a port is 1-65535")
     problems += _blob_store_problems(s)
-    problems += _pkcs11_problems(s) + _tls_problems(s)
+    problems += _pkcs11_problems(s) + _tls_problems(s) + _audit_problems(s)
     if problems:
         raise ConfigError("; ".join(problems))
     return s
@@ -301,6 +305,24 @@ def _tls_problems(s: Settings) -> list[str]:
                 and not Path(path).is_file():
             out.append(f"{name}: {path} is not a readable file")
     return out
+
+
+def _audit_problems(s: Settings) -> list[str]:
+    """audit_repository: a URL we can send to; over TLS, a CA to check the repository with."""
+    if not s.audit_repository:
+        return []
+    from .atna.target import parse
+
+    try:
+        repo = parse(s.audit_repository)
+    except ValueError as exc:
+        return [f"audit_repository: {exc}, got {s.audit_repository!r}"]
+    if repo.scheme == "tls" and s.tls_ca_file is None:
+        return ["tls_ca_file: audit_repository over tls:// needs the CA bundle that the "
+                "repository's certificate chains to"]
+    if repo.scheme == "tls" and not Path(s.tls_ca_file).is_file():  # type: ignore[arg-type]
+        return [f"tls_ca_file: {s.tls_ca_file} is not a readable file"]
+    return []
 
 
 def _pkcs11_problems(s: Settings) -> list[str]:

@@ -142,11 +142,13 @@ def commit_queue(depth: int) -> None:
     _update("commit_queue", "set", depth)
 
 
-def exposition(blob_status: dict[str, Any] | None = None) -> tuple[bytes, str]:
+def exposition(blob_status: dict[str, Any] | None = None,
+               audit_backlog: dict[str, float] | None = None) -> tuple[bytes, str]:
     """Every process's metrics added up, in the Prometheus text format, and its content type.
 
     ``blob_status``: what a blob store over several locations reports at this moment (the dispersal
     store's ``status()``): locations up, corrupt shares seen, objects below full redundancy.
+    ``audit_backlog``: audit events waiting for the audit record repository (storage/atna/queue.py).
     """
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -156,7 +158,26 @@ def exposition(blob_status: dict[str, Any] | None = None) -> tuple[bytes, str]:
         MultiProcessCollector(registry)
     if blob_status is not None:
         registry.register(_BlobStatus(blob_status))
+    if audit_backlog is not None:
+        registry.register(_AuditBacklog(audit_backlog))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _AuditBacklog:
+    """Gauges of the delivery to the audit record repository (IHE ATNA), read at scrape time."""
+
+    def __init__(self, backlog: dict[str, float]) -> None:
+        self.backlog = backlog
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily("pacs_audit_events_waiting",
+                                "Audit events recorded and not yet taken by the audit record repository",
+                                value=self.backlog["waiting"])
+        yield GaugeMetricFamily("pacs_audit_seconds_since_delivery",
+                                "Seconds since audit events last went to the repository (-1: never)",
+                                value=self.backlog["since_delivery"])
 
 
 class _BlobStatus:

@@ -286,3 +286,19 @@ class Provider(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# -- audit to a repository (migration 0014, storage/atna/queue.py) ----------------------------------
+
+class AuditDelivery(Base):
+    """How far audit_events went to one audit record repository (IHE ATNA), and who sends them.
+
+    The audit table is the queue; this row is its delivered-up-to marker and the sender's lease
+    (one sender per cluster: the process whose ``owner`` holds an unexpired ``lease_until``)."""
+
+    __tablename__ = "audit_delivery"
+    repository: Mapped[str] = mapped_column(String(255), primary_key=True)
+    delivered_id: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str] = mapped_column(String(128), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
