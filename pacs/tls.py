@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -117,9 +118,9 @@ def associate_args(settings: Settings, destination: Destination) -> dict[str, An
 def move_over_tls(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     """Wrap an EVT_C_MOVE handler: its (host, port, kwargs) gets ``tls_args`` for a TLS destination."""
 
-    def handle(event: Any, archive: Any, settings: Settings) -> Iterator[Any]:
+    def handle(event: Any, archive: Any, settings: Settings, *args: Any) -> Iterator[Any]:
         dest = settings.destinations.get((event.move_destination or "").strip())
-        gen = handler(event, archive, settings)
+        gen = handler(event, archive, settings, *args)
         first = next(gen, None)
         if dest is not None and dest.tls and isinstance(first, tuple) and len(first) >= 2 \
                 and first[0] is not None:
@@ -228,3 +229,20 @@ def gunicorn_args(settings: Settings) -> list[str]:
         return []
     return ["--certfile", str(settings.tls_cert_file), "--keyfile", str(settings.tls_key_file),
             "--ciphers", BCP195_CIPHERS]
+
+
+def peer_certificate(assoc: Any) -> tuple[str, str] | None:
+    """(SHA-256 fingerprint in lowercase hex, subject common name) of the peer's TLS certificate,
+    or None (no TLS, no certificate). Maps a certificate to its provider (pacs/tenancy.py)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        der = sock.getpeercert(binary_form=True)
+        cert = sock.getpeercert() or {}
+    except (ValueError, OSError):
+        return None
+    if not der:
+        return None
+    cn = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), "")
+    return hashlib.sha256(der).hexdigest(), cn
