@@ -52,6 +52,7 @@ NOT_PROVIDER = {
     "patient_session_": "a patient's session cookie only (tests/robustness/test_isolation_matrix.py)",
     "patient_viewer": "the patient's viewer app", "patient_pages": "letter sign-in pages",
     "patient_": "a patient letter's HTTP Basic door (test_isolation_matrix.py)",
+    "share_": "a patient's share: its own code or token, never a provider's (test_isolation_matrix.py)",
 }
 
 

@@ -5,15 +5,15 @@
 (``pacs token create --cross-tenant``). No foreign key, as for ``patients.provider_id`` (0011):
 providers are never deleted, only marked.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-03 18:45:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0011'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
