@@ -9,6 +9,11 @@ is allowed with admin scope, unless ``trust_proxy_headers`` is on (a local rever
 every client look local) or ``PACS_OPEN_LOOPBACK=false``. A presented token is always checked.
 
 Missing or wrong credentials: 401 with ``WWW-Authenticate: Bearer``; too small a scope: 403.
+
+Tenancy (issue 19, storage/tokens.py): a token acts for one provider; its requests carry
+``Scope(provider_id=...)``, so every read sees that provider's patients only and every store lands
+in it. A ``--cross-tenant`` token and the loopback exemption see every provider (scope None) and
+store into ``default``. A token whose provider was removed answers 401 exactly as an unknown token.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ from typing import Any, TypeVar, cast
 from flask import Response, abort, g, has_request_context, request
 
 from storage.archive import Archive, Scope
-from storage.tokens import SCOPES, TokenInfo, create_token, list_tokens, lookup_token, revoke_token
+from storage.tokens import (
+    SCOPES,
+    TokenInfo,
+    create_token,
+    list_tokens,
+    lookup_token,
+    revoke_token,
+    token_holder,
+)
 
 from . import context
 
@@ -72,13 +85,18 @@ def provider_authenticate() -> Scope | None:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         abort(_unauthorized("only Bearer tokens are accepted", error="invalid_request"))
-    found = lookup_token(context.archive(), token.strip())
-    if found is None:
+    found = token_holder(context.archive(), token.strip())
+    if found is None or found.provider_removed:
+        why = "unknown or revoked token" if found is None else \
+            f"token {found.name} of a removed provider"
         context.archive().audit.record("login", actor="token", source=context.client_address(),
-                                       outcome="failure", detail="unknown or revoked token")
+                                       outcome="failure", detail=why)
         abort(_unauthorized("unknown or revoked token"))
-    g.pacs_actor, g.pacs_token_scope = f"token:{found[0]}", found[1]
-    return None
+    g.pacs_actor, g.pacs_token_scope = f"token:{found.name}", found.scope
+    if found.cross_tenant:
+        return None
+    g.pacs_provider = found.provider
+    return Scope(provider_id=found.provider.id)
 
 
 def check_scope(level: str) -> None:

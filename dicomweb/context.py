@@ -1,8 +1,9 @@
 """What a DICOMweb view needs from the request: the archive, the caller's scope, absolute URLs.
 
 Every service blueprint is made by :func:`service_blueprint` with an *authenticate* callable run
-before each request. It returns the caller's :class:`~storage.archive.Scope` (``None`` = a provider
-who may see everything) or aborts (401/403/404). The same read services are mounted twice: at the
+before each request. It returns the caller's :class:`~storage.archive.Scope` (``None`` = a
+cross-tenant caller who may see everything; ``provider_id`` = one provider's patients; ``patient_ref``
+= one patient's letter) or aborts (401/403/404). The same read services are mounted twice: at the
 provider root (``/dicom-web``) and, by the patient pages, at ``/letters/<selector>/dicom-web`` with a
 patient's scope. Views call :func:`scope` and pass it to every archive call; they never decide access.
 """
@@ -16,6 +17,7 @@ from flask import Blueprint, current_app, g, request
 
 from storage.archive import Archive, Scope
 from storage.config import Settings
+from storage.tenancy import ProviderRef
 
 Authenticate = Callable[[], Scope | None]
 
@@ -36,6 +38,13 @@ def scope() -> Scope | None:
     """The caller's scope, set by the blueprint's authenticate hook (None: everything)."""
     value: Scope | None = g.get("pacs_scope")
     return value
+
+
+def provider() -> ProviderRef | None:
+    """The provider a provider's token acts for (stores land in it); None: default (a
+    cross-tenant token, the loopback exemption). Issue 19, storage/tenancy.py."""
+    found: ProviderRef | None = g.get("pacs_provider")
+    return found
 
 
 def actor() -> str:

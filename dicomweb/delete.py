@@ -35,8 +35,9 @@ def make_blueprint(name: str, authenticate: context.Authenticate, url_prefix: st
 
 
 def _delete(study: str, series: str | None = None, instance: str | None = None) -> Response:
-    if context.scope() is not None:
+    scope = context.scope()
+    if scope is not None and scope.patient_ref is not None:  # a patient's letter: never
         abort(403)
     context.archive().delete(study, series, instance, actor=context.actor(),
-                             origin=context.client_address())
+                             origin=context.client_address(), scope=scope)
     return Response(status=204)

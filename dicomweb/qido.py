@@ -99,9 +99,7 @@ def search(level: Level, fixed: dict[str, str]) -> Response:
     offer = negotiate(request.headers.get("Accept"), metadata_offers())
     parsed = parse_query(level, request.args.to_dict(flat=False), fixed)
     q, include, unsupported = parsed
-    scope = context.scope()
-    if scope is not None:
-        q.patient_scope, q.study_scope = scope.patient_ref, scope.study_uids
+    q.within(context.scope())
     archive = context.archive()
     body, count = render(level, archive.find(q), include, context.service_root())
     if not count and fixed:
@@ -122,7 +120,8 @@ def _check_parent(archive: Archive, q: Query, fixed: dict[str, str]) -> None:
     (PS3.18 10.6.1, the resource is the study's series). Only asked when nothing matched."""
     level: Level = "SERIES" if "SeriesInstanceUID" in fixed else "STUDY"
     parent = Query(level=level, filters=dict(fixed), return_keys=(), limit=1,
-                   patient_scope=q.patient_scope, study_scope=q.study_scope)
+                   patient_scope=q.patient_scope, study_scope=q.study_scope,
+                   provider_scope=q.provider_scope)
     if next(iter(archive.find(parent)), None) is None:
         raise NotFound(f"no such {level.lower()}")
 

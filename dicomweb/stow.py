@@ -43,6 +43,7 @@ from .context import (
     actor,
     archive,
     client_address,
+    provider,
     service_blueprint,
     service_root,
     settings,
@@ -181,7 +182,7 @@ def store_dicom_parts(parts: Iterator[Part], outcome: Outcome) -> None:
                 part.close()
 
     results = archive().store_many(bodies(), actor=actor(), origin=client_address(),
-                                   study_uid=outcome.url_study)
+                                   study_uid=outcome.url_study, provider=provider())
     for result in results:
         if isinstance(result, ArchiveError):
             outcome.fail(result.sop_class_uid, result.sop_instance_uid, reason_of(result), str(result))
@@ -395,7 +396,7 @@ def _store_bodies(bodies: list[tuple[pydicom.Dataset, Any, str]], outcome: Outco
     for ds, body, content_type in bodies:
         try:
             result = archive().store(body, actor=actor(), origin=client_address(),
-                                     content_type=content_type)
+                                     content_type=content_type, provider=provider())
         except ArchiveError as exc:
             outcome.fail(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
                          reason_of(exc), str(exc))
@@ -441,7 +442,7 @@ def _about(meta: pydicom.Dataset, patient: Any) -> str | None:
     if not uid:
         return None
     try:
-        ref = archive().find_patient(patient.patient_id, patient.issuer_of_patient_id)
+        ref = archive().find_patient(patient.patient_id, patient.issuer_of_patient_id, provider())
     except NotFound:
         ref = None
     return check_about(archive(), uid, ref)

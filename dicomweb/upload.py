@@ -24,7 +24,15 @@ from storage.ingest import attach_all, describe
 from storage.spool import EncryptedSpool
 
 from .auth import check_scope
-from .context import Authenticate, actor, archive, client_address, service_blueprint, settings
+from .context import (
+    Authenticate,
+    actor,
+    archive,
+    client_address,
+    provider,
+    service_blueprint,
+    settings,
+)
 
 CSRF_HEADER = "X-PACS-Upload"
 _STATIC = Path(__file__).parent / "static"
@@ -77,7 +85,7 @@ def upload_file() -> tuple[Response, int]:
             new_study_description=form.get("description") or None,
             title=form.get("title") or None, media_type=upload.mimetype or None,
             about=form.get("about") or None,
-            actor=actor(), origin=client_address(), max_size=limit)
+            actor=actor(), origin=client_address(), max_size=limit, provider=provider())
     except ArtifactTooLarge as exc:
         return _refuse(413, str(exc))
     except UnsupportedArtifact as exc:

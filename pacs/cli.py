@@ -95,18 +95,26 @@ def serve(ctx: Context) -> None:
 @main.command(name="import")
 @click.argument("folder", type=click.Path(exists=True, file_okay=True, path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--provider", default=None, help="The provider whose patients they are (default: default).")
 @pass_ctx
-def import_(ctx: Context, folder: Path, quiet: bool) -> None:
+def import_(ctx: Context, folder: Path, quiet: bool, provider: str | None) -> None:
     """Store every DICOM file under FOLDER (recursively) and summarise what was refused."""
     from tqdm import tqdm
 
+    from storage.providers import provider_ref
+
     archive = ctx.archive(create_key=True)
+    try:
+        tenant = provider_ref(archive, provider)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     outcome: Counter[str] = Counter()
     refused: dict[str, list[Path]] = {}  # reason -> files
     for path in tqdm(files, unit="file", disable=quiet or not sys.stderr.isatty()):
         try:
-            result = archive.store(path, actor="pacs import", origin=os.uname().nodename)
+            result = archive.store(path, actor="pacs import", origin=os.uname().nodename,
+                                   provider=tenant)
             outcome[result.status] += 1
         except ArchiveError as exc:
             refused.setdefault(str(exc), []).append(path)

@@ -30,11 +30,12 @@ from pynetdicom import AE, build_role
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at import time
 
-from storage.archive import Archive
+from storage.archive import Archive, Scope
 from storage.config import Destination, Settings
 from storage.errors import NotFound
 
 from .status import SUCCESS, status
+from .tenancy import REFUSED_COMMENT, Refused, Tenants
 from .tls import associate_args
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,15 @@ PROCESSING_FAILURE, INVALID_ARGUMENT, NO_SUCH_ACTION = 0x0110, 0x0115, 0x0123
 ATTEMPTS, RETRY_SECONDS = 3, 2.0
 
 
-def handle_action(event: Event, archive: Archive, settings: Settings) -> tuple[Dataset, None]:
-    """EVT_N_ACTION: check the request, answer it, and report the result from a thread."""
+def handle_action(event: Event, archive: Archive, settings: Settings,
+                  tenants: Tenants | None = None) -> tuple[Dataset, None]:
+    """EVT_N_ACTION: check the request, answer it, and report the result from a thread.
+    Instances of another provider than the association's are reported as not held (unknown)."""
     calling = event.assoc.requestor.ae_title.strip()
+    try:
+        scope = tenants.of(event.assoc).scope if tenants is not None else None
+    except Refused:
+        return _status(PROCESSING_FAILURE, REFUSED_COMMENT)
     if event.action_type != REQUEST_COMMITMENT:
         return _status(NO_SUCH_ACTION, "only Action Type 1 (request storage commitment) is supported")
     try:
@@ -66,7 +73,8 @@ def handle_action(event: Event, archive: Archive, settings: Settings) -> tuple[D
     if destination is None:
         log.warning("storage commitment from %s refused: it is not among the configured destinations", calling)
         return _status(PROCESSING_FAILURE, f"{calling} is not in destinations (results go back there)")
-    threading.Thread(target=_report, args=(archive, settings, calling, destination, transaction, refs),
+    threading.Thread(target=_report, args=(archive, settings, calling, destination, transaction, refs,
+                                           scope),
                      name="storage-commitment", daemon=True).start()
     return _status(SUCCESS)
 
@@ -76,7 +84,8 @@ def _status(code: int, comment: str = "") -> tuple[Dataset, None]:
     return status(code, comment), None
 
 
-def result(archive: Archive, transaction: str, refs: list[tuple[str, str]], ae_title: str) -> tuple[int, Dataset]:
+def result(archive: Archive, transaction: str, refs: list[tuple[str, str]], ae_title: str,
+           scope: Scope | None = None) -> tuple[int, Dataset]:
     """(Event Type ID, Event Information) for the referenced instances, as we hold them now."""
     held, failed = [], []
     for sop_class, sop_uid in refs:
@@ -84,7 +93,7 @@ def result(archive: Archive, transaction: str, refs: list[tuple[str, str]], ae_t
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = sop_uid
         try:
-            stored = archive.instances(sop_uid=sop_uid)
+            stored = archive.instances(sop_uid=sop_uid, scope=scope)
         except NotFound:
             stored = []
         if stored and stored[0].sop_class_uid == sop_class:
@@ -102,10 +111,10 @@ def result(archive: Archive, transaction: str, refs: list[tuple[str, str]], ae_t
 
 
 def _report(archive: Archive, settings: Settings, calling: str, destination: Destination,
-            transaction: str, refs: list[tuple[str, str]]) -> None:
+            transaction: str, refs: list[tuple[str, str]], scope: Scope | None = None) -> None:
     """Work out the result and send it to the modality on a new association (up to three tries)."""
     try:
-        event_type, info = result(archive, transaction, refs, settings.ae_title)
+        event_type, info = result(archive, transaction, refs, settings.ae_title, scope)
     except Exception:  # a thread of its own: log, never crash the worker
         log.exception("storage commitment for %s could not be worked out", calling)
         return

@@ -27,7 +27,16 @@ from storage.query import Query
 
 from .dimse import findrsp
 from .find_encoding import encode_identifier
-from .status import CANCEL, CANNOT_UNDERSTAND, DATASET_MISMATCH, PENDING, UNABLE_TO_PROCESS, status
+from .status import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    NOT_AUTHORIZED,
+    PENDING,
+    UNABLE_TO_PROCESS,
+    status,
+)
+from .tenancy import REFUSED_COMMENT, Refused, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +179,17 @@ def _plain(vr: str, value: Any) -> Any:
     return value
 
 
-def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[tuple[Any, Any]]:
-    """EVT_C_FIND handler: yields (0xFF00, identifier) per match, 0xFE00 on cancel, failures."""
+def handle_find(event: Event, archive: Archive, settings: Settings,
+                tenants: Tenants | None = None) -> Iterator[tuple[Any, Any]]:
+    """EVT_C_FIND handler: yields (0xFF00, identifier) per match, 0xFE00 on cancel, failures.
+    Only the association's provider's patients match (pacs/tenancy.py)."""
     try:
         identifier = event.identifier
         level = parse_level(identifier, str(event.request.AffectedSOPClassUID),
                             study_root_models=(StudyRootQueryRetrieveInformationModelFind,))
         query = identifier_to_query(identifier, level)
+        if tenants is not None:
+            query.within(tenants.of(event.assoc).scope)
         matches = archive.find(query)
         first = next(matches, None)  # matching keys are compiled here: BadInput surfaces now
     except IdentifierError as exc:
@@ -184,6 +197,9 @@ def handle_find(event: Event, archive: Archive, settings: Settings) -> Iterator[
         return
     except BadInput as exc:
         yield status(CANNOT_UNDERSTAND, str(exc)), None
+        return
+    except Refused:
+        yield status(NOT_AUTHORIZED, REFUSED_COMMENT), None
         return
     except Exception as exc:  # unreadable identifier or index failure
         log.warning("C-FIND failed: %s", type(exc).__name__)

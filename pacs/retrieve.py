@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from storage.archive import Archive, InstanceInfo
+from storage.archive import Archive, InstanceInfo, Scope
 from storage.config import Settings
 from storage.errors import NotFound
 from storage.query import Query
@@ -35,10 +35,12 @@ from .scu import AssociationHolder, accepted_syntaxes, dataset_for_peer, propose
 from .status import (
     CANCEL,
     DATASET_MISMATCH,
+    NOT_AUTHORIZED,
     PENDING,
     UNABLE_TO_PROCESS,
     status,
 )
+from .tenancy import REFUSED_COMMENT, Refused, Tenants
 
 log = logging.getLogger(__name__)
 _STUDY_ROOT = (StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet)
@@ -51,21 +53,23 @@ def _uids(identifier: Dataset, keyword: str) -> list[str]:
     return [u.strip() for u in as_query_value(value).split("\\") if u.strip()]
 
 
-def resolve(archive: Archive, identifier: Dataset, model_uid: str) -> list[InstanceInfo]:
-    """The instances a retrieve identifier names (PS3.4 C.4.2.2.1: unique keys, or UID lists)."""
+def resolve(archive: Archive, identifier: Dataset, model_uid: str,
+            scope: Scope | None = None) -> list[InstanceInfo]:
+    """The instances a retrieve identifier names (PS3.4 C.4.2.2.1: unique keys, or UID lists)
+    that ``scope`` (the association's provider) may see: others are as unknown."""
     level = parse_level(identifier, model_uid, study_root_models=_STUDY_ROOT)
     if level == "PATIENT":
         pids = _uids(identifier, "PatientID")
         if not pids:
             raise IdentifierError(DATASET_MISMATCH, "PatientID is required at PATIENT level")
         studies = [m["StudyInstanceUID"] for pid in pids
-                   for m in archive.find(Query("STUDY", filters={"PatientID": pid}))]
-        return _collect(archive, [{"study_uid": s} for s in dict.fromkeys(studies)])
+                   for m in archive.find(Query("STUDY", filters={"PatientID": pid}).within(scope))]
+        return _collect(archive, [{"study_uid": s} for s in dict.fromkeys(studies)], scope)
     key, selector = _SELECTORS[level]
     uids = _uids(identifier, key)
     if not uids:
         raise IdentifierError(DATASET_MISMATCH, f"{key} is required at {level} level")
-    return _collect(archive, [selector(u) for u in dict.fromkeys(uids)])
+    return _collect(archive, [selector(u) for u in dict.fromkeys(uids)], scope)
 
 
 class _Selector(TypedDict, total=False):
@@ -83,11 +87,12 @@ _SELECTORS: dict[str, tuple[str, Callable[[str], _Selector]]] = {
 }
 
 
-def _collect(archive: Archive, selectors: list[_Selector]) -> list[InstanceInfo]:
+def _collect(archive: Archive, selectors: list[_Selector],
+             scope: Scope | None = None) -> list[InstanceInfo]:
     out: dict[int, InstanceInfo] = {}
     for sel in selectors:
         try:
-            for info in archive.instances(**sel):
+            for info in archive.instances(**sel, scope=scope):
                 out.setdefault(info.id, info)
         except NotFound:
             continue
@@ -114,17 +119,22 @@ def _audit(archive: Archive, event: Event, infos: list[InstanceInfo], detail: st
             log.exception("audit record failed")
 
 
-def _resolve_or_fail(archive: Archive, event: Event) -> tuple[list[InstanceInfo] | None, Dataset | None]:
+def _resolve_or_fail(archive: Archive, event: Event, tenants: Tenants | None = None
+                     ) -> tuple[list[InstanceInfo] | None, Dataset | None]:
     try:
-        return resolve(archive, event.identifier, str(event.request.AffectedSOPClassUID)), None
+        scope = tenants.of(event.assoc).scope if tenants is not None else None
+        return resolve(archive, event.identifier, str(event.request.AffectedSOPClassUID), scope), None
     except IdentifierError as exc:
         return None, status(exc.code, str(exc))
+    except Refused:
+        return None, status(NOT_AUTHORIZED, REFUSED_COMMENT)
     except Exception as exc:  # unreadable identifier, index failure
         log.warning("retrieve: identifier not resolved: %s", type(exc).__name__)
         return None, status(UNABLE_TO_PROCESS, "retrieve failed; see the server log")
 
 
-def handle_move(event: Event, archive: Archive, settings: Settings) -> Iterator[Any]:
+def handle_move(event: Event, archive: Archive, settings: Settings,
+                tenants: Tenants | None = None) -> Iterator[Any]:
     """EVT_C_MOVE handler (PS3.4 C.4.2.3): destination, sub-operation count, then one dataset each."""
     dest = settings.destinations.get((event.move_destination or "").strip())
     move.note_destination(event.assoc, dest.ae_title if dest is not None else None)
@@ -132,7 +142,7 @@ def handle_move(event: Event, archive: Archive, settings: Settings) -> Iterator[
         log.info("C-MOVE to unknown destination refused")
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
-    infos, failure = _resolve_or_fail(archive, event)
+    infos, failure = _resolve_or_fail(archive, event, tenants)
     holder = AssociationHolder()
     contexts = proposed_contexts(infos or [])
     yield dest.host, dest.port, {"contexts": contexts or None, "evt_handlers": holder.handlers()}
@@ -146,9 +156,10 @@ def handle_move(event: Event, archive: Archive, settings: Settings) -> Iterator[
                                f"C-MOVE to {dest.ae_title}")
 
 
-def handle_get(event: Event, archive: Archive, settings: Settings) -> Iterator[Any]:
+def handle_get(event: Event, archive: Archive, settings: Settings,
+               tenants: Tenants | None = None) -> Iterator[Any]:
     """EVT_C_GET handler (PS3.4 C.4.3.3): C-STORE sub-operations on the requesting association."""
-    infos, failure = _resolve_or_fail(archive, event)
+    infos, failure = _resolve_or_fail(archive, event, tenants)
     if failure is not None:
         yield 1
         yield failure, None

@@ -26,12 +26,12 @@ from storage.artifact_classes import VIDEO_CLASSES, VL_PHOTO_CLASSES
 from storage.config import Settings
 from storage.transfer_syntaxes import is_video
 
-from . import dimse, tls
+from . import dimse, tenancy, tls
 from .commit import handle_action
 from .dimse.fastpath import FastStoreBinding
 from .find import handle_find
 from .retrieve import handle_get, handle_move
-from .store import handle_store, store
+from .store import handle_store, store_as_tenant
 
 #: pynetdicom accepts, per presentation context, the first of *our* syntaxes that the peer proposes
 #: (PS3.8 9.3.2.2 leaves the choice to the acceptor). Default: Explicit VR LE first, so a peer that
@@ -76,8 +76,8 @@ def make_ae(settings: Settings) -> AE:
         # (ct-1 with dcmtk, no fsync: 454 vs 240 CT slices/s, 0.95 vs 1.95 ms CPU each). pynetdicom's
         # own path keeps its 16 KiB default: its DUL copies each PDU several times (4.0 vs 4.9 ms).
         ae.maximum_pdu_size = settings.dimse_max_pdu
-    if settings.allowed_calling_aets:
-        ae.require_calling_aet = list(settings.allowed_calling_aets)
+    if settings.allowed_calling_aets:  # a provider's AE titles (pacs/tenancy.py) are allowed too
+        ae.require_calling_aet = allowed_aets(settings)
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None  # pynetdicom's list names each one
@@ -95,7 +95,7 @@ def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> N
     refused DICOMweb token is (PS3.15 A.5.3.11 Security Alert: a node not allowed to connect)."""
     requestor = event.assoc.requestor
     calling = (requestor.ae_title or "").strip()
-    if settings.allowed_calling_aets and calling not in settings.allowed_calling_aets:
+    if settings.allowed_calling_aets and calling not in allowed_aets(settings):
         why = "calling AE title not allowed"
     else:
         why = "too many associations, or nothing we support proposed"
@@ -104,23 +104,35 @@ def handle_rejected(event: evt.Event, archive: Archive, settings: Settings) -> N
     metrics.association("rejected")
 
 
+def allowed_aets(settings: Settings) -> list[str]:
+    """``allowed_calling_aets`` and the AE titles configured for providers (or cross-tenant)."""
+    return list(dict.fromkeys([*settings.allowed_calling_aets, *settings.provider_aets,
+                               *settings.cross_tenant_aets]))
+
+
 def handlers(archive: Archive, settings: Settings) -> list[evt.EventHandlerType]:
-    """Every event handler, bound to the archive (and the settings) as pynetdicom binds them."""
+    """Every event handler, bound to the archive (and the settings) as pynetdicom binds them.
+
+    Each association's provider is decided at EVT_REQUESTED (pacs/tenancy.py); the service
+    handlers get it from the bound :class:`~pacs.tenancy.Tenants`."""
+    t = tenancy.tenants(archive, settings)
     return [
+        *t.handlers(),
         (evt.EVT_REJECTED, handle_rejected, [archive, settings]),
         (evt.EVT_ACCEPTED, lambda event: metrics.association("accepted")),
         (evt.EVT_RELEASED, lambda event: metrics.association_ended()),
         (evt.EVT_ABORTED, lambda event: metrics.association_ended()),
         (evt.EVT_C_ECHO, lambda event: 0x0000),
-        (evt.EVT_C_STORE, handle_store, [archive]),
-        (evt.EVT_C_FIND, handle_find, [archive, settings]),
-        (evt.EVT_C_MOVE, tls.move_over_tls(handle_move), [archive, settings]),  # tls = true: TLS
-        (evt.EVT_C_GET, handle_get, [archive, settings]),
-        (evt.EVT_N_ACTION, handle_action, [archive, settings]),
+        (evt.EVT_C_STORE, handle_store, [archive, t]),
+        (evt.EVT_C_FIND, handle_find, [archive, settings, t]),
+        (evt.EVT_C_MOVE, tls.move_over_tls(handle_move), [archive, settings, t]),  # tls = true: TLS
+        (evt.EVT_C_GET, handle_get, [archive, settings, t]),
+        (evt.EVT_N_ACTION, handle_action, [archive, settings, t]),
     ]
 
 
 def fast_store(archive: Archive, settings: Settings) -> FastStoreBinding | None:
     """What the fast C-STORE path calls (pacs.dimse.server.make_server): the function the C-STORE
     handler calls too, bound to the same archive; None when ``dimse_fast_store`` is off."""
-    return (store, [archive]) if settings.dimse_fast_store else None
+    return (store_as_tenant, [archive, tenancy.tenants(archive, settings)]) \
+        if settings.dimse_fast_store else None

@@ -87,6 +87,7 @@ def prepare(settings: Settings) -> None:
 
     archive = Archive(settings, create_key=True)
     try:
+        check_providers(archive, settings)
         # none of this node's processes runs yet: what it left unindexed is an orphan now
         cluster.sweep_own_orphans(archive, cluster.node_tag(settings))
         with cluster.job_lock(archive.write_engine, "orphan-sweep") as mine:  # one node sweeps
@@ -94,6 +95,23 @@ def prepare(settings: Settings) -> None:
                 archive.sweep_orphans()
     finally:
         archive.close()
+
+
+def check_providers(archive: Archive, settings: Settings) -> None:
+    """Every provider named in ``[providers.NAME]`` is registered, else CannotStart (a typo must not
+    leave a provider's modalities rejected unnoticed); a removed one is only warned about (its
+    associations are rejected, pacs/tenancy.py)."""
+    from storage.providers import list_providers
+
+    known = {p.name: p for p in list_providers(archive, include_deleted=True)}
+    named = {*settings.provider_aets.values(), *settings.provider_certificates.values()}
+    unknown = sorted(n for n in named if n not in known)
+    if unknown:
+        raise CannotStart(f"providers: {', '.join(unknown)} not registered; run "
+                          "'pacs provider add NAME' first (or fix the name in [providers.NAME])")
+    for name in sorted(n for n in named if known[n].deleted_at is not None):
+        log.warning("providers: %s was removed; its calling AE titles and certificates are "
+                    "rejected", name)
 
 
 def _child_env(settings: Settings, config_path: str | None) -> dict[str, str]:

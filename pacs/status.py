@@ -20,6 +20,7 @@ PENDING_WARNING = 0xFF01  # C-FIND pending, optional keys not supported
 CANCEL = 0xFE00
 WARNING_SUBOPS = 0xB000  # C-MOVE/C-GET: sub-operations complete, one or more failures
 DUPLICATE_SOP = 0x0111
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: refused, not authorized (no provider for this association)
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.x: refused, e.g. C-STORE SOP class != its context's
 OUT_OF_RESOURCES = 0xA700
 MOVE_OUT_OF_RESOURCES_SUBOPS = 0xA702

@@ -17,21 +17,25 @@ from pynetdicom.events import Event
 from storage import metrics
 from storage.archive import Archive
 from storage.errors import ArchiveError
+from storage.tenancy import ProviderRef
 
+from . import tenancy
 from .dimse import fastpath, idle, receive
-from .status import SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
+from .status import NOT_AUTHORIZED, SOP_CLASS_NOT_SUPPORTED, SUCCESS, status, status_for_error
 
 log = logging.getLogger(__name__)
 
-def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -> tuple[int, str]:
-    """Store one Part 10 object; (Success, "") only once it is durable and indexed.
+def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str,
+          provider: ProviderRef | None = None) -> tuple[int, str]:
+    """Store one Part 10 object for ``provider`` (None: default); (Success, "") only once it is
+    durable and indexed.
 
     ArchiveError -> its failure status (pacs.status); anything else -> a processing failure, logged
     without PHI. Never raises.
     """
     started = time.perf_counter()
     try:
-        result = archive.store(part10, actor=actor, origin=origin)
+        result = archive.store(part10, actor=actor, origin=origin, provider=provider)
     except ArchiveError as exc:
         log.info("C-STORE from %s refused: %s", actor, exc)
         return _refused(exc, started)
@@ -45,6 +49,16 @@ def store(archive: Archive, part10: bytes | BinaryIO, actor: str, origin: str) -
     return SUCCESS, ""
 
 
+def store_as_tenant(archive: Archive, tenants: tenancy.Tenants, part10: bytes | BinaryIO, actor: str,
+                    origin: str) -> tuple[int, str]:
+    """:func:`store` for the provider of the association (the fast path's binding, pacs/scp.py)."""
+    try:
+        provider = tenants.by_origin(actor, origin).provider
+    except tenancy.Refused:
+        return _outcome(status(NOT_AUTHORIZED, tenancy.REFUSED_COMMENT))
+    return store(archive, part10, actor, origin, provider)
+
+
 def _refused(exc: BaseException, started: float) -> tuple[int, str]:
     metrics.refused("dimse", metrics.reason_of(exc))
     metrics.dimse_request("C-STORE", "failure", time.perf_counter() - started)
@@ -55,9 +69,13 @@ def _outcome(ds: Dataset) -> tuple[int, str]:
     return int(ds.Status), str(ds.get("ErrorComment", ""))
 
 
-def handle_store(event: Event, archive: Archive) -> Dataset:
+def handle_store(event: Event, archive: Archive, tenants: tenancy.Tenants | None = None) -> Dataset:
     """EVT_C_STORE handler: store one object; answer Success only once it is durable and indexed."""
     actor = event.assoc.requestor.ae_title
+    try:
+        provider = tenants.of(event.assoc).provider if tenants is not None else None
+    except tenancy.Refused:
+        return status(NOT_AUTHORIZED, tenancy.REFUSED_COMMENT)
     origin = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
     if event.request.AffectedSOPClassUID != event.context.abstract_syntax:
         return status(SOP_CLASS_NOT_SUPPORTED, fastpath.WRONG_SOP_CLASS)
@@ -68,9 +86,9 @@ def handle_store(event: Event, archive: Archive) -> Dataset:
     except OSError as exc:  # the spool could not be written (a full disk)
         return status(*receive.refusal(exc, actor))
     if isinstance(source, bytes):
-        code, comment = store(archive, source, actor, origin)
+        code, comment = store(archive, source, actor, origin, provider)
     else:
         with source:
-            code, comment = store(archive, source, actor, origin)
+            code, comment = store(archive, source, actor, origin, provider)
     idle.restart(event.assoc)  # the time spent storing was not network idleness
     return status(code, comment)

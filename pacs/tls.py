@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -124,15 +125,15 @@ def associate_args(settings: Settings, destination: Destination) -> dict[str, An
 
 
 # An EVT_C_MOVE handler: (host, port[, kwargs]) first, then (status, data set) per sub-operation.
-_MoveHandler = Callable[["evt.Event", "Archive", Settings], Iterator[Any]]
+_MoveHandler = Callable[..., Iterator[Any]]  # (event, archive, settings, *bound extras)
 
 
 def move_over_tls(handler: _MoveHandler) -> _MoveHandler:
     """Wrap an EVT_C_MOVE handler: its (host, port, kwargs) gets ``tls_args`` for a TLS destination."""
 
-    def handle(event: evt.Event, archive: Archive, settings: Settings) -> Iterator[Any]:
+    def handle(event: evt.Event, archive: Archive, settings: Settings, *args: Any) -> Iterator[Any]:
         dest = settings.destinations.get((event.move_destination or "").strip())
-        gen = handler(event, archive, settings)
+        gen = handler(event, archive, settings, *args)
         first = next(gen, None)
         if dest is not None and dest.tls and isinstance(first, tuple) and len(first) >= 2 \
                 and first[0] is not None:
@@ -250,3 +251,21 @@ def gunicorn_args(settings: Settings) -> list[str]:
         return []
     return ["--certfile", str(settings.tls_cert_file), "--keyfile", str(settings.tls_key_file),
             "--ciphers", BCP195_CIPHERS]
+
+
+def peer_certificate(assoc: Any) -> tuple[str, str] | None:
+    """(SHA-256 fingerprint in lowercase hex, subject common name) of the peer's TLS certificate,
+    or None (no TLS, no certificate). Maps a certificate to its provider (pacs/tenancy.py)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        der = sock.getpeercert(binary_form=True)
+        cert = sock.getpeercert() or {}
+    except (ValueError, OSError):
+        return None
+    if not der:
+        return None
+    subject: Any = cert.get("subject", ())  # ((("commonName", "x"),), ...) as ssl gives it
+    cn = next((str(v) for rdn in subject for k, v in rdn if k == "commonName"), "")
+    return hashlib.sha256(der).hexdigest(), cn

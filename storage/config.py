@@ -74,6 +74,11 @@ class Settings:
     dimse_patches: bool = True  # pacs/dimse patches pynetdicom (False: stock pynetdicom, slower)
     dimse_switch_interval: float = 0.0005  # GIL switch interval (s) while patched; 0: CPython's 5 ms
     destinations: dict[str, Destination] = field(default_factory=dict)
+    # Tenancy (issue 19, pacs/tenancy.py): calling AE title -> provider name, client certificate
+    # (SHA-256 fingerprint hex, or "CN=<name>") -> provider name; from [providers.NAME] tables
+    provider_aets: dict[str, str] = field(default_factory=dict)
+    provider_certificates: dict[str, str] = field(default_factory=dict)
+    cross_tenant_aets: list[str] = field(default_factory=list)  # these see every provider
     duplicate_policy: str = "keep"  # keep | replace | reject  (a re-sent SOP Instance UID)
     network_timeout: float = 60.0
     connect_timeout: float = 10.0  # opening the connection to a C-MOVE destination
@@ -184,6 +189,49 @@ def _parse_destinations(value: Any) -> dict[str, Destination]:
     return out
 
 
+def _parse_pairs(name: str, value: Any) -> dict[str, str]:
+    """``KEY=provider`` pairs (comma separated) or a table of them."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for item in filter(None, (v.strip() for v in str(value).split(","))):
+        key, sep, who = item.rpartition("=")
+        if not sep or not key.strip() or not who.strip():
+            raise ConfigError(f"{name}: {item!r} is not CREDENTIAL=provider")
+        out[key.strip()] = who.strip()
+    return out
+
+
+def _fingerprint(value: str) -> str:
+    """A certificate key as the server compares it: lowercase hex without colons, or CN=..."""
+    if value[:3].upper() == "CN=":
+        return "CN=" + value[3:]
+    v = value.lower().removeprefix("sha256:").replace(":", "")
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ConfigError(f"providers: certificate {value!r} is neither a SHA-256 fingerprint "
+                          "(64 hex digits, colons allowed) nor CN=<common name>")
+    return v
+
+
+def _providers_table(doc: Any) -> dict[str, Any]:
+    """``[providers.NAME] calling_aets = [...]; certificates = [...]`` -> the two mappings."""
+    if not isinstance(doc, dict):
+        raise ConfigError("providers: expected [providers.NAME] tables")
+    aets: dict[str, str] = {}
+    certs: dict[str, str] = {}
+    for name, table in doc.items():
+        if not isinstance(table, dict) or set(table) - {"calling_aets", "certificates"}:
+            raise ConfigError(f"providers.{name}: expected calling_aets = [...] and/or "
+                              "certificates = [...]")
+        for ae in table.get("calling_aets", []):
+            if aets.setdefault(str(ae), name) != name:
+                raise ConfigError(f"providers: calling AE title {ae!r} is listed for two providers")
+        for cert in table.get("certificates", []):
+            if certs.setdefault(str(cert), name) != name:
+                raise ConfigError(f"providers: certificate {cert!r} is listed for two providers")
+    return {"provider_aets": aets, "provider_certificates": certs}
+
+
 def _ae_problem(value: str) -> str | None:
     """Why ``value`` is not a usable AE title (PS3.5 6.2, VR AE), or None."""
     if not value.strip():
@@ -230,6 +278,14 @@ def check(s: Settings) -> Settings:
     for ae in s.allowed_calling_aets:
         if (why := _ae_problem(ae)) is not None:
             problems.append(f"allowed_calling_aets: {why}")
+    for name, aes in (("provider_aets", list(s.provider_aets)),
+                      ("cross_tenant_aets", s.cross_tenant_aets)):
+        for ae in aes:
+            if (why := _ae_problem(ae)) is not None:
+                problems.append(f"{name}: {why}")
+    both = sorted(set(s.cross_tenant_aets) & set(s.provider_aets))
+    if both:
+        problems.append(f"cross_tenant_aets: {', '.join(both)} also listed for a provider")
     for ae, d in s.destinations.items():
         if (why := _ae_problem(ae)) is not None:
             problems.append(f"destinations: {why}")
@@ -349,6 +405,13 @@ def _coerce(name: str, value: Any) -> Any:
     t = str(f.type)
     if name == "destinations":
         return _parse_destinations(value)
+    if name == "provider_aets":
+        return _parse_pairs(name, value)
+    if name == "provider_certificates":
+        try:
+            return {_fingerprint(k): v for k, v in _parse_pairs(name, value).items()}
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("providers:", "provider_certificates:", 1)) from None
     if name in ("retention_years", "retention_max_per_run"):  # checked (and parsed) by check()
         return value if isinstance(value, (int, float)) and name == "retention_years" else str(value)
     if "list" in t:
@@ -383,7 +446,9 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
         for key, val in doc.items():
-            if isinstance(val, dict) and key != "destinations":
+            if key == "providers":
+                values.update(_providers_table(val))
+            elif isinstance(val, dict) and key != "destinations":
                 values.update(val)  # sections are for the reader only
             else:
                 values[key] = val

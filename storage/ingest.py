@@ -42,6 +42,7 @@ from .artifacts import (
 from .artifacts.text_sr import decode_text, rtf_text
 from .errors import BadInput, NotFound
 from .query import Query
+from .tenancy import ProviderRef
 
 __all__ = ["ArtifactError", "attach", "attach_all", "check_about", "patient_info", "study_info",
            "resolve_references"]
@@ -52,7 +53,8 @@ _REFERABLE = ("application/pdf", "text/plain", "text/rtf")
 
 
 def patient_info(archive: Archive, patient_id: str, *, patient_name: str | None = None,
-                 issuer: str = "", birth_date: str = "", sex: str = "") -> tuple[PatientInfo, int | None]:
+                 issuer: str = "", birth_date: str = "", sex: str = "",
+                 provider: ProviderRef | None = None) -> tuple[PatientInfo, int | None]:
     """The Patient Module values to use, and the patient's ref if the archive knows them.
 
     Raises BadInput for an unknown patient without a name, or a name contradicting the stored one.
@@ -63,7 +65,7 @@ def patient_info(archive: Archive, patient_id: str, *, patient_name: str | None 
     if len(patient_id) > 64:
         raise BadInput("the patient ID is longer than 64 characters")
     try:
-        ref: int | None = archive.find_patient(patient_id, issuer)
+        ref: int | None = archive.find_patient(patient_id, issuer, provider)
     except NotFound:
         ref = None
     if ref is None:
@@ -170,6 +172,7 @@ def attach_all(
     actor: str,
     origin: str,
     max_size: int | None = None,
+    provider: ProviderRef | None = None,
 ) -> list[StoreResult]:
     """Encapsulate one artifact as DICOM and store it (one object, or one per page of a
     multi-page image); nothing is stored on any error.
@@ -190,7 +193,7 @@ def attach_all(
                              new_study_description=new_study_description, title=title,
                              media_type=media_type, references=references, about=about,
                              named_files=named_files, actor=actor, origin=origin,
-                             max_size=max_size)
+                             max_size=max_size, provider=provider)
     if isinstance(data, str | os.PathLike):
         filename = filename or Path(data).name
         with open(data, "rb") as source:
@@ -200,7 +203,7 @@ def attach_all(
                               new_study_description=new_study_description, title=title,
                               media_type=media_type, references=references, about=about,
                               named_files=named_files, actor=actor, origin=origin,
-                              max_size=max_size)
+                              max_size=max_size, provider=provider)
     size = data.seek(0, io.SEEK_END)
     data.seek(0)
     if size > max_size:
@@ -213,25 +216,28 @@ def attach_all(
                              patient_name=patient_name, issuer=issuer, birth_date=birth_date,
                              sex=sex, study_uid=study_uid,
                              new_study_description=new_study_description, title=title,
-                             media_type=kind, about=about, actor=actor, origin=origin)
+                             media_type=kind, about=about, actor=actor, origin=origin,
+                             provider=provider)
     return _attach_bytes(archive, data.read(), filename=filename, patient_id=patient_id,
                          patient_name=patient_name, issuer=issuer, birth_date=birth_date, sex=sex,
                          study_uid=study_uid, new_study_description=new_study_description,
                          title=title, media_type=media_type, references=refs_given, about=about,
-                         named_files=named_files, actor=actor, origin=origin, max_size=max_size)
+                         named_files=named_files, actor=actor, origin=origin, max_size=max_size,
+                         provider=provider)
 
 
 def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, patient_id: str,
                   patient_name: str | None, issuer: str, birth_date: str, sex: str,
                   study_uid: str | None, new_study_description: str | None, title: str | None,
-                  media_type: str, about: str | None, actor: str, origin: str
-                  ) -> list[StoreResult]:
+                  media_type: str, about: str | None, actor: str, origin: str,
+                  provider: ProviderRef | None = None) -> list[StoreResult]:
     """A video file to the archive in bounded memory: Part 10 written into an encrypted spool
     (storage.spool), remux/transcode output too; nothing in clear on disk, nothing whole in RAM."""
     from .spool import EncryptedSpool
 
     patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
-                                        issuer=issuer, birth_date=birth_date, sex=sex)
+                                        issuer=issuer, birth_date=birth_date, sex=sex,
+                                        provider=provider)
     study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)
     about = check_about(archive, about, patient_ref)
     spool_dir = archive.settings.data_dir / "tmp"
@@ -246,7 +252,8 @@ def _attach_video(archive: Archive, source: BinaryIO, *, filename: str | None, p
         write_video_object(source, dest, media_type=media_type, patient=patient, study=study,
                            filename=filename, title=title, about=about, new_sink=new_sink)
         dest.seek(0)
-        return [archive.store(dest, actor=actor, origin=origin, content_type=media_type)]
+        return [archive.store(dest, actor=actor, origin=origin, content_type=media_type,
+                              provider=provider)]
     finally:
         for spool in spools:
             spool.close()
@@ -272,9 +279,11 @@ def _attach_bytes(
     actor: str,
     origin: str,
     max_size: int,
+    provider: ProviderRef | None = None,
 ) -> list[StoreResult]:
     patient, patient_ref = patient_info(archive, patient_id, patient_name=patient_name,
-                                        issuer=issuer, birth_date=birth_date, sex=sex)
+                                        issuer=issuer, birth_date=birth_date, sex=sex,
+                                        provider=provider)
     study = study_info(archive, study_uid, patient_ref, new_study_description=new_study_description)
     about = check_about(archive, about, patient_ref)
     kind = detect_media_type(data, filename, media_type)
@@ -296,7 +305,7 @@ def _attach_bytes(
     objects = encapsulate_all(data, patient=patient, study=study, filename=filename,
                               media_type=kind, title=title, references=refs, about=about,
                               max_size=max_size)
-    return store_objects(archive, objects, actor=actor, origin=origin)
+    return store_objects(archive, objects, actor=actor, origin=origin, provider=provider)
 
 
 def stored_media_type(ds: Any) -> str:
@@ -307,8 +316,8 @@ def stored_media_type(ds: Any) -> str:
     return str(value) if value else ""
 
 
-def store_objects(archive: Archive, objects: list[Any], *, actor: str, origin: str
-                  ) -> list[StoreResult]:
+def store_objects(archive: Archive, objects: list[Any], *, actor: str, origin: str,
+                  provider: ProviderRef | None = None) -> list[StoreResult]:
     """Store the objects of one artifact; when one fails, those already stored are deleted."""
     results: list[StoreResult] = []
     try:
@@ -316,7 +325,7 @@ def store_objects(archive: Archive, objects: list[Any], *, actor: str, origin: s
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             results.append(archive.store(buf.getvalue(), actor=actor, origin=origin,
-                                         content_type=stored_media_type(ds)))
+                                         content_type=stored_media_type(ds), provider=provider))
     except BaseException:
         for r in results:
             archive.delete(r.study_uid, r.series_uid, r.sop_instance_uid, actor=actor,

@@ -47,6 +47,7 @@ from .crypto import open_small, seal_small
 from .errors import NotFound, StorageFull, disk_full
 from .index.models import Patient, Series, Study
 from .keys import hkdf
+from .tenancy import provider_is
 from .transfer_syntaxes import is_native
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,10 @@ def series_metadata(archive: Archive, study_uid: str, series_uid: str,
             .join(Study, Series.study_id == Study.id).join(Patient, Study.patient_id == Patient.id)
             .where(Series.series_uid == series_uid, Study.study_uid == study_uid))
     if scope is not None:
-        stmt = stmt.where(Patient.id == scope.patient_ref)
+        if scope.patient_ref is not None:
+            stmt = stmt.where(Patient.id == scope.patient_ref)
+        if scope.provider_id is not None:
+            stmt = stmt.where(provider_is(Patient.provider_id, scope.provider_id))
         if scope.study_uids is not None:
             stmt = stmt.where(Study.study_uid.in_(sorted(scope.study_uids)))
     with archive.engine.connect() as conn:  # Core, not an ORM session: this is the hot path

@@ -39,6 +39,7 @@ class NewPatient:
     wrapped: WrappedKey
     values: dict[str, Any]  # the patient-level attributes, sealed at insert
     tokens: frozenset[bytes]  # blind-index tokens of those values
+    provider_id: int = 1  # the provider whose credentials stored it (storage/tenancy.py)
 
 
 class NewPatients:

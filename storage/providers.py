@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from .archive import Archive
 from .errors import BadInput, Conflict, NotFound
 from .index.models import Provider
+from .tenancy import DEFAULT, ProviderRef
 
-DEFAULT_PROVIDER_ID = 1
-DEFAULT_PROVIDER_NAME = "default"
+DEFAULT_PROVIDER_ID = DEFAULT.id  # 1 (storage/tenancy.py)
+DEFAULT_PROVIDER_NAME = DEFAULT.name  # "default"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 
 
@@ -76,6 +77,14 @@ def get_provider(archive: Archive, name: str) -> ProviderInfo:
     if r is None:
         raise NotFound(f"no provider named {name!r}")
     return ProviderInfo(r.id, r.name, r.created_at, r.deleted_at)
+
+
+def provider_ref(archive: Archive, name: str | None) -> ProviderRef:
+    """The active provider ``name`` as the archive's store and find take it (None: default)."""
+    if name is None:
+        return DEFAULT
+    info = get_provider(archive, name)
+    return ProviderRef(info.id, info.name)
 
 
 def provider_names(archive: Archive) -> dict[int, str]:

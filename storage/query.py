@@ -56,6 +56,7 @@ from .index.models import (
     StudyToken,
 )
 from .matching import Matcher, compile_matcher
+from .tenancy import provider_is
 from .vault import Vault
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,25 @@ class Query:
     offset: int = 0
     patient_scope: int | None = None  # only this patient (patient letters)
     study_scope: frozenset[str] | None = None  # only these studies (a letter naming studies)
+    provider_scope: int | None = None  # only this provider's patients (a provider's credentials)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise BadInput(f"unknown query level {self.level!r}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise BadInput("limit and offset must not be negative")
+
+    def within(self, scope: Any) -> Query:
+        """This query limited to a caller's :class:`storage.archive.Scope` (None: everything);
+        what every front door calls, so no door decides visibility on its own."""
+        if scope is not None:
+            if scope.patient_ref is not None:
+                self.patient_scope = scope.patient_ref
+            if scope.study_uids is not None:
+                self.study_scope = scope.study_uids
+            if scope.provider_id is not None:
+                self.provider_scope = scope.provider_id
+        return self
 
 
 @dataclass
@@ -280,6 +294,8 @@ class QueryEngine:
             conds.append(t["PATIENT"]["id"] == q.patient_scope)
         if q.study_scope is not None and "STUDY" in visible:
             conds.append(t["STUDY"]["study_uid"].in_(sorted(q.study_scope)))
+        if q.provider_scope is not None:  # a tenant sees its own patients only (issue 19)
+            conds.append(provider_is(t["PATIENT"]["provider_id"], q.provider_scope))
         if conds:
             stmt = stmt.where(and_(*conds))
         # STUDY order matches ix_studies_listing (study_date, study_time, id): LIMIT needs no sort.

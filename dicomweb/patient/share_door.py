@@ -134,7 +134,8 @@ def _listing(selector: str, grant: ShareGrant) -> Response:
 
     rows = []
     for sc in grant.scopes:
-        rows.extend(studies_of(sc.patient_ref, sc.study_uids))
+        if sc.patient_ref is not None:  # a share's scopes each name a patient
+            rows.extend(studies_of(sc.patient_ref, sc.study_uids))
     rows.sort(key=lambda r: str(r.get("StudyDate") or ""), reverse=True)
     items = [f'<li class="study"><strong>{escape(str(r.get("StudyDate") or ""))}</strong> '
              f'{escape(str(r.get("StudyDescription") or "Study"))} '

@@ -41,10 +41,12 @@ def _is_note(path: Path) -> bool:
 @click.option("--about", "about", default=None, metavar="STUDY_UID",
               help="Study Instance UID of this patient's study the files discuss (recorded as a "
                    "Referenced Study Sequence; in notes also as an SR content item).")
+@click.option("--provider", default=None, help="The provider whose patient it is (default: default).")
 @click.pass_obj
 def cli(ctx: Context, files: tuple[Path, ...], patient_id: str, patient_name: str | None, issuer: str,
         birth_date: str, sex: str, study_uid: str | None, new_study: bool, description: str,
-        title: str | None, references: tuple[str, ...], about: str | None) -> None:
+        title: str | None, references: tuple[str, ...], about: str | None,
+        provider: str | None) -> None:
     """Store FILE... (PDF, photos incl. HEIC and multi-page scans, MP4/MOV video, WAV/MP3/M4A/Ogg
     dictations, text, RTF) for a patient, each stored or refused."""
     from storage.artifacts import ArtifactError  # imported here: keeps other `pacs` verbs fast
@@ -53,7 +55,13 @@ def cli(ctx: Context, files: tuple[Path, ...], patient_id: str, patient_name: st
 
     if study_uid and new_study:
         raise click.UsageError("give either --study UID or --new-study, not both")
+    from storage.providers import provider_ref
+
     archive = ctx.archive(create_key=True)
+    try:
+        tenant = provider_ref(archive, provider)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
     origin = os.uname().nodename
     ordered = sorted(files, key=_is_note)  # notes last, so they can name the others
     stored: dict[str, StoreResult] = {}
@@ -64,7 +72,8 @@ def cli(ctx: Context, files: tuple[Path, ...], patient_id: str, patient_name: st
                                  patient_name=patient_name, issuer=issuer, birth_date=birth_date,
                                  sex=sex, study_uid=study_uid, new_study_description=description,
                                  title=title, references=references, about=about,
-                                 named_files=stored, actor="pacs attach", origin=origin)
+                                 named_files=stored, actor="pacs attach", origin=origin,
+                                 provider=tenant)
         except (ArchiveError, ArtifactError, OSError) as exc:
             refused += 1
             click.echo(f"{path}: refused: {exc}")

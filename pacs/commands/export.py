@@ -15,11 +15,13 @@ from storage.errors import ArchiveError
 @click.command(name="export")
 @click.option("--patient-id", required=True)
 @click.option("--issuer", default="")
+@click.option("--provider", default=None, help="The provider whose patient it is (default: default).")
 @click.option("--format", "fmt", type=click.Choice(["gpg", "age", "zip"]), required=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--passcode-stdin", is_flag=True, help="Read the passcode from standard input.")
 @pass_ctx
-def cli(ctx: Context, patient_id: str, issuer: str, fmt: str, out: Path, passcode_stdin: bool) -> None:
+def cli(ctx: Context, patient_id: str, issuer: str, provider: str | None, fmt: str, out: Path,
+        passcode_stdin: bool) -> None:
     """Write PATIENT's record: a PS3.10 media zip (DICOMDIR), encrypted with a passcode.
 
     Without --passcode-stdin the passcode is asked for (not echoed). 'zip' is unencrypted.
@@ -37,7 +39,9 @@ def cli(ctx: Context, patient_id: str, issuer: str, fmt: str, out: Path, passcod
             raise click.ClickException("an empty passcode is refused")
     archive = ctx.archive()
     try:
-        ref = archive.find_patient(patient_id, issuer)
+        from storage.providers import provider_ref
+
+        ref = archive.find_patient(patient_id, issuer, provider_ref(archive, provider))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
     tmp = out.with_name(out.name + ".part")

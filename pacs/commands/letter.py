@@ -33,9 +33,12 @@ def _origin() -> str:
     return os.uname().nodename
 
 
-def _patient(ctx: Context, patient_id: str, issuer: str) -> int:
+def _patient(ctx: Context, patient_id: str, issuer: str, provider: str | None = None) -> int:
+    from storage.providers import provider_ref
+
     try:
-        return ctx.archive().find_patient(patient_id, issuer)
+        archive = ctx.archive()
+        return archive.find_patient(patient_id, issuer, provider_ref(archive, provider))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -121,6 +124,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--patient-id", required=True)
 @click.option("--issuer", default="", help="Issuer of Patient ID.")
+@click.option("--provider", default=None, help="The provider whose patient it is (default: default).")
 @click.option("--studies", multiple=True, help="Only these StudyInstanceUIDs (repeat or space separate).")
 @click.option("--expires", type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
               help="Expiry date (default: end of retention).")
@@ -128,13 +132,13 @@ def cli() -> None:
 @click.option("--email", default=None, metavar="ADDRESS",
               help="Also mail the letter's URL to ADDRESS (codes only if mail_codes = true).")
 @pass_ctx
-def issue(ctx: Context, patient_id: str, issuer: str, studies: tuple[str, ...],
+def issue(ctx: Context, patient_id: str, issuer: str, provider: str | None, studies: tuple[str, ...],
           expires: datetime | None, pdf: Path | None, email: str | None) -> None:
     """Issue a letter for a patient; prints the URL, access code and passcode (shown only now)."""
     from storage.letters import Letters
 
     _check_email(ctx, email)
-    ref = _patient(ctx, patient_id, issuer)
+    ref = _patient(ctx, patient_id, issuer, provider)
     uids = [u for item in studies for u in item.split()]
     try:
         issued = _addressed(ctx, Letters(ctx.archive()).issue(
@@ -181,12 +185,13 @@ def revoke(ctx: Context, letter: str) -> None:
 @cli.command(name="list")
 @click.option("--patient-id")
 @click.option("--issuer", default="")
+@click.option("--provider", default=None, help="The provider whose patient it is.")
 @pass_ctx
-def list_(ctx: Context, patient_id: str | None, issuer: str) -> None:
+def list_(ctx: Context, patient_id: str | None, issuer: str, provider: str | None) -> None:
     """List letters (no secrets: the selector is not secret without the access code)."""
     from storage.letters import Letters
 
-    ref = _patient(ctx, patient_id, issuer) if patient_id else None
+    ref = _patient(ctx, patient_id, issuer, provider) if patient_id else None
     rows = Letters(ctx.archive()).list(ref)
     click.echo("id\tpatient\tstate\tfailures\tstudies\tcreated\texpires\tselector")
     for r in rows:

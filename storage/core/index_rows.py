@@ -20,6 +20,7 @@ from ..errors import (
 from ..newpatient import NewPatient
 from ..query import phi_aad
 from ..retention import study_date_of
+from ..tenancy import DEFAULT, FOREIGN_STUDY, ProviderRef, patient_identity
 from .records import StoreResult, _Pending, _utcnow
 from .state import ArchiveState
 from .statements import _SQL, _int, _subset
@@ -33,7 +34,7 @@ class IndexRows(ArchiveState):
     Calls on other rooms: ``_rekey`` (:mod:`.ingest_commit`).
     """
 
-    def _patient_for(self, v: dict[str, Any], study_uid: str
+    def _patient_for(self, v: dict[str, Any], study_uid: str, provider: ProviderRef = DEFAULT
                      ) -> tuple[int | None, str, NewPatient | None]:
         """(row, key id, None) of a known patient; (None, key id, the new patient) of a new one.
 
@@ -44,7 +45,7 @@ class IndexRows(ArchiveState):
         """
         issuer = str(v.get("IssuerOfPatientID", ""))
         pid = str(v.get("PatientID", ""))
-        pid_hash = self.vault.blind("pid", f"{issuer}|{pid}")
+        pid_hash = self.vault.blind("pid", patient_identity(provider, issuer, pid))
         known = self._patients.get(pid_hash)
         if known is None:
             new = self._new_patients.get(pid_hash)  # before the index: its creator removes it after
@@ -61,7 +62,7 @@ class IndexRows(ArchiveState):
         values = _subset(v, "PATIENT")
         new = self._new_patients.claim(NewPatient(
             pid_hash, self.vault.blind("pid", pid), key_id, dek, wrapped, values,
-            frozenset(self.blind.tokens("PATIENT", values))))
+            frozenset(self.blind.tokens("PATIENT", values)), provider.id))
         # no study check here: another process may be creating this patient and the study right
         # now; the index transaction refuses a study of another patient (Conflict)
         return None, new.key_id, new
@@ -88,7 +89,7 @@ class IndexRows(ArchiveState):
                 "pid_hash": new.pid_hash, "id_hash": new.id_hash, "key_id": new.key_id, "phi": phi,
                 "last_study_date": "", "last_received_at": now, "created_at": now, "num_studies": 0,
                 "num_series": 0,
-                "num_instances": 0}).fetchone()[0]
+                "num_instances": 0, "provider_id": new.provider_id}).fetchone()[0]
             _SQL.insert_patient_token.execute_many(
                 c, [{"token": t, "patient_id": patient_id} for t in sorted(new.tokens)])
             got = created[new.pid_hash] = (patient_id, new.key_id, new.dek)
@@ -110,7 +111,7 @@ class IndexRows(ArchiveState):
         with self.engine.connect() as c:
             owner = c.execute(_SQL.study_owner, {"uid": study_uid}).scalar()
         if owner is not None and owner != patient_ref:
-            raise Conflict("StudyInstanceUID is already stored under a different patient")
+            raise Conflict(FOREIGN_STUDY)
         if owner is not None:
             if len(self._study_owner) > 100_000:
                 self._study_owner.clear()
@@ -149,7 +150,7 @@ class IndexRows(ArchiveState):
             modalities: list[str] = []
             classes: list[str] = []
         elif study[1] != p.patient_ref:
-            raise Conflict("StudyInstanceUID is already stored under a different patient")
+            raise Conflict(FOREIGN_STUDY)
         else:
             study_id = study[0]
             modalities = [m for m in study[2].split("\\") if m]

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import (
     Connection,
@@ -36,7 +36,11 @@ from ..frames import native_frame_index
 from ..header import Header, read_header
 from ..index.models import (
     Instance,
+    Patient,
+    Series,
+    Study,
 )
+from ..tenancy import DEFAULT, FOREIGN_UID, ProviderRef, issuer_for
 from .records import CHUNK, StoreResult, _Pending
 from .state import ArchiveState
 from .statements import _SQL, _subset
@@ -54,9 +58,11 @@ class Ingest(ArchiveState):
     # -- ingest ---------------------------------------------------------------------------------------
 
     def store(self, source: bytes | BinaryIO | os.PathLike[str] | str, *, actor: str = "",
-              origin: str = "", content_type: str = "") -> StoreResult:
+              origin: str = "", content_type: str = "",
+              provider: ProviderRef | None = None) -> StoreResult:
         """Store one DICOM Part 10 object exactly as received. Raises BadInput, Duplicate, Conflict."""
-        [result] = self.store_many([source], actor=actor, origin=origin, content_type=content_type)
+        [result] = self.store_many([source], actor=actor, origin=origin, content_type=content_type,
+                                   provider=provider)
         if isinstance(result, ArchiveError):
             try:
                 raise result
@@ -66,20 +72,22 @@ class Ingest(ArchiveState):
 
     def store_many(self, sources: Iterable[bytes | BinaryIO | os.PathLike[str] | str], *, actor: str = "",
                    origin: str = "", content_type: str = "",
-                   study_uid: str | None = None) -> list[StoreResult | ArchiveError]:
+                   study_uid: str | None = None,
+                   provider: ProviderRef | None = None) -> list[StoreResult | ArchiveError]:
         """Store several objects; their blobs are written one by one, then indexed in one transaction.
 
         One commit for a whole STOW-RS request instead of one per instance. Each source gets its own
         result: a StoreResult, or the ArchiveError that refused it (the others are still stored),
         naming the object's UIDs when they could be read. ``study_uid``: refuse objects of any other
         study (StudyMismatch). ``sources`` may be a generator: each source is consumed before the
-        next is asked for.
+        next is asked for. ``provider``: whose patients they are (storage/tenancy.py; None: default).
         """
+        provider = provider or DEFAULT
         results: list[StoreResult | ArchiveError | _Pending] = []
         for source in sources:
             fp, close = _open_source(source)
             try:
-                results.append(self._write_blob(fp, content_type, study_uid))
+                results.append(self._write_blob(fp, content_type, study_uid, provider))
             except ArchiveError as exc:
                 results.append(exc)
             except Exception as exc:  # one object fails alone; details in the server log
@@ -105,20 +113,22 @@ class Ingest(ArchiveState):
             self._commit(pending, actor=actor, origin=origin)
         return [r.outcome if isinstance(r, _Pending) else r for r in results]
 
-    def _write_blob(self, fp: BinaryIO, content_type: str, study_uid: str | None = None
-                    ) -> StoreResult | _Pending:
+    def _write_blob(self, fp: BinaryIO, content_type: str, study_uid: str | None = None,
+                    provider: ProviderRef = DEFAULT) -> StoreResult | _Pending:
         """Check the object, apply the duplicate policy, write its encrypted blob."""
         header = read_header(fp)
         v = header.values
         try:
-            return self._write_checked(fp, header, content_type, study_uid)
+            return self._write_checked(fp, header, content_type, study_uid, provider)
         except ArchiveError as exc:  # name the object refused
             exc.sop_class_uid, exc.sop_instance_uid = v["SOPClassUID"], v["SOPInstanceUID"]
             raise
 
     def _write_checked(self, fp: BinaryIO, header: Header, content_type: str,
-                       study_uid: str | None) -> StoreResult | _Pending:
+                       study_uid: str | None, provider: ProviderRef = DEFAULT) -> StoreResult | _Pending:
         v = header.values
+        if not provider.is_default and not v.get("IssuerOfPatientID"):
+            v["IssuerOfPatientID"] = issuer_for(provider, "")  # in the index; the bytes stay
         if study_uid and v["StudyInstanceUID"] != study_uid:
             raise StudyMismatch("StudyInstanceUID differs from the study it was sent to")
         sop_uid = v["SOPInstanceUID"]
@@ -130,6 +140,8 @@ class Ingest(ArchiveState):
         if old_id is not None:
             with self.sessions() as s:
                 old = s.get(Instance, old_id)
+                if _provider_of_instance(s, old) != provider.id:  # another provider's: never
+                    raise Conflict(FOREIGN_UID)  # replaced, never "kept" (storage/tenancy.py)
                 if policy == "reject":
                     raise Duplicate(f"SOP Instance {sop_uid} is stored already")
                 if policy == "keep":
@@ -137,7 +149,7 @@ class Ingest(ArchiveState):
                     return StoreResult("duplicate", info.sop_class_uid, sop_uid, info.study_uid,
                                        info.series_uid, info.patient_ref, info.transfer_syntax)
                 replaced = old.id
-        patient_ref, key_id, new = self._patient_for(v, study_uid)
+        patient_ref, key_id, new = self._patient_for(v, study_uid, provider)
         study_tokens = series_tokens = None
         if new is not None or study_uid not in self._study_owner:  # a study new to the index
             study_tokens = frozenset(self.blind.tokens("STUDY", _subset(v, "STUDY")))
@@ -301,3 +313,10 @@ def _open_source(source: bytes | BinaryIO | os.PathLike[str] | str) -> tuple[Bin
     if isinstance(source, (str, os.PathLike)):
         return open(Path(source), "rb", buffering=CHUNK), True
     return source, False
+
+
+def _provider_of_instance(s: Any, inst: Instance) -> int:
+    """The provider of the patient a stored instance belongs to (a duplicate's owner)."""
+    owner: int = s.scalar(select(Patient.provider_id).join(Study, Study.patient_id == Patient.id)
+                          .join(Series, Series.study_id == Study.id).where(Series.id == inst.series_id))
+    return owner

@@ -27,6 +27,7 @@ from ..index.models import (
     Study,
 )
 from ..query import Query, phi_where
+from ..tenancy import DEFAULT, ProviderRef, patient_identity
 from .records import CHUNK, InstanceInfo, Scope
 from .state import ArchiveState
 from .statements import _SQL, _info, _instances_stmt
@@ -53,11 +54,14 @@ class Reading(ArchiveState):
         Raises NotFound when nothing matches (also when the UIDs exist outside ``scope``)."""
         params: dict[str, Any] = {"study": study_uid, "series": series_uid, "sop": sop_uid}
         if scope is not None:
-            params["patient"] = scope.patient_ref
+            if scope.patient_ref is not None:
+                params["patient"] = scope.patient_ref
             if scope.study_uids is not None:
                 params["scope_studies"] = sorted(scope.study_uids)
+            if scope.provider_id is not None:
+                params["provider"] = scope.provider_id
         shape = (bool(study_uid), bool(series_uid), bool(sop_uid), "patient" in params,
-                 "scope_studies" in params)
+                 "scope_studies" in params, "provider" in params)
         with self.engine.connect() as c:  # Core, statement built once per shape: every WADO request
             out = [InstanceInfo(*row) for row in c.execute(_instances_stmt(*shape), params)]
         if not out:
@@ -77,9 +81,13 @@ class Reading(ArchiveState):
             raise NotFound("no such study, series or instance")
         params: dict[str, Any] = {"study": study_uid, "series": series_uid, "sop": sop_uid}
         stmt = _SQL.one_instance
-        if scope is not None:
+        if scope is not None and scope.patient_ref is not None:
             params["patient"] = scope.patient_ref
             stmt = _SQL.one_instance_of_patient
+        if scope is not None and scope.provider_id is not None:
+            params["provider"] = scope.provider_id
+            stmt = _SQL.one_instance_of_provider if stmt is _SQL.one_instance \
+                else _SQL.one_instance_of_patient_of_provider
         with self.engine.connect() as c:
             row = stmt.execute(c, params).fetchone()
         if row is None:
@@ -123,11 +131,12 @@ class Reading(ArchiveState):
                 raise NotFound("no such patient")
             return self.vault.unseal(p.key_id, phi_where("PATIENT", p), p.phi)
 
-    def find_patient(self, patient_id: str, issuer: str = "") -> int:
-        """The patient row for an ID (exact); NotFound if unknown."""
+    def find_patient(self, patient_id: str, issuer: str = "", provider: ProviderRef | None = None) -> int:
+        """The patient row for an ID (exact) of ``provider`` (None: default); NotFound if unknown."""
+        identity = patient_identity(provider or DEFAULT, issuer, patient_id)
         with self.sessions() as s:
             p: Patient | None = s.scalars(select(Patient).where(
-                Patient.pid_hash == self.vault.blind("pid", f"{issuer}|{patient_id}"))).first()
+                Patient.pid_hash == self.vault.blind("pid", identity))).first()
             if p is None:
                 raise NotFound("no such patient")
             return p.id

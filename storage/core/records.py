@@ -89,10 +89,12 @@ class InstanceInfo:
 
 @dataclass(frozen=True)
 class Scope:
-    """What a caller may see: everything (None) or one patient, optionally only some studies."""
+    """What a caller may see: everything (None), one patient (a letter), optionally only some
+    studies, or one provider's patients (``provider_id``: a provider's token or AE, issue 19)."""
 
-    patient_ref: int
+    patient_ref: int | None = None
     study_uids: frozenset[str] | None = None
+    provider_id: int | None = None
 
 
 def _utcnow() -> datetime:

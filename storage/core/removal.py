@@ -25,7 +25,7 @@ from ..index.models import (
     ShredLogEntry,
     Study,
 )
-from .records import _utcnow
+from .records import Scope, _utcnow
 from .state import ArchiveState
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ class Removal(ArchiveState):
     # -- deletion and shredding --------------------------------------------------------------------
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
-               actor: str = "", origin: str = "") -> int:
-        """Delete a study, series or instance; returns how many instances went."""
-        infos = self.instances(study_uid, series_uid, sop_uid)
+               actor: str = "", origin: str = "", scope: Scope | None = None) -> int:
+        """Delete a study, series or instance; returns how many instances went (NotFound as
+        :meth:`instances`: outside ``scope`` is unknown)."""
+        infos = self.instances(study_uid, series_uid, sop_uid, scope=scope)
         n = self._delete_instances([i.id for i in infos])
         self.audit.record("delete", actor=actor, source=origin, patient_ref=infos[0].patient_ref,
                           study_uid=study_uid, detail=f"{n} instance(s)")

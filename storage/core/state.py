@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..index.models import Instance
     from ..newpatient import KnownPatients, NewPatient, NewPatients
     from ..query import QueryEngine
+    from ..tenancy import ProviderRef
     from ..vault import Vault
     from .records import InstanceInfo, Scope, _Pending
     from .sealed import SealedBlobs
@@ -67,7 +68,7 @@ class ArchiveState:
         def _info(self, s: Session, inst: Instance) -> InstanceInfo: ...
         def open(self, info: InstanceInfo) -> DecryptingReader: ...
         # index rows
-        def _patient_for(self, v: dict[str, Any], study_uid: str
+        def _patient_for(self, v: dict[str, Any], study_uid: str, provider: ProviderRef = ...
                          ) -> tuple[int | None, str, NewPatient | None]: ...
         def _index(self, c: Connection, p: _Pending, *, actor: str, origin: str,
                    created: dict[bytes, tuple[int, str, bytes]]) -> None: ...

@@ -32,6 +32,7 @@ from ..index.models import (
     StudyToken,
 )
 from ..index.prepared import Prepared
+from ..tenancy import provider_is
 from .records import InstanceInfo
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,15 @@ class _SQL:
     frame_index = select(Instance.frame_index).where(Instance.id == bindparam("id"))
     one_instance = Prepared(_one_instance_select())
     one_instance_of_patient = Prepared(_one_instance_select().where(Patient.id == bindparam("patient")))
+    one_instance_of_provider = Prepared(_one_instance_select().where(
+        provider_is(Patient.provider_id, bindparam("provider"))))
+    one_instance_of_patient_of_provider = Prepared(_one_instance_select().where(
+        Patient.id == bindparam("patient"), provider_is(Patient.provider_id, bindparam("provider"))))
 
 
 @functools.cache
-def _instances_stmt(study: bool, series: bool, sop: bool, patient: bool, scope_studies: bool) -> Any:
+def _instances_stmt(study: bool, series: bool, sop: bool, patient: bool, scope_studies: bool,
+                    provider: bool = False) -> Any:
     """The select behind :meth:`Archive.instances` for one combination of filters (InstanceInfo order)."""
     stmt = _instance_select()
     if study:
@@ -115,6 +121,8 @@ def _instances_stmt(study: bool, series: bool, sop: bool, patient: bool, scope_s
         stmt = stmt.where(Patient.id == bindparam("patient"))
     if scope_studies:
         stmt = stmt.where(Study.study_uid.in_(bindparam("scope_studies", expanding=True)))
+    if provider:
+        stmt = stmt.where(provider_is(Patient.provider_id, bindparam("provider")))
     return stmt.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
 
 

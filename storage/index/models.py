@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -148,6 +149,9 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    provider_id: Mapped[int | None] = mapped_column(Integer)  # providers.id; NULL: default (0014)
+    cross_tenant: Mapped[bool] = mapped_column(Boolean, default=False,
+                                               server_default=false())  # sees every provider
 
 
 class AuditEvent(Base):
