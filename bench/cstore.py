@@ -2,7 +2,8 @@
 
 Usage (data from ``python -m bench.gen DATA``)::
 
-    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc,pacs-hsm,pacs-tls]
+    python -m bench.cstore DATA [--servers orthanc,bare-stock,bare,pacs,pacs-noenc,pacs-hsm,pacs-tls,
+                                           pacs-cloud,pacs-cloud-2]
         [--scenarios small-1,ct-1,ct-4,big-1] [--small-count 500] [--ct-count 200]
         [--stock-client]
 
@@ -86,8 +87,8 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> 
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
-def _tree(pid: int) -> list[int]:
-    """Return ``pid`` and all its descendants (Linux /proc)."""
+def _tree(pid: int | list[int]) -> list[int]:
+    """Return ``pid`` (one or several) and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -98,7 +99,7 @@ def _tree(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
+    out, todo = [], list(pid) if isinstance(pid, list) else [pid]
     while todo:
         p = todo.pop()
         out.append(p)
@@ -106,7 +107,7 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int | list[int]) -> float:
     """Sum user+system CPU time of ``pid``'s process tree (incl. reaped children)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -120,7 +121,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def tree_pss_bytes(pid: int) -> int:
+def tree_pss_bytes(pid: int | list[int]) -> int:
     """Sum the PSS of ``pid`` and all its descendants (Linux /proc/PID/smaps_rollup).
 
     Reading it walks each process's page tables: ~2 ms per process here, so sample it sparingly."""
@@ -140,7 +141,7 @@ def tree_pss_bytes(pid: int) -> int:
 class MemorySampler:
     """Sample the summed PSS of a process tree in a background thread (and once more at exit)."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int | list[int], interval: float = 0.5) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -167,6 +168,8 @@ class Server:
     name: str
     start: Callable[[Path, int], subprocess.Popen]
     client_args: tuple[str, ...] = ()  # extra storescu options (e.g. +tls ...)
+    nodes: int = 1  # several: ``start_nodes`` starts them, the associations are spread over them
+    start_nodes: Callable[[Path, list[int]], list[subprocess.Popen]] | None = None
 
 
 def _popen(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -234,6 +237,20 @@ def pacs_tls_server(name: str, cmd: str, pki_dir: Path) -> Server:
     return Server(name, start, ("+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)))
 
 
+def pacs_cloud_server(name: str, cmd: str, nodes: int) -> Server:
+    """``nodes`` × our server on one fresh PostgreSQL database and one S3 prefix (bench/cloud.py).
+
+    Node A starts first (it creates the schema and the shared master key), B once A listens. The
+    figures cover the nodes' process trees, not PostgreSQL's or SeaweedFS's."""
+    from bench.cloud import start_nodes
+
+    def start_many(tmp: Path, ports: list[int]) -> list[subprocess.Popen]:
+        return start_nodes(tmp, ports, shlex.split(cmd), lambda p, port: wait_listening(port, p))
+
+    return Server(name, lambda tmp, port: start_many(tmp, [port])[0], nodes=nodes,
+                  start_nodes=start_many)
+
+
 def bare_server(name: str, *flags: str, env: dict[str, str] | None = None) -> Server:
     """The bench's own bare SCP (write + fsync only)."""
     extra = env or {}
@@ -273,21 +290,25 @@ def orthanc_server(binary: str = "Orthanc") -> Server:
     return Server("orthanc", start)
 
 
-def run_storescu(files: list[Path], port: int, parallel: int, timeout: float, *,
+def run_storescu(files: list[Path], port: int | list[int], parallel: int, timeout: float, *,
                  nodelay: bool = True, client_args: tuple[str, ...] = ()) -> bool:
     """Send ``files`` over ``parallel`` associations; return True if all succeeded.
+
+    With several ports (nodes of one cluster), association ``i`` goes to ``port[i % len(port)]``:
+    ct-4 on two nodes is two storescu processes to each; small-1 is one, to the first node.
 
     ``nodelay=False`` runs storescu as installed: Debian's dcmtk leaves Nagle's algorithm on unless
     ``TCP_NODELAY`` is set in the environment, as do many modalities' DICOM stacks."""
     env = dict(os.environ, TCP_NODELAY="1") if nodelay else {
         k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     chunks = [files[i::parallel] for i in range(parallel)]
+    ports = port if isinstance(port, list) else [port]
     procs = []
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         if not chunk:
             continue
         cmd = ["storescu", "-aec", AET, "-aet", "BENCH", "--timeout", "30", "-nh", *client_args]
-        cmd += ["127.0.0.1", str(port), *map(str, chunk)]
+        cmd += ["127.0.0.1", str(ports[i % len(ports)]), *map(str, chunk)]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         )
@@ -317,7 +338,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def wait_idle(pid: int, timeout: float = 30.0) -> None:
+def wait_idle(pid: int | list[int], timeout: float = 30.0) -> None:
     """Block until the server's process tree uses under 5 % of a core over 0.5 s (or timeout)."""
     deadline = time.monotonic() + timeout
     before = tree_cpu_seconds(pid)
@@ -336,30 +357,40 @@ def measure(server: Server, scenario: str, files: list[Path], parallel: int, tim
     # ~100 MB of CT to be written back during the next server's run, where it delays every fsync.
     os.sync()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{server.name}-"))
-    port = free_port()
-    proc = server.start(tmp, port)
+    ports = [free_port() for _ in range(server.nodes)]
+    procs: list[subprocess.Popen] = []
     ok = False
     try:
-        wait_listening(port, proc)
-        wait_idle(proc.pid)  # steady state: e.g. pacs serve's web workers still booting
-        base = tree_pss_bytes(proc.pid)
+        if server.start_nodes is not None:
+            procs = server.start_nodes(tmp, ports)
+        else:
+            procs = [server.start(tmp, ports[0])]
+        for port, proc in zip(ports, procs, strict=True):
+            wait_listening(port, proc)
+        pids = [p.pid for p in procs]
+        wait_idle(pids)  # steady state: e.g. pacs serve's web workers still booting
+        base = tree_pss_bytes(pids)
         megabytes = sum(f.stat().st_size for f in files) / 1e6
-        cpu0 = tree_cpu_seconds(proc.pid)
-        with MemorySampler(proc.pid) as memory:
+        cpu0 = tree_cpu_seconds(pids)
+        with MemorySampler(pids) as memory:
             t0 = time.perf_counter()
-            ok = run_storescu(files, port, parallel, timeout, nodelay=nodelay,
+            ok = run_storescu(files, ports, parallel, timeout, nodelay=nodelay,
                               client_args=server.client_args)
             seconds = time.perf_counter() - t0
         return Result(
             server.name, scenario, len(files), seconds, megabytes,
-            memory.peak / 1e6, (memory.peak - base) / 1e6, ok, tree_cpu_seconds(proc.pid) - cpu0,
+            memory.peak / 1e6, (memory.peak - base) / 1e6, ok, tree_cpu_seconds(pids) - cpu0,
         )
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
         if not ok:
-            keep = Path(tempfile.gettempdir()) / f"bench-failed-{server.name}-{scenario}-{port}.log"
-            shutil.copyfile(tmp / "server.log", keep)
-            print(f"# server log kept: {keep}", file=sys.stderr)
+            for log in sorted(tmp.glob("**/server.log")):
+                name = "-".join(log.relative_to(tmp).parts[:-1]) or "server"
+                keep = Path(tempfile.gettempdir()) / (
+                    f"bench-failed-{server.name}-{scenario}-{ports[0]}-{name}.log")
+                shutil.copyfile(log, keep)
+                print(f"# server log kept: {keep}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -437,6 +468,9 @@ def main(argv: list[str] | None = None) -> None:
         "pacs-dispersal": pacs_server("pacs-dispersal", args.pacs_cmd, {}, "dispersal"),
         "pacs-dispersal-s3": pacs_server("pacs-dispersal-s3", args.pacs_cmd, {}, "dispersal-s3"),
         "pacs-hsm": pacs_hsm_server("pacs-hsm", args.pacs_cmd),
+        # the cloud set-up (bench/cloud.py): PostgreSQL (fsync on) + SeaweedFS S3, one or two nodes
+        "pacs-cloud": pacs_cloud_server("pacs-cloud", args.pacs_cmd, 1),
+        "pacs-cloud-2": pacs_cloud_server("pacs-cloud-2", args.pacs_cmd, 2),
     }
     if "pacs-tls" in args.servers.split(","):
         known["pacs-tls"] = pacs_tls_server("pacs-tls", args.pacs_cmd,
@@ -458,6 +492,12 @@ def main(argv: list[str] | None = None) -> None:
             median.pss_growth_mb = max(r.pss_growth_mb for r in rs)
             results.append(median)
     print_table(results)
+    clusters = [n for n in servers if known[n].nodes > 1]
+    if clusters:
+        print(f"\n{', '.join(clusters)}: the N associations of a scenario go round-robin to the nodes "
+              "(ct-4 on 2 nodes: 2 storescu to each; small-1: one storescu, to node A only). "
+              "pacs-cloud*: PostgreSQL (fsync on) + SeaweedFS S3; PSS and CPU are the pacs nodes' "
+              "process trees, without PostgreSQL and SeaweedFS.")
 
 
 if __name__ == "__main__":
