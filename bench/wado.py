@@ -1,8 +1,22 @@
-"""WADO-RS benchmark: one 512x512 frame and a 200-instance series, ours vs Orthanc (medians).
+"""WADO-RS benchmark: one 512x512 frame and a 200-instance series, ours vs Orthanc (medians);
+with ``--stow-count``, STOW-RS and QIDO on the same servers too.
 
 Usage::
 
     python -m bench.wado [--count 200] [--frame-runs 50] [--series-runs 5] [--servers pacs,orthanc]
+        [--stow-count 500 --stow-per-request 10 --qido-runs 30]
+
+Servers: ``pacs``, ``orthanc``, ``pacs-s3``, ``pacs-dispersal``, ``pacs-dispersal-s3`` (blob stores,
+bench/objectstores.py), and the cloud set-up (bench/cloud.py, issue 16 part 8): ``pacs-cloud``
+(one node on PostgreSQL with fsync on + SeaweedFS S3) and ``pacs-cloud-2`` (two nodes on the same
+database and bucket; the CT push is split over both, and STOW-RS, QIDO and frame requests go to the
+nodes in turn, one kept-alive connection per node where the client keeps connections).
+
+STOW-RS (PS3.18 10.5): ``--stow-count`` small CT images (64x64) in requests of
+``--stow-per-request`` instances, one study and patient per request, posted one after another
+over a kept-alive session (bench/stow.py builds the bodies); instances/s. QIDO (PS3.18 10.6), after
+the STOW-RS and the CT push: OHIF's study list and a search by PatientID, median of ``--qido-runs``
+over kept-alive connections.
 
 Each server gets a temporary directory and the same CT series (512x512, 16 bit, Explicit VR LE)
 pushed with dcmtk ``storescu`` (TCP_NODELAY=1). Frame 1 of a different instance each time (as a
@@ -39,10 +53,22 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 @dataclass
 class Running:
     name: str
-    proc: subprocess.Popen
-    dicom_port: int
-    http_port: int
+    procs: list[subprocess.Popen]  # one per node
+    dicom_ports: list[int]
+    http_ports: list[int]
     root: str  # DICOMweb root path
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.procs[0]
+
+    @property
+    def dicom_port(self) -> int:
+        return self.dicom_ports[0]
+
+    @property
+    def http_port(self) -> int:
+        return self.http_ports[0]
 
 
 def make_series(folder: Path, count: int) -> tuple[str, str, list[str], list[Path]]:
@@ -73,8 +99,24 @@ def start_pacs(tmp: Path, blob_store: str = "") -> Running:
                PACS_HTTP_PORT=str(http), PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_HOST="127.0.0.1",
                PACS_AE_TITLE=AET, TCP_NODELAY="1", **env_for(blob_store, tmp))
     pacs = str(Path(sys.executable).parent / "pacs")
-    return Running("pacs", _popen([pacs, "serve"], env, tmp / "server.log"), dicom, http,
+    return Running("pacs", [_popen([pacs, "serve"], env, tmp / "server.log")], [dicom], [http],
                    "/dicom-web")
+
+
+def start_cloud(tmp: Path, name: str, nodes: int) -> Running:
+    """``nodes`` × ``pacs serve`` on one PostgreSQL database and one S3 prefix (bench/cloud.py)."""
+    from bench.cloud import start_nodes
+
+    dicom = [free_port() for _ in range(nodes)]
+    http = [free_port() for _ in range(nodes)]
+    pacs = str(Path(sys.executable).parent / "pacs")
+
+    def wait(proc: subprocess.Popen, port: int) -> None:
+        node = dicom.index(port)
+        wait_http(Running(name, [proc], [port], [http[node]], "/dicom-web"), "/healthz")
+
+    procs = start_nodes(tmp, dicom, [pacs, "serve"], wait, http_ports=http, ae_title=AET)
+    return Running(name, procs, dicom, http, "/dicom-web")
 
 
 def start_orthanc(tmp: Path) -> Running:
@@ -90,7 +132,7 @@ def start_orthanc(tmp: Path) -> Running:
     cfg = tmp / "orthanc.json"
     cfg.write_text(json.dumps(config))
     proc = _popen(["Orthanc", str(cfg)], dict(os.environ, TCP_NODELAY="1"), tmp / "server.log")
-    return Running("orthanc", proc, dicom, http, "/dicom-web")
+    return Running("orthanc", [proc], [dicom], [http], "/dicom-web")
 
 
 def wait_http(srv: Running, path: str, timeout: float = 60) -> None:
@@ -109,11 +151,11 @@ def wait_http(srv: Running, path: str, timeout: float = 60) -> None:
 
 
 def get(srv: Running, path: str, accept: str | None,
-        conn: http.client.HTTPConnection | None = None) -> tuple[int, int]:
-    """One GET, on ``conn`` (kept alive) or on a new connection; (status, body bytes read)."""
+        conn: http.client.HTTPConnection | None = None, node: int = 0) -> tuple[int, int]:
+    """One GET, on ``conn`` (kept alive) or on a new connection to ``node``; (status, body bytes)."""
     own = conn is None
     if conn is None:
-        conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=120)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.http_ports[node], timeout=120)
     try:
         conn.request("GET", path, headers={"Accept": accept} if accept else {})
         resp = conn.getresponse()
@@ -138,24 +180,74 @@ def timed(srv: Running, path: str | list[str], accept: str, runs: int,
     With a list of paths, run ``i`` gets ``paths[i % len(paths)]`` (the warm-up gets the last one):
     a viewer scrolling a series asks for each image once, and a server that caches the last object
     it parsed should not be timed on one object asked for again and again.
+
+    With several nodes, run ``i`` goes to node ``i % nodes`` (each node gets one warm-up GET).
     """
     paths = path if isinstance(path, list) else [path]
-    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=120) if keep_alive else None
+    nodes = len(srv.http_ports)
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=120) if keep_alive else None
+             for port in srv.http_ports]
     try:
-        status, size = get(srv, paths[-1], accept, conn)
-        if status != 200:
-            raise RuntimeError(f"{srv.name}: GET {paths[-1]} -> {status}")
+        size = 0
+        for node in range(nodes):
+            status, size = get(srv, paths[-1], accept, conns[node], node)
+            if status != 200:
+                raise RuntimeError(f"{srv.name}: GET {paths[-1]} -> {status}")
         times = []
         for i in range(runs):
             t0 = time.perf_counter()
-            status, _ = get(srv, paths[i % len(paths)], accept, conn)
+            status, _ = get(srv, paths[i % len(paths)], accept, conns[i % nodes], i % nodes)
             times.append(time.perf_counter() - t0)
             if status != 200:
                 raise RuntimeError(f"{srv.name}: GET {paths[i % len(paths)]} -> {status}")
     finally:
-        if conn is not None:
-            conn.close()
+        for conn in conns:
+            if conn is not None:
+                conn.close()
     return statistics.median(times), size
+
+
+def stow(srv: Running, reqs: list[tuple[str, bytes]]) -> float:
+    """Instances/s of STOW-RS: ``reqs`` posted one after another, request ``i`` to node ``i % n``,
+    over one kept-alive session per node; every reply must list every instance as stored."""
+    import requests
+
+    sessions = [requests.Session() for _ in srv.http_ports]
+    count = sum(body.count(b"DICM") for _, body in reqs)
+    try:
+        t0 = time.perf_counter()
+        for i, (ct, body) in enumerate(reqs):
+            node = i % len(sessions)
+            r = sessions[node].post(
+                f"http://127.0.0.1:{srv.http_ports[node]}{srv.root}/studies", data=body,
+                timeout=300, headers={"Content-Type": ct, "Accept": "application/dicom+json"})
+            stored = r.json().get("00081199", {}).get("Value", []) if r.ok else []
+            if r.status_code != 200 or len(stored) != body.count(b"DICM"):
+                raise RuntimeError(f"{srv.name}: STOW-RS -> {r.status_code}, {len(stored)} stored")
+        return count / (time.perf_counter() - t0)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+QIDO_LIST = "/studies?limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060"
+QIDO_ACCEPT = "application/dicom+json"
+
+
+def start(name: str, tmp: Path) -> Running:
+    """Start the server called ``name`` (see the module docstring) in ``tmp``; wait until it answers."""
+    if name == "orthanc":
+        srv = start_orthanc(tmp)
+        wait_http(srv, "/system")
+    elif name in ("pacs-cloud", "pacs-cloud-2"):
+        srv = start_cloud(tmp, name, 2 if name.endswith("-2") else 1)
+    elif name.startswith("pacs"):
+        srv = start_pacs(tmp, name.removeprefix("pacs").lstrip("-"))
+        srv.name = name
+        wait_http(srv, "/healthz")
+    else:
+        raise SystemExit(f"unknown server {name!r}")
+    return srv
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,20 +256,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frame-runs", type=int, default=50)
     ap.add_argument("--series-runs", type=int, default=5)
     ap.add_argument("--servers", default="pacs,orthanc",
-                    help="pacs, orthanc, and pacs-s3, pacs-dispersal, pacs-dispersal-s3 (blob stores)")
+                    help="pacs, orthanc, pacs-s3, pacs-dispersal, pacs-dispersal-s3 (blob stores), "
+                         "pacs-cloud, pacs-cloud-2 (PostgreSQL + S3, one or two nodes)")
+    ap.add_argument("--stow-count", type=int, default=0,
+                    help="instances to STOW-RS before the reads (0: no STOW-RS, no QIDO)")
+    ap.add_argument("--stow-per-request", type=int, default=10)
+    ap.add_argument("--qido-runs", type=int, default=30)
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="bench-wado-"))
     try:
         study, series, sops, paths = make_series(base / "ct", args.count)
+        reqs: list[tuple[str, bytes]] = []
+        if args.stow_count:
+            from bench.stow import bodies
+
+            reqs = bodies(args.stow_count, args.stow_per_request, 64, "stow")
         rows = []
+        cloud_rows = []
         for name in args.servers.split(","):
             tmp = base / name
             tmp.mkdir()
-            ours = name.startswith("pacs")
-            srv = start_pacs(tmp, name.removeprefix("pacs").lstrip("-")) if ours else start_orthanc(tmp)
+            os.sync()  # nothing left dirty by the previous server to be written back in this run
+            srv = start(name, tmp)
             try:
-                wait_http(srv, "/healthz" if ours else "/system")
-                if not run_storescu(paths, srv.dicom_port, 4, 300):
+                stow_rate = stow(srv, reqs) if reqs else 0.0
+                if not run_storescu(paths, srv.dicom_ports, 4, 300):
                     raise RuntimeError(f"storescu into {name} failed")
                 frames = [f"{srv.root}/studies/{study}/series/{series}/instances/{sop}/frames/1"
                           for sop in sops]
@@ -186,9 +289,21 @@ def main(argv: list[str] | None = None) -> None:
                 series_s, series_size = timed(srv, f"{srv.root}/studies/{study}/series/{series}",
                                               SERIES_ACCEPT, args.series_runs)
                 rows.append((name, frame_s, frame_ka, series_s, series_size))
+                if reqs:
+                    qido_list, _ = timed(srv, srv.root + QIDO_LIST, QIDO_ACCEPT, args.qido_runs,
+                                         keep_alive=True)
+                    qido_pid, _ = timed(srv, srv.root + "/studies?PatientID=BENCH-stow-0",
+                                        QIDO_ACCEPT, args.qido_runs, keep_alive=True)
+                    cloud_rows.append((name, stow_rate, qido_list, qido_pid, frame_ka))
             finally:
-                os.killpg(srv.proc.pid, 15)
-                srv.proc.wait(timeout=30)
+                for proc in srv.procs:
+                    os.killpg(proc.pid, 15)
+                for proc in srv.procs:
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, 9)
+                        proc.wait()
         ref = {r[0]: r for r in rows}.get("orthanc")
         print(f"| server | frame 512x512, new connection, median ms | ours / Orthanc "
               f"| same, kept-alive connection | ours / Orthanc | series {args.count} median s "
@@ -201,8 +316,28 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {fs * 1000:.2f} | {fr} | {fk * 1000:.2f} | {kr} | {ss:.2f} "
                   f"| {size / ss / 1e6:.0f} | {sr} |")
         print("(ratios are latency ratios: < 1 means faster than Orthanc; the issue's target is <= 0.5)")
+        if cloud_rows:
+            print_cloud(cloud_rows, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def print_cloud(rows: list[tuple[str, float, float, float, float]], args: argparse.Namespace) -> None:
+    """STOW-RS rate, QIDO and frame latency, each against ``pacs`` (the embedded defaults)."""
+    ref = {r[0]: r for r in rows}.get("pacs")
+    print(f"\nSTOW-RS: {args.stow_count} instances (64x64), {args.stow_per_request} per request, "
+          f"one request at a time; QIDO over {args.stow_count // args.stow_per_request + 1} studies, "
+          f"median of {args.qido_runs}, kept-alive; frame: kept-alive column above.\n")
+    print("| server | STOW-RS inst/s | x pacs | QIDO study list ms | x pacs | QIDO PatientID ms "
+          "| x pacs | frame ms | x pacs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, rate, qlist, qpid, frame in rows:
+        def x(v: float, i: int) -> str:
+            return f"{v / ref[i]:.2f}" if ref and ref[i] else "-"
+        print(f"| {name} | {rate:.0f} | {x(rate, 1)} | {qlist * 1000:.1f} | {x(qlist, 2)} "
+              f"| {qpid * 1000:.1f} | {x(qpid, 3)} | {frame * 1000:.2f} | {x(frame, 4)} |")
+    print("(issue 16 part 8 targets for pacs-cloud: STOW-RS and C-STORE >= 0.8 x pacs, "
+          "QIDO <= 1.5 x pacs, frame <= 2 x pacs)")
 
 
 if __name__ == "__main__":
