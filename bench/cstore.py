@@ -498,6 +498,13 @@ def main(argv: list[str] | None = None) -> None:
               "(ct-4 on 2 nodes: 2 storescu to each; small-1: one storescu, to node A only). "
               "pacs-cloud*: PostgreSQL (fsync on) + SeaweedFS S3; PSS and CPU are the pacs nodes' "
               "process trees, without PostgreSQL and SeaweedFS.")
+    ref = {r.scenario: r.rate for r in results if r.server == "pacs" and r.ok}
+    cloud = [r for r in results if r.server.startswith("pacs-cloud")]
+    if ref and cloud:  # issue 16 part 8: (b) keeps >= 0.8 x (a)'s ingest throughput
+        print("\n| server | scenario | inst/s | x pacs (embedded defaults) |\n|---|---|---|---|")
+        for r in cloud:
+            ratio = f"{r.rate / ref[r.scenario]:.2f}" if r.scenario in ref and r.ok else "-"
+            print(f"| {r.server} | {r.scenario} | {r.rate:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
