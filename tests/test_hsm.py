@@ -283,7 +283,7 @@ def test_unwrapped_data_keys_are_kept_in_a_bounded_cache(tmp_path):
 
 def test_a_running_server_follows_a_rotation_made_by_another_process(hsm_settings, tmp_path):
     """`pacs keys rotate` in its own process makes version 2 in the token; a process that opened the
-    ring before (a gunicorn or DIMSE worker) finds it in the token when a key wrapped by it comes."""
+    ring before (a gunicorn or DIMSE worker) reads what is wrapped by it."""
     running = Archive(hsm_settings, create_key=True)
     try:
         first = make_study(tmp_path / "a", n_series=1, per_series=1, patient_id="HSM-X1")[0]
@@ -296,7 +296,8 @@ def test_a_running_server_follows_a_rotation_made_by_another_process(hsm_setting
         for cmd in (["keys", "rotate"], ["import", "-q", str(later)]):
             run = subprocess.run([PACS, *cmd], env=env, capture_output=True, text=True, timeout=120)
             assert run.returncode == 0, run.stderr
-        assert running.vault.ring.versions == [1]
+        # the running process learns version 2 either from the cluster epoch (storage/cluster.py,
+        # polled every cluster_poll_interval) or from the token when a key wrapped by it comes
         [info] = running.instances(sop_uid=pydicom_uid(later))
         assert running.read_bytes(info) == later.read_bytes()
         assert running.vault.ring.versions == [1, 2]
