@@ -12,7 +12,8 @@ from dicomweb_client import DICOMwebClient
 from tests.conftest import require
 from tests.dicomgen import make_image, make_study, write
 
-pytestmark = pytest.mark.cloud  # server tests on SQLite + files and on PostgreSQL + S3
+# QIDO on PostgreSQL: the one query engine is covered in process (test_archive, test_blindindex on
+# PostgreSQL) and through a served PostgreSQL + S3 node by test_wado, test_stow and test_cluster.
 
 
 @dataclass
