@@ -39,8 +39,8 @@ from storage.index.models import Instance
 from tests.conftest import _postgres_url, require, start_server
 from tests.dicomgen import dataset_bytes, make_image, write
 
-DIMSE_CLIENTS, FILES_PER_CLIENT = 4, 250
-STOW_CLIENTS, STOW_REQUESTS, PER_REQUEST = 2, 20, 10
+DIMSE_CLIENTS, FILES_PER_CLIENT = 4, 500
+STOW_CLIENTS, STOW_REQUESTS, PER_REQUEST = 2, 30, 10
 #: Clients pace themselves (an association of ASSOCIATION_FILES files, then a pause, as modalities
 #: send), so the push lasts ~40 s: long enough for several rounds of kills, DIMSE workers having to
 #: live 5.5 s between them.
