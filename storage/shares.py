@@ -32,23 +32,18 @@ from sqlalchemy.orm import Session
 from . import secrets
 from .archive import Archive, Scope
 from .errors import BadInput, NotFound
-from .index.models import AccessFailure, AuditEvent, Patient, Study
+from .index.models import AuditEvent, Patient, Study
 from .index.sharing_models import Share, ShareScope, ShareSession
 from .letters import (
     ALARM_PER_MINUTE,
     ALARM_QUIET,
-    CLIENT_FORGET_AFTER,
-    CLIENT_FREE_FAILURES,
-    LETTER_FREE_FAILURES,
     AccessDenied,
     LetterInvalid,
     Letters,
     Locked,
-    Throttled,
     UnknownLetter,
-    WrongCode,
-    delay_for,
 )
+from .letters.throttling import accepted, check_code, client_throttle, decided_once, unknown_code
 from .whole_record import HeldLetter
 
 log = logging.getLogger(__name__)
@@ -225,8 +220,8 @@ class Shares:
         """Check a share's access code (the letters' order and counting); AccessDenied if refused."""
         now = now or _now()
         client_id = self.letters._client_id(client)
-        with self.archive.write_sessions.begin() as s:
-            outcome = self._decide(s, selector, code, client_id, now)
+        outcome = decided_once(self.archive.write_sessions,
+                               lambda s: self._decide(s, selector, code, client_id, now))
         if isinstance(outcome, AccessDenied):
             self._refused(outcome, selector, client, now)
             raise outcome
@@ -237,45 +232,24 @@ class Shares:
 
     def _decide(self, s: Session, selector: str, code: str, client_id: str,
                 now: datetime) -> ShareGrant | AccessDenied:
-        cf = s.get(AccessFailure, client_id, with_for_update=True)
-        if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
-            cf.failures = 0
-        if cf is not None:
-            wait = delay_for(cf.failures, CLIENT_FREE_FAILURES)
-            ready = cf.last_failure_at + timedelta(seconds=wait)
-            if wait and now < ready:
-                return Throttled("throttled", "too many failed codes from this address; wait",
-                                 _seconds(ready - now))
+        cf, throttled = client_throttle(s, client_id, now)
+        if throttled is not None:
+            return throttled
         row = s.scalars(select(Share).where(Share.selector == selector)
                         .with_for_update()).first() if len(selector) <= 64 else None
         if row is None:
-            secrets.verify_access_code(self.letters._secret, code, b"\0" * 32)  # same work
-            Letters._count_client(s, cf, client_id, now)
+            unknown_code(s, self.letters._secret, code, cf, client_id, now)
             return UnknownLetter("unknown", "no such share")
         gone = self._gone(s, row, now)
         if gone is not None:
             return gone
-        if row.locked_at is not None:
-            return Locked("locked", "this share is locked after too many wrong codes; "
-                                    "ask the patient for a new share")
-        wait = delay_for(row.failures, LETTER_FREE_FAILURES)
-        if wait and row.last_failure_at is not None:
-            ready = row.last_failure_at + timedelta(seconds=wait)
-            if now < ready:
-                return Throttled("throttled", "too many wrong codes; wait before trying again",
-                                 _seconds(ready - now))
-        if not secrets.verify_access_code(self.letters._secret, code, row.code_hash):
-            row.failures += 1
-            row.last_failure_at = now
-            if row.failures >= self.archive.settings.letter_max_failures:
-                row.locked_at = now
-            Letters._count_client(s, cf, client_id, now)
-            return WrongCode("failure", "wrong access code")
-        row.failures = 0
-        row.last_failure_at = None
-        row.last_used_at = now
-        if cf is not None:
-            cf.failures = 0
+        refused = check_code(s, row, code, secret=self.letters._secret, cf=cf, client_id=client_id,
+                             now=now, max_failures=self.archive.settings.letter_max_failures,
+                             locked=Locked("locked", "this share is locked after too many wrong codes; "
+                                                     "ask the patient for a new share"))
+        if refused is not None:
+            return refused
+        accepted(row, cf, now)
         return self._grant(s, row)
 
     @staticmethod

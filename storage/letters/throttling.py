@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -53,6 +54,94 @@ def delay_for(failures: int, free: int) -> float:
     return min(MAX_DELAY, 2.0 ** (failures - free))
 
 
+_T = TypeVar("_T")
+
+
+class CodeRow(Protocol):
+    """What a letter and a share row both hold for their access code's failure counting."""
+
+    code_hash: bytes
+    failures: int
+    last_failure_at: datetime | None
+    locked_at: datetime | None
+    last_used_at: datetime | None
+
+
+def decided_once(sessions: Any, decide: Callable[[Session], _T]) -> _T:
+    """Run ``decide`` in one write transaction; once more if PostgreSQL refused it because another
+    worker or node inserted this client's first failure row at the same moment (decided again, on
+    that row)."""
+    for attempt in range(2):
+        try:
+            with sessions.begin() as s:
+                return decide(s)
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def client_throttle(s: Session, client_id: str, now: datetime
+                    ) -> tuple[AccessFailure | None, Throttled | None]:
+    """The client's failure row (its count forgotten after a day), and a refusal while its delay runs."""
+    cf = s.get(AccessFailure, client_id, with_for_update=True)
+    if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
+        cf.failures = 0
+    if cf is not None:
+        wait = delay_for(cf.failures, CLIENT_FREE_FAILURES)
+        ready = cf.last_failure_at + timedelta(seconds=wait)
+        if wait and now < ready:
+            return cf, Throttled("throttled", "too many failed codes from this address; wait",
+                                 _seconds(ready - now))
+    return cf, None
+
+
+def count_client(s: Session, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
+    if cf is None:
+        s.add(AccessFailure(client=client_id, failures=1, last_failure_at=now))
+    else:
+        cf.failures += 1
+        cf.last_failure_at = now
+
+
+def unknown_code(s: Session, secret: bytes, code: str, cf: AccessFailure | None, client_id: str,
+                 now: datetime) -> None:
+    """No such selector: the same hashing work as a real try, and the client's failure counted."""
+    secrets.verify_access_code(secret, code, b"\0" * 32)
+    count_client(s, cf, client_id, now)
+
+
+def check_code(s: Session, row: CodeRow, code: str, *, secret: bytes, cf: AccessFailure | None,
+               client_id: str, now: datetime, max_failures: int, locked: Locked) -> AccessDenied | None:
+    """Lock, then the row's own delay, then the constant-time comparison; a wrong code counts for the
+    row (locking it at ``max_failures``) and for the client. None: the code is right."""
+    if row.locked_at is not None:
+        return locked
+    wait = delay_for(row.failures, LETTER_FREE_FAILURES)
+    if wait and row.last_failure_at is not None:
+        ready = row.last_failure_at + timedelta(seconds=wait)
+        if now < ready:
+            return Throttled("throttled", "too many wrong codes; wait before trying again",
+                             _seconds(ready - now))
+    if not secrets.verify_access_code(secret, code, row.code_hash):
+        row.failures += 1
+        row.last_failure_at = now
+        if row.failures >= max_failures:
+            row.locked_at = now
+        count_client(s, cf, client_id, now)
+        return WrongCode("failure", "wrong access code")
+    return None
+
+
+def accepted(row: CodeRow, cf: AccessFailure | None, now: datetime) -> None:
+    """A right code: the row's and the client's failure counts start again."""
+    row.failures = 0
+    row.last_failure_at = None
+    row.last_used_at = now
+    if cf is not None:
+        cf.failures = 0
+
+
 class Throttling:
     """Access codes checked with brute-force protection (a part of :class:`Letters`)."""
 
@@ -83,73 +172,41 @@ class Throttling:
         return grant
 
     def _check(self, selector: str, code: str, client_id: str, now: datetime) -> Grant:
-        for attempt in range(2):
-            try:
-                with self.archive.write_sessions.begin() as s:
-                    outcome = self._decide(s, selector, code, client_id, now)
-                    if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
-                        outcome.patient_ref = s.scalar(select(Letter.patient_ref)
-                                                       .where(Letter.selector == selector))
-                break
-            except IntegrityError:  # PostgreSQL: another worker or node inserted this client's
-                if attempt:  # first failure row at the same moment; decided again, on that row
-                    raise
+        def decide(s: Session) -> Grant | AccessDenied:
+            outcome = self._decide(s, selector, code, client_id, now)
+            if isinstance(outcome, AccessDenied) and not isinstance(outcome, UnknownLetter):
+                outcome.patient_ref = s.scalar(select(Letter.patient_ref)
+                                               .where(Letter.selector == selector))
+            return outcome
+
+        outcome = decided_once(self.archive.write_sessions, decide)
         if isinstance(outcome, AccessDenied):  # raised after the commit: failures must be kept
             raise outcome
         return outcome
 
     def _decide(self, s: Session, selector: str, code: str, client_id: str,
                 now: datetime) -> Grant | AccessDenied:
-        cf = s.get(AccessFailure, client_id, with_for_update=True)
-        if cf is not None and now - cf.last_failure_at > CLIENT_FORGET_AFTER:
-            cf.failures = 0
-        if cf is not None:
-            wait = delay_for(cf.failures, CLIENT_FREE_FAILURES)
-            ready = cf.last_failure_at + timedelta(seconds=wait)
-            if wait and now < ready:
-                return Throttled("throttled", "too many failed codes from this address; wait",
-                                 _seconds(ready - now))
+        cf, throttled = client_throttle(s, client_id, now)
+        if throttled is not None:
+            return throttled
         row = s.scalars(select(Letter).where(Letter.selector == selector)
                         .with_for_update()).first() if len(selector) <= 64 else None
         if row is None:
-            secrets.verify_access_code(self._secret, code, b"\0" * 32)  # same work as a real try
-            self._count_client(s, cf, client_id, now)
+            unknown_code(s, self._secret, code, cf, client_id, now)
             return UnknownLetter("unknown", "no such letter")
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return LetterInvalid("invalid", "this letter is no longer valid; ask your provider for a new one")
-        if row.locked_at is not None:
-            return Locked("locked", "this letter is locked after too many wrong codes; "
-                                    "ask your provider for a new letter")
-        wait = delay_for(row.failures, LETTER_FREE_FAILURES)
-        if wait and row.last_failure_at is not None:
-            ready = row.last_failure_at + timedelta(seconds=wait)
-            if now < ready:
-                return Throttled("throttled", "too many wrong codes; wait before trying again",
-                                 _seconds(ready - now))
-        if not secrets.verify_access_code(self._secret, code, row.code_hash):
-            row.failures += 1
-            row.last_failure_at = now
-            if row.failures >= self.archive.settings.letter_max_failures:
-                row.locked_at = now
-            self._count_client(s, cf, client_id, now)
-            return WrongCode("failure", "wrong access code")
+        refused = check_code(s, row, code, secret=self._secret, cf=cf, client_id=client_id, now=now,
+                             max_failures=self.archive.settings.letter_max_failures,
+                             locked=Locked("locked", "this letter is locked after too many wrong codes; "
+                                                     "ask your provider for a new letter"))
+        if refused is not None:
+            return refused
         if s.get(Patient, row.patient_ref) is None:
             return LetterInvalid("invalid", "this letter is no longer valid")
-        row.failures = 0
-        row.last_failure_at = None
-        row.last_used_at = now
-        if cf is not None:
-            cf.failures = 0
+        accepted(row, cf, now)
         studies = _studies(row.study_uids)
         return Grant(row.id, row.patient_ref, frozenset(studies) if studies else None)
-
-    @staticmethod
-    def _count_client(s: Session, cf: AccessFailure | None, client_id: str, now: datetime) -> None:
-        if cf is None:
-            s.add(AccessFailure(client=client_id, failures=1, last_failure_at=now))
-        else:
-            cf.failures += 1
-            cf.last_failure_at = now
 
     def _refused(self, exc: AccessDenied, client: str, now: datetime) -> None:
         """Audit a refusal and raise the global alarm when refusals come too fast."""
